@@ -1,0 +1,214 @@
+"""Conversion between reference PyTorch state_dicts and MANet's Flax variables."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Mapping
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from manet_jax.convert.mapping import LEAVES, module_kind, reference_order, to_flax_layout, to_torch_layout
+from manet_jax.models import MANet
+from manet_jax.models.manet import QUADRANTS
+
+Variables = dict[str, Any]
+HEADS = ("fc_1", "fc_2")
+TEMPLATE_SIZE = 64  # init input size: parameter shapes do not depend on it
+
+
+class StateDictMismatchError(ValueError):
+    """A state_dict does not fit MANet: lists every missing, unexpected and misshapen key."""
+
+
+@dataclasses.dataclass
+class Conversion:
+    """Converted variables and where each reference key came from."""
+
+    variables: Variables
+    loaded: list[str]  # reference keys taken from the checkpoint
+    initialised: list[str]  # reference keys freshly initialised
+    dropped: list[str]  # checkpoint keys not used
+
+    def summary(self) -> str:
+        """A table of loaded / freshly initialised / dropped keys, grouped by top-level module."""
+        rows = []
+        for status, keys in (("loaded", self.loaded), ("initialised fresh", self.initialised),
+                             ("dropped", self.dropped)):
+            groups: dict[str, int] = {}
+            for key in keys:
+                groups[key.split(".")[0]] = groups.get(key.split(".")[0], 0) + 1
+            rows += [f"  {status:<18} {group:<14} {count:>4} tensors" for group, count in groups.items()]
+        return "\n".join([f"  {'status':<18} {'module':<14} {'count':>4}"] + rows)
+
+
+def to_numpy(value: Any) -> np.ndarray:
+    """An array or tensor (torch tensors included, without importing torch) as a NumPy array."""
+    if hasattr(value, "detach"):
+        value = value.detach().cpu()
+        if str(value.dtype) == "torch.bfloat16":
+            value = value.float()
+        value = value.numpy()
+    return np.asarray(value)
+
+
+def normalise_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The official checkpoint formats as a plain state_dict: unwraps `state_dict`, strips `module.`."""
+    if "state_dict" in checkpoint and isinstance(checkpoint["state_dict"], Mapping):
+        checkpoint = checkpoint["state_dict"]
+    out = {}
+    for key, value in checkpoint.items():
+        if not isinstance(key, str):
+            raise StateDictMismatchError(f"state_dict keys must be strings, got {key!r}")
+        out[key.removeprefix("module.")] = to_numpy(value)
+    return out
+
+
+@functools.cache
+def _template(num_classes: int) -> Variables:
+    model = MANet(num_classes)
+    return jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, TEMPLATE_SIZE, TEMPLATE_SIZE, 3)))
+
+
+def init_variables(num_classes: int, rng: jax.Array) -> Variables:
+    """Freshly initialised MANet variables (the reference's default initialisation)."""
+    model = MANet(num_classes)
+    images = jnp.zeros((1, TEMPLATE_SIZE, TEMPLATE_SIZE, 3))
+    return jax.device_get(jax.jit(model.init)(rng, images))
+
+
+def reference_keys(variables: Variables) -> dict[str, tuple[str, tuple[str, ...], str, str]]:
+    """Reference key -> (collection, module path, Flax leaf, module kind), in reference order."""
+    params = flax.traverse_util.flatten_dict(variables["params"])
+    modules: dict[tuple[str, ...], dict] = {}
+    for path, value in params.items():
+        modules.setdefault(path[:-1], {})[path[-1]] = value
+    out = {}
+    for path, leaves in modules.items():
+        kind = module_kind(leaves)
+        for torch_leaf, (collection, flax_leaf) in LEAVES[kind].items():
+            out[".".join(path + (torch_leaf,))] = (collection, path, flax_leaf, kind)
+    return dict(sorted(out.items(), key=lambda item: reference_order(item[0])))
+
+
+def num_classes_of(state_dict: Mapping[str, Any]) -> int:
+    """The head size of a (normalised) MA-Net state_dict."""
+    if "fc_1.weight" not in state_dict:
+        raise StateDictMismatchError("not an MA-Net state_dict: it has no `fc_1.weight` (local head)")
+    return int(np.shape(state_dict["fc_1.weight"])[0])
+
+
+def import_state_dict(checkpoint: Mapping[str, Any], num_classes: int | None = None,
+                      rng: jax.Array | None = None, allow_missing: bool = False) -> Conversion:
+    """Reference MA-Net state_dict -> MANet variables, with a report.
+
+    `checkpoint` may be a state_dict, a dict holding one under `state_dict` (the official
+    `.pth.tar`), with or without DataParallel's `module.` prefix. When `num_classes` differs from
+    the checkpoint's heads (e.g. the 12,666-way MS-Celeb pre-training heads), `fc_1` and `fc_2`
+    are freshly initialised from `rng` and reported. With `allow_missing`, keys missing from
+    the checkpoint are initialised fresh instead of being an error (partial imports).
+    """
+    state_dict = normalise_state_dict(checkpoint)
+    source_classes = num_classes_of(state_dict) if "fc_1.weight" in state_dict or not allow_missing else None
+    num_classes = num_classes or source_classes
+    if num_classes is None:
+        raise ValueError("num_classes is needed: the checkpoint has no MA-Net heads to take it from")
+    dropped = []
+    if source_classes is not None and source_classes != num_classes:
+        dropped = [k for k in state_dict if k.split(".")[0] in HEADS]
+        state_dict = {k: v for k, v in state_dict.items() if k not in dropped}
+        allow_missing_keys = {k for k in reference_keys(_template(num_classes)) if k.split(".")[0] in HEADS}
+    else:
+        allow_missing_keys = set()
+    template = _template(num_classes)
+    targets = reference_keys(template)
+
+    missing, wrong_shape = [], []
+    for key, (collection, path, leaf, kind) in targets.items():
+        if key not in state_dict:
+            if not (allow_missing or key in allow_missing_keys or leaf == "num_batches_tracked"):
+                missing.append(key)
+            continue
+        expected = _get(template[collection], path + (leaf,)).shape
+        torch_leaf = key.rsplit(".", 1)[1]
+        if to_flax_layout(kind, torch_leaf, state_dict[key]).shape != expected:
+            wanted = to_torch_layout(kind, torch_leaf, np.zeros(expected)).shape
+            wrong_shape.append(f"{key}: checkpoint {tuple(np.shape(state_dict[key]))}, expected {wanted}")
+    unexpected = [k for k in state_dict if k not in targets]
+    if missing or wrong_shape or unexpected:
+        lines = [f"state_dict does not match MANet(num_classes={num_classes}):"]
+        for title, keys in (("missing", missing), ("wrong shape", wrong_shape), ("unexpected", unexpected)):
+            if keys:
+                lines += [f"  {len(keys)} {title}:"] + [f"    {k}" for k in keys]
+        raise StateDictMismatchError("\n".join(lines))
+
+    variables = init_variables(num_classes, jax.random.key(0) if rng is None else rng)
+    loaded, initialised = [], []
+    for key, (collection, path, leaf, kind) in targets.items():
+        if key in state_dict:
+            dtype = _get(template[collection], path + (leaf,)).dtype
+            value = to_flax_layout(kind, key.rsplit(".", 1)[1], state_dict[key])
+            _set(variables[collection], path + (leaf,), np.asarray(value, dtype))
+            loaded.append(key)
+        elif leaf != "num_batches_tracked":
+            initialised.append(key)
+    return Conversion(variables, loaded, initialised, dropped)
+
+
+def import_resnet18(checkpoint: Mapping[str, Any], num_classes: int, rng: jax.Array | None = None) -> Conversion:
+    """An ImageNet ResNet-18 state_dict (torchvision names) -> MANet variables, with a report.
+
+    stem, layer1 and layer2 load one to one; torchvision `layer3`/`layer4` blocks go into each
+    of the four local branches (CBAM fresh); each MulScaleBlock takes `conv1`, `bn1` and
+    `downsample` of the matching block; everything else (cascades, heads) is fresh.
+    """
+    state_dict = normalise_state_dict(checkpoint)
+    mapped, dropped = {}, []
+    for key, value in state_dict.items():
+        top, _, rest = key.partition(".")
+        if top in ("conv1", "bn1", "layer1", "layer2"):
+            mapped[key] = value
+        elif top in ("layer3", "layer4"):
+            for quadrant in QUADRANTS:
+                mapped[f"{top}_1_{quadrant}.{rest}"] = value
+            if rest.split(".")[1] in ("conv1", "bn1", "downsample"):
+                mapped[f"{top}_2.{rest}"] = value
+        else:
+            dropped.append(key)
+    conversion = import_state_dict(mapped, num_classes, rng, allow_missing=True)
+    conversion.dropped = dropped
+    return conversion
+
+
+def is_resnet18(state_dict: Mapping[str, Any]) -> bool:
+    """Whether a (normalised) state_dict has torchvision ResNet names rather than MA-Net's."""
+    return "layer3.0.conv1.weight" in state_dict and "layer3_2.0.conv1.weight" not in state_dict
+
+
+def torch_to_flax(state_dict: Mapping[str, Any], num_classes: int | None = None,
+                  rng: jax.Array | None = None) -> Variables:
+    """Reference PyTorch state_dict (key -> numpy array or torch tensor) -> `{'params', 'batch_stats'}`."""
+    return import_state_dict(state_dict, num_classes, rng).variables
+
+
+def flax_to_torch(variables: Variables) -> dict[str, np.ndarray]:
+    """MANet variables -> the reference state_dict (NumPy arrays, reference names, layouts and order)."""
+    out = {}
+    for key, (collection, path, leaf, kind) in reference_keys(variables).items():
+        out[key] = to_torch_layout(kind, key.rsplit(".", 1)[1], np.asarray(_get(variables[collection], path + (leaf,))))
+    return out
+
+
+def _get(tree: Mapping, path: tuple[str, ...]) -> Any:
+    for part in path:
+        tree = tree[part]
+    return tree
+
+
+def _set(tree: dict, path: tuple[str, ...], value: Any) -> None:
+    for part in path[:-1]:
+        tree = tree[part]
+    tree[path[-1]] = value

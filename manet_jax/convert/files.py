@@ -1,0 +1,91 @@
+"""Reading and writing PyTorch-side weight files without running pickled code."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from manet_jax.convert.core import normalise_state_dict
+
+TORCH_SUFFIXES = (".pth", ".pt", ".tar", ".bin")
+INSTALL_TORCH = "pip install 'manet-jax[torch]'  (CPU build: pip install torch --index-url https://download.pytorch.org/whl/cpu)"
+
+
+class CheckpointFileError(ValueError):
+    """A weight file that cannot be read as a state_dict; the message names the file and the cause."""
+
+
+def _import_torch(path: Path):
+    try:
+        import torch
+    except ImportError as e:
+        raise CheckpointFileError(f"{path}: reading PyTorch files needs torch, which is not installed. "
+                                  f"Install it with: {INSTALL_TORCH}; or convert the file to "
+                                  f".safetensors/.npz where torch is available.") from e
+    return torch
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, np.ndarray]:
+    """A state_dict from `.pth`/`.pth.tar` (torch.load with weights_only=True), `.safetensors` or `.npz`.
+
+    Official `.pth.tar` files (a dict with `state_dict`) and DataParallel `module.` prefixes are
+    unwrapped. Never runs pickled code.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointFileError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.numpy import load_file
+        try:
+            raw = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointFileError(f"{path}: not a readable safetensors file ({e})") from e
+    elif suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                raw = {k: f[k] for k in f.files}
+        except (OSError, ValueError, zipfile.BadZipFile) as e:
+            raise CheckpointFileError(f"{path}: not a readable .npz file ({e})") from e
+    elif suffix in TORCH_SUFFIXES:
+        torch = _import_torch(path)
+        try:
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
+            raise CheckpointFileError(
+                f"{path}: torch.load(weights_only=True) failed: {type(e).__name__}: {str(e).splitlines()[0]}. "
+                "The file is not a PyTorch checkpoint, is truncated, or pickles objects other than tensors "
+                "(e.g. a training-resume file); manet-jax never runs pickled code. Save its state_dict alone "
+                "with torch.save(ckpt['state_dict'], 'weights.pth') where you trust the file.") from e
+    else:
+        raise CheckpointFileError(f"{path}: unknown weight file type {suffix!r}; expected one of "
+                                  f"{', '.join(TORCH_SUFFIXES)}, .safetensors, .npz")
+    if not isinstance(raw, Mapping):
+        raise CheckpointFileError(f"{path}: holds a {type(raw).__name__}, not a state_dict")
+    try:
+        return normalise_state_dict(raw)
+    except ValueError as e:
+        raise CheckpointFileError(f"{path}: {e}") from e
+
+
+def save_state_dict_file(state_dict: Mapping[str, np.ndarray], path: str | Path) -> Path:
+    """Writes a state_dict as `.pth` (torch.save of tensors), `.safetensors` or `.npz`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = path.suffix.lower()
+    arrays = {k: np.ascontiguousarray(v) for k, v in state_dict.items()}
+    if suffix == ".safetensors":
+        from safetensors.numpy import save_file
+        save_file(arrays, str(path))
+    elif suffix == ".npz":
+        np.savez(path, **arrays)
+    elif suffix in TORCH_SUFFIXES:
+        torch = _import_torch(path)
+        torch.save({k: torch.from_numpy(v) for k, v in arrays.items()}, path)
+    else:
+        raise CheckpointFileError(f"{path}: unknown output type {suffix!r}; use .pth, .safetensors or .npz")
+    return path

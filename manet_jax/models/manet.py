@@ -1,0 +1,116 @@
+"""MA-Net: feature pre-extractor, local attention module and global multi-scale module."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from manet_jax.models.blocks import BasicBlock, MulScaleBlock, ResLayer
+from manet_jax.models.layers import BatchNorm, accum_dtype, conv, linear, max_pool_3x3_s2
+
+Dtype = Any
+BETA = 0.6
+QUADRANTS = ("p1", "p2", "p3", "p4")
+
+
+class MANet(nn.Module):
+    """MA-Net (Zhao, Liu, Wang, IEEE TIP 2021) in NHWC.
+
+    `__call__(images, train)` takes float images in [0, 1], (N, H, W, 3), and returns
+    `(logits_local, logits_global)` like the reference. At 224x224 the local branches see exactly
+    the reference's 14x14 quadrants of the 28x28 layer2 map; at other sizes each quadrant is half
+    of the (even-sized) map. Parameter and BatchNorm names mirror the reference state_dict.
+
+    Intermediates are sown into the `intermediates` collection (apply with
+    `mutable=['intermediates']`): `stem` (max-pool output), `<layer>/output` for every layer
+    (`layer1`, `layer2`, `layer3_1_p1`..., `layer4_2`), `avgpool_local` and `avgpool_global`
+    (pooled features), and `<layer>/<block>/cbam/SpatialGate/spatial_attention` (N, H, W) for each
+    CBAM (`local_attention_map` assembles the last ones of the four branches).
+    """
+
+    num_classes: int = 7
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, images: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
+        features = self.pre_extractor(images.astype(self.dtype), train)
+        logits_local = self.local_attention(features, train)
+        logits_global = self.multi_scale(features, train)
+        return logits_local, logits_global
+
+    def pre_extractor(self, x: jax.Array, train: bool) -> jax.Array:
+        """ResNet-18 stem, layer1 and layer2: the (N, H/8, W/8, 128) feature map F."""
+        x = conv(64, 7, 2, name="conv1", dtype=self.dtype)(x)
+        x = nn.relu(BatchNorm(dtype=self.dtype, name="bn1")(x, train))
+        x = max_pool_3x3_s2(x)
+        self.sow("intermediates", "stem", x)
+        x = ResLayer(BasicBlock, 64, 1, dtype=self.dtype, name="layer1")(x, train)
+        x = ResLayer(BasicBlock, 128, 2, dtype=self.dtype, name="layer2")(x, train)
+        return x
+
+    def local_attention(self, features: jax.Array, train: bool) -> jax.Array:
+        """Four independent AttentionBlock branches, one per quadrant, re-tiled, pooled, `fc_1`."""
+        _, height, width, _ = features.shape
+        if height % 2 or width % 2:
+            raise ValueError(
+                f"MA-Net's local branch splits the layer2 map into four equal quadrants, but the map is "
+                f"{height}x{width} (odd). Use an input size divisible by 16 (224 as in the paper).")
+        h, w = height // 2, width // 2
+        quadrants = (features[:, :h, :w], features[:, :h, w:], features[:, h:, :w], features[:, h:, w:])
+        outputs = []
+        for name, patch in zip(QUADRANTS, quadrants):
+            kwargs = {"attention": True}
+            patch = ResLayer(BasicBlock, 256, 2, block_kwargs=kwargs, dtype=self.dtype,
+                             name=f"layer3_1_{name}")(patch, train)
+            patch = ResLayer(BasicBlock, 512, 1, block_kwargs=kwargs, dtype=self.dtype,
+                             name=f"layer4_1_{name}")(patch, train)
+            outputs.append(patch)
+        top = jnp.concatenate(outputs[:2], axis=2)
+        bottom = jnp.concatenate(outputs[2:], axis=2)
+        local_map = jnp.concatenate([top, bottom], axis=1)
+        return self.head(local_map, "avgpool_local", "fc_1")
+
+    def multi_scale(self, features: jax.Array, train: bool) -> jax.Array:
+        """Global branch: two MulScaleBlock layers (`layer3_2`, `layer4_2`), pooled, `fc_2`."""
+        x = ResLayer(MulScaleBlock, 256, 2, dtype=self.dtype, name="layer3_2")(features, train)
+        x = ResLayer(MulScaleBlock, 512, 2, dtype=self.dtype, name="layer4_2")(x, train)
+        return self.head(x, "avgpool_global", "fc_2")
+
+    def head(self, x: jax.Array, pool_name: str, fc_name: str) -> jax.Array:
+        """Global average pooling (sown as `pool_name`), then the linear head `fc_name`."""
+        pooled = x.astype(accum_dtype(self.dtype)).mean(axis=(1, 2))
+        self.sow("intermediates", pool_name, pooled)
+        logits = linear(self.num_classes, x.shape[-1], name=fc_name, dtype=self.dtype)(pooled)
+        return logits.astype(accum_dtype(self.dtype))
+
+
+def fused_logits(logits_local: jax.Array, logits_global: jax.Array, beta: float = BETA) -> jax.Array:
+    """The prediction logits: beta * local + (1 - beta) * global (raw logits, as the reference)."""
+    return beta * logits_local + (1.0 - beta) * logits_global
+
+
+def manet_loss(logits_local: jax.Array, logits_global: jax.Array, labels: jax.Array,
+               beta: float = BETA, weights: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """beta * CE(local) + (1 - beta) * CE(global), each the mean over (weighted) examples.
+
+    Returns the loss and a dict with `loss_local` and `loss_global`.
+    """
+    ce_local = optax.softmax_cross_entropy_with_integer_labels(logits_local, labels)
+    ce_global = optax.softmax_cross_entropy_with_integer_labels(logits_global, labels)
+    if weights is None:
+        weights = jnp.ones_like(ce_local)
+    total = weights.sum()
+    loss_local = (ce_local * weights).sum() / total
+    loss_global = (ce_global * weights).sum() / total
+    return beta * loss_local + (1.0 - beta) * loss_global, {"loss_local": loss_local, "loss_global": loss_global}
+
+
+def local_attention_map(intermediates: dict) -> jax.Array:
+    """The last CBAM spatial attention of each local branch, re-tiled like the quadrants: (N, H, W)."""
+    maps = [intermediates[f"layer4_1_{name}"]["1"]["cbam"]["SpatialGate"]["spatial_attention"][0]
+            for name in QUADRANTS]
+    return jnp.concatenate([jnp.concatenate(maps[:2], 2), jnp.concatenate(maps[2:], 2)], 1)
