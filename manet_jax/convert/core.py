@@ -73,11 +73,14 @@ def _template(num_classes: int) -> Variables:
     return jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, TEMPLATE_SIZE, TEMPLATE_SIZE, 3)))
 
 
+@functools.cache
+def _jitted_init(num_classes: int):
+    return jax.jit(MANet(num_classes).init)
+
+
 def init_variables(num_classes: int, rng: jax.Array) -> Variables:
-    """Freshly initialised MANet variables (the reference's default initialisation)."""
-    model = MANet(num_classes)
-    images = jnp.zeros((1, TEMPLATE_SIZE, TEMPLATE_SIZE, 3))
-    return jax.device_get(jax.jit(model.init)(rng, images))
+    """Freshly initialised MANet variables (the reference's default initialisation), as NumPy arrays."""
+    return jax.device_get(_jitted_init(num_classes)(rng, jnp.zeros((1, TEMPLATE_SIZE, TEMPLATE_SIZE, 3))))
 
 
 def reference_keys(variables: Variables) -> dict[str, tuple[str, tuple[str, ...], str, str]]:
@@ -145,7 +148,11 @@ def import_state_dict(checkpoint: Mapping[str, Any], num_classes: int | None = N
                 lines += [f"  {len(keys)} {title}:"] + [f"    {k}" for k in keys]
         raise StateDictMismatchError("\n".join(lines))
 
-    variables = init_variables(num_classes, jax.random.key(0) if rng is None else rng)
+    fresh = [k for k, t in targets.items() if k not in state_dict and t[2] != "num_batches_tracked"]
+    if fresh:
+        variables = init_variables(num_classes, jax.random.key(0) if rng is None else rng)
+    else:  # everything comes from the checkpoint: no initialisation to compile
+        variables = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), template)
     loaded, initialised = [], []
     for key, (collection, path, leaf, kind) in targets.items():
         if key in state_dict:

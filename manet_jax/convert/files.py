@@ -77,7 +77,7 @@ def save_state_dict_file(state_dict: Mapping[str, np.ndarray], path: str | Path)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = path.suffix.lower()
-    arrays = {k: np.ascontiguousarray(v) for k, v in state_dict.items()}
+    arrays = {k: np.asarray(v, order="C") for k, v in state_dict.items()}
     if suffix == ".safetensors":
         from safetensors.numpy import save_file
         save_file(arrays, str(path))
