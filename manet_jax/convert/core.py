@@ -158,7 +158,7 @@ def import_state_dict(checkpoint: Mapping[str, Any], num_classes: int | None = N
         if key in state_dict:
             dtype = _get(template[collection], path + (leaf,)).dtype
             value = to_flax_layout(kind, key.rsplit(".", 1)[1], state_dict[key])
-            _set(variables[collection], path + (leaf,), np.asarray(value, dtype))
+            _set(variables[collection], path + (leaf,), np.array(value, dtype))  # a copy: no shared memory
             loaded.append(key)
         elif leaf != "num_batches_tracked":
             initialised.append(key)

@@ -1,0 +1,1 @@
+"""PyTorch MA-Net written from the specification, used only by the tests."""
