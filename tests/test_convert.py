@@ -50,8 +50,11 @@ def test_layouts_and_names(state_dict, variables):
     np.testing.assert_array_equal(variables["params"]["conv1"]["kernel"],
                                   state_dict["conv1.weight"].transpose(2, 3, 1, 0))
     np.testing.assert_array_equal(variables["params"]["fc_1"]["kernel"], state_dict["fc_1.weight"].T)
-    mlp = variables["params"]["layer3_1_p2"]["0"]["cbam"]["ChannelGate"]["mlp"]["1"]["kernel"]
-    np.testing.assert_array_equal(mlp, state_dict["layer3_1_p2.0.cbam.ChannelGate.mlp.1.weight"].T)
+    branches = variables["params"]["local_branches"]["layer3_1"]["0"]["cbam"]["ChannelGate"]["mlp"]["1"]["kernel"]
+    for k in range(4):  # quadrant pk is index k-1 of the stacked local branches
+        np.testing.assert_array_equal(branches[k], state_dict[f"layer3_1_p{k + 1}.0.cbam.ChannelGate.mlp.1.weight"].T)
+    stats = variables["batch_stats"]["local_branches"]["layer4_1"]["1"]["cbam"]["SpatialGate"]["spatial"]["bn"]
+    np.testing.assert_array_equal(stats["mean"][3], state_dict["layer4_1_p4.1.cbam.SpatialGate.spatial.bn.running_mean"])
     bn = variables["batch_stats"]["layer4_2"]["0"]["bn2_2_3"]
     np.testing.assert_array_equal(bn["var"], state_dict["layer4_2.0.bn2_2_3.running_var"])
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import flax
 import jax
@@ -14,6 +14,8 @@ import numpy as np
 from manet_jax.convert.mapping import LEAVES, module_kind, reference_order, to_flax_layout, to_torch_layout
 from manet_jax.models import MANet
 from manet_jax.models.manet import QUADRANTS
+
+STACKED = "local_branches"  # the vmapped local branches: leaves stacked over QUADRANTS
 
 Variables = dict[str, Any]
 HEADS = ("fc_1", "fc_2")
@@ -69,8 +71,10 @@ def normalise_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, np.ndarray]
 
 @functools.cache
 def _template(num_classes: int) -> Variables:
+    """MANet's variable tree as zero-cost read-only arrays of the right shapes and dtypes."""
     model = MANet(num_classes)
-    return jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, TEMPLATE_SIZE, TEMPLATE_SIZE, 3)))
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, TEMPLATE_SIZE, TEMPLATE_SIZE, 3)))
+    return jax.tree_util.tree_map(lambda s: np.broadcast_to(np.zeros((), s.dtype), s.shape), shapes)
 
 
 @functools.cache
@@ -83,17 +87,46 @@ def init_variables(num_classes: int, rng: jax.Array) -> Variables:
     return jax.device_get(_jitted_init(num_classes)(rng, jnp.zeros((1, TEMPLATE_SIZE, TEMPLATE_SIZE, 3))))
 
 
-def reference_keys(variables: Variables) -> dict[str, tuple[str, tuple[str, ...], str, str]]:
-    """Reference key -> (collection, module path, Flax leaf, module kind), in reference order."""
+class Target(NamedTuple):
+    """Where a reference key lives in MANet's variables."""
+
+    collection: str  # 'params' or 'batch_stats'
+    path: tuple[str, ...]  # Flax path of the leaf
+    kind: str  # module kind: 'conv', 'linear' or 'bn'
+    index: int | None  # quadrant index into a stacked `local_branches` leaf, else None
+
+    def get(self, variables: Variables) -> Any:
+        value = _get(variables[self.collection], self.path)
+        return value if self.index is None else value[self.index]
+
+    def set(self, variables: Variables, value: np.ndarray) -> None:
+        if self.index is None:
+            _set(variables[self.collection], self.path, value)
+        else:
+            _get(variables[self.collection], self.path)[self.index] = value
+
+
+def reference_keys(variables: Variables) -> dict[str, Target]:
+    """Reference key -> its Target, in the reference's order.
+
+    The module path is the key's (`.` -> nesting), except that `local_branches/<layer>` holds the
+    stacked `<layer>_p1` ... `<layer>_p4` of the reference.
+    """
     params = flax.traverse_util.flatten_dict(variables["params"])
     modules: dict[tuple[str, ...], dict] = {}
     for path, value in params.items():
         modules.setdefault(path[:-1], {})[path[-1]] = value
     out = {}
     for path, leaves in modules.items():
-        kind = module_kind(leaves)
+        stacked = path[0] == STACKED
+        kind = module_kind(leaves, stacked)
         for torch_leaf, (collection, flax_leaf) in LEAVES[kind].items():
-            out[".".join(path + (torch_leaf,))] = (collection, path, flax_leaf, kind)
+            if stacked:
+                for index, quadrant in enumerate(QUADRANTS):
+                    key = ".".join((f"{path[1]}_{quadrant}",) + path[2:] + (torch_leaf,))
+                    out[key] = Target(collection, path + (flax_leaf,), kind, index)
+            else:
+                out[".".join(path + (torch_leaf,))] = Target(collection, path + (flax_leaf,), kind, None)
     return dict(sorted(out.items(), key=lambda item: reference_order(item[0])))
 
 
@@ -130,15 +163,15 @@ def import_state_dict(checkpoint: Mapping[str, Any], num_classes: int | None = N
     targets = reference_keys(template)
 
     missing, wrong_shape = [], []
-    for key, (collection, path, leaf, kind) in targets.items():
+    for key, target in targets.items():
+        torch_leaf = key.rsplit(".", 1)[1]
         if key not in state_dict:
-            if not (allow_missing or key in allow_missing_keys or leaf == "num_batches_tracked"):
+            if not (allow_missing or key in allow_missing_keys or torch_leaf == "num_batches_tracked"):
                 missing.append(key)
             continue
-        expected = _get(template[collection], path + (leaf,)).shape
-        torch_leaf = key.rsplit(".", 1)[1]
-        if to_flax_layout(kind, torch_leaf, state_dict[key]).shape != expected:
-            wanted = to_torch_layout(kind, torch_leaf, np.zeros(expected)).shape
+        expected = target.get(template).shape
+        if to_flax_layout(target.kind, torch_leaf, state_dict[key]).shape != expected:
+            wanted = to_torch_layout(target.kind, torch_leaf, np.zeros(expected)).shape
             wrong_shape.append(f"{key}: checkpoint {tuple(np.shape(state_dict[key]))}, expected {wanted}")
     unexpected = [k for k in state_dict if k not in targets]
     if missing or wrong_shape or unexpected:
@@ -148,21 +181,18 @@ def import_state_dict(checkpoint: Mapping[str, Any], num_classes: int | None = N
                 lines += [f"  {len(keys)} {title}:"] + [f"    {k}" for k in keys]
         raise StateDictMismatchError("\n".join(lines))
 
-    fresh = [k for k, t in targets.items() if k not in state_dict and t[2] != "num_batches_tracked"]
+    fresh = [k for k in targets if k not in state_dict and not k.endswith("num_batches_tracked")]
     if fresh:
-        variables = init_variables(num_classes, jax.random.key(0) if rng is None else rng)
+        variables = jax.tree_util.tree_map(np.array, init_variables(num_classes, jax.random.key(0) if rng is None else rng))
     else:  # everything comes from the checkpoint: no initialisation to compile
-        variables = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), template)
-    loaded, initialised = [], []
-    for key, (collection, path, leaf, kind) in targets.items():
+        variables = jax.tree_util.tree_map(np.zeros_like, template)
+    loaded = []
+    for key, target in targets.items():
         if key in state_dict:
-            dtype = _get(template[collection], path + (leaf,)).dtype
-            value = to_flax_layout(kind, key.rsplit(".", 1)[1], state_dict[key])
-            _set(variables[collection], path + (leaf,), np.array(value, dtype))  # a copy: no shared memory
+            value = to_flax_layout(target.kind, key.rsplit(".", 1)[1], state_dict[key])
+            target.set(variables, np.array(value, target.get(template).dtype))  # a copy: no shared memory
             loaded.append(key)
-        elif leaf != "num_batches_tracked":
-            initialised.append(key)
-    return Conversion(variables, loaded, initialised, dropped)
+    return Conversion(variables, loaded, fresh, dropped)
 
 
 def import_resnet18(checkpoint: Mapping[str, Any], num_classes: int, rng: jax.Array | None = None) -> Conversion:
@@ -203,10 +233,8 @@ def torch_to_flax(state_dict: Mapping[str, Any], num_classes: int | None = None,
 
 def flax_to_torch(variables: Variables) -> dict[str, np.ndarray]:
     """MANet variables -> the reference state_dict (NumPy arrays, reference names, layouts and order)."""
-    out = {}
-    for key, (collection, path, leaf, kind) in reference_keys(variables).items():
-        out[key] = to_torch_layout(kind, key.rsplit(".", 1)[1], np.asarray(_get(variables[collection], path + (leaf,))))
-    return out
+    return {key: to_torch_layout(target.kind, key.rsplit(".", 1)[1], np.asarray(target.get(variables)))
+            for key, target in reference_keys(variables).items()}
 
 
 def _get(tree: Mapping, path: tuple[str, ...]) -> Any:

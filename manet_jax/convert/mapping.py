@@ -1,7 +1,9 @@
 """The name and layout table between the reference PyTorch state_dict and MANet's variables.
 
 The Flax module tree mirrors the reference module tree, so a reference key splits into a module
-path (identical on both sides, `.` -> nesting) and a leaf, and only the leaf is translated:
+path (identical on both sides, `.` -> nesting) and a leaf, and only the leaf is translated. The
+one exception is the vmapped local branches: `layer3_1_pk.<rest>` / `layer4_1_pk.<rest>` are
+index k-1 of the stacked leaves under `local_branches/layer3_1/<rest>` / `.../layer4_1/<rest>`.
 
 | reference leaf        | module     | Flax collection / leaf           | layout                  |
 |-----------------------|------------|----------------------------------|-------------------------|
@@ -40,11 +42,11 @@ ORDER = (
 _RANK = {name: i for i, name in enumerate(ORDER)}
 
 
-def module_kind(leaves: dict) -> str:
-    """'bn', 'conv' or 'linear', from a module's parameter leaves (name -> array or shape)."""
+def module_kind(leaves: dict, stacked: bool = False) -> str:
+    """'bn', 'conv' or 'linear', from a module's parameter leaves (with a leading stack axis if `stacked`)."""
     if "scale" in leaves:
         return "bn"
-    return "conv" if len(np.shape(leaves["kernel"])) == 4 else "linear"
+    return "conv" if len(np.shape(leaves["kernel"])) - stacked == 4 else "linear"
 
 
 def to_flax_layout(kind: str, leaf: str, value: np.ndarray) -> np.ndarray:
