@@ -1,0 +1,282 @@
+"""Stage-by-stage comparison of MANet with the official PyTorch MA-Net.
+
+    python -m manet_jax.compare --reference-repo PATH/TO/MA-Net [--checkpoint FILE] \
+        [--images DIR | --random N] [--num-classes C] [--output report.json]
+
+Imports `MANet` from `<repo>/model/manet.py` (a clone of github.com/zengqunzhao/MA-Net; only
+torch is needed), builds it with the checkpoint's weights (or its own random initialisation),
+converts those weights to Flax, runs both models on the same images in eval mode and for one
+train-mode forward, and prints the max absolute and relative differences per stage, per head,
+of the fused logits and of the BatchNorm running statistics after the train forward. Exit
+code 0 when every judged quantity is within the golden tolerances (train-mode stage outputs
+have none and are shown for locating a difference), 1 otherwise, 2 on a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+from manet_jax.convert import (CheckpointFileError, StateDictMismatchError, flax_to_torch, load_state_dict_file,
+                               num_classes_of, torch_to_flax)
+from manet_jax.convert.core import HEADS
+from manet_jax.convert.files import INSTALL_TORCH
+from manet_jax.data.image_files import IMAGE_EXTENSIONS, is_image_file
+from manet_jax.models import MANet, fused_logits, stage_outputs
+from manet_jax.models.manet import QUADRANTS
+from manet_jax.reference_model import ReferenceModelError, build_reference, load_reference
+
+try:
+    import torch
+except ImportError:  # reported by main()
+    torch = None
+
+IMAGE_SIZE = 224
+# Golden tolerances (float32 port vs the official float32 model, golden README section 5):
+# kind -> (absolute, relative to the max abs of the reference array). The golden files hold no
+# train-mode activations, so train-mode stage rows are shown but not judged.
+TOLERANCES = {"logits": (5e-5, 0.0), "activation": (0.0, 1e-5), "bn stats": (1e-5, 0.0)}
+# Compared stages: the reference's top-level modules ("stem" is the max-pool output).
+STAGES = ("stem", "layer1", "layer2", *(f"layer{j}_1_{p}" for p in QUADRANTS for j in (3, 4)),
+          "layer3_2", "layer4_2")
+LOGITS = ("logits_local", "logits_global", "logits")
+
+
+class CompareError(ReferenceModelError):
+    """A user-facing problem with the inputs of the comparison (reference, checkpoint, images)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One compared quantity."""
+
+    mode: str
+    name: str
+    shape: tuple[int, ...]
+    max_abs_diff: float
+    max_abs_ref: float
+    tolerance: float | None  # None: shown, not judged
+
+    @property
+    def rel_diff(self) -> float:
+        return self.max_abs_diff / max(self.max_abs_ref, np.finfo(np.float32).tiny)
+
+    @property
+    def ok(self) -> bool | None:
+        return None if self.tolerance is None else bool(self.max_abs_diff <= self.tolerance)  # False for NaN
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "rel_diff": self.rel_diff, "ok": self.ok}
+
+
+def compare_arrays(mode: str, name: str, ours: Any, reference: Any, kind: str | None) -> Row:
+    """A row for `ours` vs `reference`, judged by the golden tolerance of `kind` (None: not judged)."""
+    ours, reference = np.asarray(ours, np.float64), np.asarray(reference, np.float64)
+    if ours.shape != reference.shape:
+        raise CompareError(f"{mode} {name}: MANet gives shape {ours.shape}, the reference {reference.shape}")
+    max_abs_ref = float(np.abs(reference).max())
+    tolerance = None if kind is None else TOLERANCES[kind][0] + TOLERANCES[kind][1] * max_abs_ref
+    return Row(mode, name, reference.shape, float(np.abs(ours - reference).max()), max_abs_ref, tolerance)
+
+
+def load_checkpoint(model: torch.nn.Module, state_dict: dict[str, np.ndarray], path: str) -> None:
+    """Loads a (normalised) MA-Net state_dict into the reference, keeping its heads if their size differs."""
+    current = model.state_dict()
+    if num_classes_of(state_dict) != num_classes_of(current):
+        state_dict = {key: value for key, value in state_dict.items() if key.split(".")[0] not in HEADS}
+        state_dict |= {key: value for key, value in current.items() if key.split(".")[0] in HEADS}
+    try:
+        model.load_state_dict({key: torch.as_tensor(value) for key, value in state_dict.items()})
+    except RuntimeError as e:
+        raise CompareError(f"{path} does not fit the reference model:\n{e}") from e
+
+
+def load_images(folder: str | Path, limit: int) -> np.ndarray:
+    """The first `limit` images under `folder` (sorted paths) as the evaluation pipeline feeds them.
+
+    RGB, `Resize((224, 224))` (PIL bilinear), `ToTensor` ([0, 1], no normalisation): (N, 3, 224, 224).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CompareError(f"--images {folder}: no such directory")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p))[:limit]
+    if not files:
+        raise CompareError(f"--images {folder}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
+    images = []
+    for path in files:
+        try:
+            with Image.open(path) as image:
+                resized = image.convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)
+        except OSError as e:
+            raise CompareError(f"{path}: cannot read the image ({e})") from e
+        images.append(np.asarray(resized, np.float32) / 255)
+    return np.stack(images).transpose(0, 3, 1, 2)
+
+
+def random_images(count: int, seed: int) -> np.ndarray:
+    """Uniform [0, 1) images, (N, 3, 224, 224) float32."""
+    return np.random.default_rng(seed).random((count, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
+
+
+def torch_forward(model: torch.nn.Module, images: np.ndarray, train: bool) -> dict[str, np.ndarray]:
+    """Stage outputs and logits (NCHW) of one reference forward in eval or train mode."""
+    outputs: dict[str, np.ndarray] = {}
+
+    def capture(stage: str):
+        return lambda module, inputs, output: outputs.__setitem__(stage, output.detach().numpy().copy())
+
+    handles = [model.get_submodule("maxpool" if stage == "stem" else stage).register_forward_hook(capture(stage))
+               for stage in STAGES]
+    model.train(train)
+    try:
+        with torch.no_grad():
+            local, glob = (t.numpy() for t in model(torch.from_numpy(images)))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {**outputs, "logits_local": local, "logits_global": glob, "logits": fused_logits(local, glob)}
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _apply(model: MANet, variables: dict, images: jax.Array, train: bool) -> tuple:
+    mutable = ["intermediates", "batch_stats"] if train else ["intermediates"]
+    (local, glob), state = model.apply(variables, images, train=train, mutable=mutable)
+    return local, glob, state["intermediates"], state.get("batch_stats", variables["batch_stats"])
+
+
+def jax_forward(model: MANet, variables: dict, images: np.ndarray, train: bool) -> tuple[dict[str, np.ndarray], dict]:
+    """Stage outputs and logits (converted to NCHW) of one MANet forward, and the batch statistics after it."""
+    with jax.default_matmul_precision("highest"):
+        local, glob, intermediates, batch_stats = jax.device_get(
+            _apply(model, variables, jnp.asarray(images.transpose(0, 2, 3, 1)), train))
+    outputs = {stage: np.transpose(stage_outputs(intermediates)[stage], (0, 3, 1, 2)) for stage in STAGES}
+    return {**outputs, "logits_local": local, "logits_global": glob, "logits": fused_logits(local, glob)}, batch_stats
+
+
+def compare_outputs(mode: str, ours: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> list[Row]:
+    stage_kind = "activation" if mode == "eval" else None
+    return ([compare_arrays(mode, stage, ours[stage], reference[stage], stage_kind) for stage in STAGES]
+            + [compare_arrays(mode, name, ours[name], reference[name], "logits") for name in LOGITS])
+
+
+def compare_buffers(ours: dict[str, np.ndarray], reference: dict[str, Any]) -> list[Row]:
+    """One row per top-level module: all its BN running statistics (and batch counters) after the train forward."""
+    groups: dict[str, tuple[list, list]] = {}
+    for key, value in reference.items():
+        if key.rsplit(".", 1)[1] in ("running_mean", "running_var", "num_batches_tracked"):
+            group = key.split(".")[0]
+            mine, theirs = groups.setdefault("stem" if group == "bn1" else group, ([], []))
+            mine.append(np.ravel(ours[key]))
+            theirs.append(np.ravel(value.numpy()))
+    return [compare_arrays("train", f"bn stats {group}", np.concatenate(mine), np.concatenate(theirs), "bn stats")
+            for group, (mine, theirs) in groups.items()]
+
+
+def run(reference: torch.nn.Module, images: np.ndarray) -> list[Row]:
+    """Converts the reference's weights, runs both models (eval, then one train forward) and compares them."""
+    state_dict = {key: value.numpy().copy() for key, value in reference.state_dict().items()}  # no aliasing
+    try:
+        variables = torch_to_flax(state_dict)
+    except StateDictMismatchError as e:
+        raise CompareError(f"the reference model's state_dict does not match manet_jax's MANet: {e}") from e
+    model = MANet(num_classes_of(state_dict))
+    rows = []
+    for mode, train in (("eval", False), ("train", True)):
+        theirs = torch_forward(reference, images, train)
+        ours, batch_stats = jax_forward(model, variables, images, train)
+        rows += compare_outputs(mode, ours, theirs)
+    return rows + compare_buffers(flax_to_torch({"params": variables["params"], "batch_stats": batch_stats}),
+                                  reference.state_dict())
+
+
+def format_table(rows: Sequence[Row]) -> str:
+    header = (f"{'mode':<6} {'quantity':<24} {'shape':<18} {'max|diff|':>10} {'max|ref|':>10} {'rel diff':>10} "
+              f"{'tolerance':>10}  ok")
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        tolerance, ok = ("-", "-") if row.ok is None else (f"{row.tolerance:.3g}", "yes" if row.ok else "NO")
+        lines.append(f"{row.mode:<6} {row.name:<24} {str(row.shape):<18} {row.max_abs_diff:>10.3g} "
+                     f"{row.max_abs_ref:>10.3g} {row.rel_diff:>10.3g} {tolerance:>10}  {ok}")
+    return "\n".join(lines)
+
+
+def passed(rows: Sequence[Row]) -> bool:
+    return all(row.ok is not False for row in rows)
+
+
+def verdict(rows: Sequence[Row]) -> str:
+    judged = [row for row in rows if row.ok is not None]
+    failed = [f"{row.mode} {row.name}" for row in judged if not row.ok]
+    if not failed:
+        return f"PASS: all {len(judged)} judged quantities within the golden tolerances"
+    return f"FAIL: {len(failed)} of {len(judged)} judged quantities exceed the golden tolerances: {', '.join(failed)}"
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m manet_jax.compare", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--reference-repo", required=True, metavar="PATH",
+                        help="local clone of the official MA-Net repository (holds model/manet.py)")
+    parser.add_argument("--checkpoint", metavar="FILE",
+                        help=".pth / .pth.tar / .safetensors / .npz MA-Net weights (default: the reference's "
+                             "random initialisation)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--images", metavar="DIR", help="folder of images (searched recursively, sorted)")
+    source.add_argument("--random", type=int, metavar="N", help="N random images (default 2)")
+    parser.add_argument("--max-images", type=int, default=8, metavar="N", help="use at most this many images of --images")
+    parser.add_argument("--num-classes", type=int, metavar="C",
+                        help="head size (default: the checkpoint's, else 7); other heads than the "
+                             "checkpoint's are freshly initialised")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights and random images")
+    parser.add_argument("--output", metavar="FILE.json", help="also write the table as JSON")
+    args = parser.parse_args(argv)
+    if args.random is None and args.images is None:
+        args.random = 2
+    if (args.random is not None and args.random < 1) or args.max_images < 1:
+        parser.error("--random and --max-images must be at least 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        if torch is None:
+            raise CompareError(f"the comparison runs the PyTorch reference and needs torch: {INSTALL_TORCH}")
+        module = load_reference(args.reference_repo)
+        state_dict = load_state_dict_file(args.checkpoint) if args.checkpoint else None
+        num_classes = args.num_classes or (num_classes_of(state_dict) if state_dict else 7)
+        torch.manual_seed(args.seed)
+        reference = build_reference(module, num_classes)
+        if state_dict is not None:
+            load_checkpoint(reference, state_dict, args.checkpoint)
+        images = (random_images(args.random, args.seed) if args.images is None
+                  else load_images(args.images, args.max_images))
+        print(f"reference: {module.__file__}\n"
+              f"weights:   {args.checkpoint or f'random initialisation of the reference (seed {args.seed})'}\n"
+              f"images:    {args.images or f'random (seed {args.seed})'}, {len(images)} x 3 x 224 x 224; "
+              f"{num_classes} classes; JAX on {jax.devices()[0].platform}, matmul precision 'highest'\n")
+        rows = run(reference, images)
+    except (ReferenceModelError, CheckpointFileError, StateDictMismatchError) as e:
+        print(f"python -m manet_jax.compare: error: {e}", file=sys.stderr)
+        return 2
+    print(format_table(rows))
+    print(verdict(rows))
+    if args.output:
+        report = {"passed": passed(rows), "reference": module.__file__,
+                  "checkpoint": args.checkpoint, "images": args.images, "seed": args.seed, "num_images": len(images),
+                  "num_classes": num_classes, "rows": [row.as_dict() for row in rows]}
+        Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+    return 0 if passed(rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""Dataset names (`<builder>` or `<builder>/<config>`) -> TFDS builders."""
+
+from __future__ import annotations
+
+import os
+
+from manet_jax.data.affectnet import Affectnet
+from manet_jax.data.caer_s import CaerS
+from manet_jax.data.fer_builder import FerBuilder
+from manet_jax.data.ferplus import Ferplus
+from manet_jax.data.image_folder import ImageFolder
+from manet_jax.data.locations import resolve_data_dir
+from manet_jax.data.raf_db import RafDb
+from manet_jax.data.sfew import Sfew
+from manet_jax.data.synthetic_faces import SyntheticFaces, SyntheticFacesConfig
+
+BUILDERS: dict[str, type[FerBuilder]] = {
+    cls.name: cls for cls in (RafDb, Affectnet, CaerS, Sfew, Ferplus, ImageFolder, SyntheticFaces)}
+
+
+def split_name(name: str) -> tuple[str, str | None]:
+    """'affectnet/7' -> ('affectnet', '7'); 'raf_db' -> ('raf_db', None)."""
+    builder, _, config = name.partition("/")
+    if builder not in BUILDERS:
+        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(sorted(BUILDERS))}")
+    cls = BUILDERS[builder]
+    if cls.BUILDER_CONFIGS and not config and cls is not SyntheticFaces:
+        configs = ", ".join(f"{builder}/{c.name}" for c in cls.BUILDER_CONFIGS)
+        raise ValueError(f"dataset {name!r} needs a config: {configs}")
+    if config and not cls.BUILDER_CONFIGS:
+        raise ValueError(f"dataset {builder!r} has no configs, got {name!r}")
+    return builder, config or None
+
+
+def make_builder(name: str, data_dir: str | os.PathLike | None = None, **kwargs) -> FerBuilder:
+    """The TFDS builder of dataset `name` in `data_dir` (default: `locations.default_data_dir()`);
+    `kwargs` go to the builder (e.g. skip_corrupt)."""
+    builder, config = split_name(name)
+    cls = BUILDERS[builder]
+    if cls is SyntheticFaces:  # any '<size>[_<train>_<test>]', by default 64 px
+        config = config or "64"
+        if config not in cls.builder_configs:
+            config = SyntheticFacesConfig.from_name(config)
+    return cls(config=config, data_dir=resolve_data_dir(data_dir), **kwargs)
