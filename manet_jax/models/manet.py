@@ -85,8 +85,10 @@ class MANet(nn.Module):
             raise ValueError(
                 f"MA-Net's local branch splits the layer2 map into four equal quadrants, but the map is "
                 f"{height}x{width} (odd). Use an input size divisible by 16 (224 as in the paper).")
-        h, w = height // 2, width // 2
-        quadrants = jnp.stack([features[:, :h, :w], features[:, :h, w:], features[:, h:, :w], features[:, h:, w:]])
+        # Equal halves: the reference's fixed 14x14 slices at 224. jnp.split (rather than slicing)
+        # keeps exports with a symbolic batch size convertible to TFLite.
+        top, bottom = jnp.split(features, 2, axis=1)
+        quadrants = jnp.stack([*jnp.split(top, 2, axis=2), *jnp.split(bottom, 2, axis=2)])
         p1, p2, p3, p4 = LocalBranches(dtype=self.dtype, name="local_branches")(quadrants, train)
         local_map = jnp.concatenate([jnp.concatenate([p1, p2], 2), jnp.concatenate([p3, p4], 2)], 1)
         return self.head(local_map, "avgpool_local", "fc_1")
