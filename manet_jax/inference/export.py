@@ -1,0 +1,58 @@
+"""Exporting a model for serving without its Python code: what every export shares, and the
+serialized `jax.export` (StableHLO) artifact; `savedmodel` makes the TensorFlow SavedModel.
+
+Each export directory also holds `manet_export.json`: the format, class names, input size and
+the input and output names. Exports take a batch of any size.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+from jax import export as jax_export
+
+from manet_jax.inference.model import InferenceModel, outputs
+
+PLATFORMS = ("cpu", "cuda", "tpu")
+METADATA = "manet_export.json"
+STABLEHLO_FILE = "manet.jax_export"
+OUTPUTS = ("logits_local", "logits_global", "probabilities", "probabilities_local", "probabilities_global")
+
+
+def serving_fn(model: InferenceModel) -> Callable[[dict, jax.Array], dict[str, jax.Array]]:
+    """`fn(variables, images) -> OUTPUTS`, the computation every export serves."""
+    module, beta = model.module, model.beta
+    return lambda variables, images: outputs(module, beta, variables, images)
+
+
+def write_metadata(directory: Path, model: InferenceModel, fmt: str, inputs: dict[str, str],
+                   platforms: Sequence[str]) -> None:
+    """Writes METADATA, describing an export of `fmt` with `inputs` (name -> `input_spec`)."""
+    metadata = {"format": fmt, "class_names": list(model.class_names), "image_size": model.image_size,
+                "inputs": inputs, "outputs": list(OUTPUTS), "platforms": list(platforms)}
+    (directory / METADATA).write_text(json.dumps(metadata, indent=2) + "\n")
+
+
+def input_spec(model: InferenceModel, dtype: str) -> str:
+    """The metadata's description of an input of `dtype`."""
+    size = model.image_size
+    scale = "in [0, 1]" if dtype == "float32" else "0-255"
+    return f"{dtype}[batch, {size}, {size}, 3] RGB {scale}"
+
+
+def export_stablehlo(model: InferenceModel, directory: Path, platforms: Sequence[str] = PLATFORMS) -> Path:
+    """Writes `manet.jax_export`: `jax.export` of images float32 (batch, S, S, 3) in [0, 1] ->
+    dict of OUTPUTS, with the variables embedded and the batch size symbolic. Load it with
+    `jax.export.deserialize(path.read_bytes()).call(images)`."""
+    batch, = jax_export.symbolic_shape("batch")
+    images = jax.ShapeDtypeStruct((batch, model.image_size, model.image_size, 3), jnp.float32)
+    serve, variables = serving_fn(model), model.variables
+    exported = jax_export.export(jax.jit(lambda x: serve(variables, x)), platforms=platforms)(images)
+    path = directory / STABLEHLO_FILE
+    path.write_bytes(exported.serialize())
+    write_metadata(directory, model, "stablehlo", {"images": input_spec(model, "float32")}, platforms)
+    return path

@@ -1,0 +1,97 @@
+"""Finding input images and decoding them as upright 8-bit RGB, whatever their format."""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from manet_jax.data.image_files import is_image_file
+
+MAX_SIDE = 4096  # larger images are downscaled to this longest side while decoding
+_ORIENTATION = 0x0112  # EXIF tag
+_TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+
+
+class ImageLoadError(ValueError):
+    """An input that cannot be decoded as an image; the message names the file and the cause."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedImage:
+    """Upright RGB pixels of an image file, possibly downscaled, and the upright original size."""
+
+    pixels: np.ndarray  # (H, W, 3) uint8
+    size: tuple[int, int]  # (width, height) of the upright image before any downscaling
+
+    @property
+    def scale(self) -> float:
+        """pixels' resolution over the original's (1.0 unless downscaled)."""
+        return self.pixels.shape[1] / self.size[0]
+
+
+def find_images(paths: Sequence[str]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """The files named by `paths`, and (path, reason) for each path that names none.
+
+    A path is a file (taken whatever its extension, so that non-images get reported), a folder
+    (searched recursively for image extensions) or a glob pattern (`**` recurses).
+    """
+    files: dict[Path, None] = {}
+    missing = []
+    for path in paths:
+        matches = [Path(path)] if Path(path).exists() else [Path(p) for p in sorted(glob.glob(path, recursive=True))]
+        if not matches:
+            missing.append((path, "no such file or folder, and no file matches it as a glob"))
+        for match in matches:
+            if match.is_dir():
+                files.update(dict.fromkeys(sorted(p for p in match.rglob("*") if p.is_file() and is_image_file(p))))
+            else:
+                files[match] = None
+    return list(files), missing
+
+
+def load_image(path: Path, max_side: int = MAX_SIDE) -> LoadedImage:
+    """The image at `path` as upright 8-bit RGB (EXIF orientation applied), at most `max_side` wide or
+    high.
+
+    Greyscale, palette, RGBA (alpha dropped, as torchvision's loader and the dataset builders do),
+    CMYK and 16-bit images are converted; JPEGs larger than `max_side` are decoded at a reduced
+    scale. Raises ImageLoadError for non-images, truncated or corrupt files, and images beyond
+    Pillow's decompression-bomb limit.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # downscaled below
+            image = Image.open(path)
+        with image:
+            width, height = image.size
+            if image.getexif().get(_ORIENTATION) in _TRANSPOSED:
+                width, height = height, width
+            if max(width, height) > max_side:
+                ratio = max_side / max(width, height)
+                image.draft(None, (int(image.width * ratio), int(image.height * ratio)))
+            image.load()
+            upright = ImageOps.exif_transpose(image)
+            upright.thumbnail((max_side, max_side), Image.Resampling.BILINEAR, reducing_gap=2.0)
+            pixels = _rgb(upright)
+    except Image.UnidentifiedImageError:
+        raise ImageLoadError(f"{path}: not an image file Pillow can identify") from None
+    except Image.DecompressionBombError as e:
+        raise ImageLoadError(f"{path}: too large to decode safely ({e})") from None
+    except (OSError, ValueError, SyntaxError) as e:  # what Pillow raises for damaged or unsupported files
+        raise ImageLoadError(f"{path}: cannot be decoded ({type(e).__name__}: {e})") from None
+    return LoadedImage(pixels, (width, height))
+
+
+def _rgb(image: Image.Image) -> np.ndarray:
+    """`image` as (H, W, 3) uint8 RGB; 16-bit greyscale keeps its high byte, as Pillow does for
+    16-bit colour."""
+    if image.mode.startswith("I;16"):
+        grey = (np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=-1)
+    return np.asarray(image.convert("RGB"))

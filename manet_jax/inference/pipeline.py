@@ -1,0 +1,90 @@
+"""Images in, one record per face out: load, detect, crop, preprocess, predict in batches, visualise."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from manet_jax.inference.faces import MARGIN, Box, detect_faces
+from manet_jax.inference.images import ImageLoadError, find_images, load_image
+from manet_jax.inference.model import Predictor
+from manet_jax.inference.preprocess import eval_view
+from manet_jax.inference.report import BRANCHES, ERROR, NO_FACE, OK, Record
+from manet_jax.inference.visualize import save_visualization
+
+_OUTPUT_KEYS = dict(zip(BRANCHES, ("probabilities", "probabilities_local", "probabilities_global")))
+
+
+class _Batcher:
+    """Collects preprocessed faces and predicts them `predictor.batch_size` at a time, filling in
+    their records (and writing visualisations into `visualize`, when given)."""
+
+    def __init__(self, predictor: Predictor, visualize: Path | None):
+        self.predictor = predictor
+        self.visualize = visualize
+        self.pending: list[tuple[Record, np.ndarray]] = []
+        self.png_names: set[str] = set()
+
+    def add(self, record: Record, view: np.ndarray) -> None:
+        self.pending.append((record, view))
+        if len(self.pending) == self.predictor.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        records, views = zip(*self.pending)
+        self.pending = []
+        out = self.predictor(np.stack(views))
+        names = self.predictor.model.class_names
+        for i, (record, view) in enumerate(zip(records, views)):
+            record.probabilities = {branch: dict(zip(names, out[key][i].tolist()))
+                                    for branch, key in _OUTPUT_KEYS.items()}
+            record.label = names[int(out["probabilities"][i].argmax())]
+            if self.visualize is not None:
+                png = self._png_path(Path(record.file).stem, record.face)
+                save_visualization(png, view, record.label, record.probabilities, out["attention"][i],
+                                   out["cam"][i])
+                record.visualization = str(png)
+
+    def _png_path(self, stem: str, face: int) -> Path:
+        name, n = f"{stem}_face{face}.png", 1
+        while name in self.png_names:  # same stem in another folder
+            n += 1
+            name = f"{stem}_face{face}_{n}.png"
+        self.png_names.add(name)
+        return self.visualize / name
+
+
+def predict_paths(paths: Sequence[str], predictor: Predictor, *, detect: bool = True, margin: float = MARGIN,
+                  min_neighbors: int = 5, visualize: Path | None = None) -> list[Record]:
+    """Records for every face in the images named by `paths` (files, folders, globs), in file order.
+
+    With `detect`, faces are found by `detect_faces` and cropped with `margin`; without, each
+    image is taken as one face crop. Images without faces and inputs that fail give a record
+    each (NO_FACE, ERROR). A record's box is the crop fed to the model, in original pixels.
+    """
+    if visualize is not None:
+        visualize.mkdir(parents=True, exist_ok=True)
+    files, missing = find_images(paths)
+    records = [Record(path, ERROR, reason) for path, reason in missing]
+    batcher = _Batcher(predictor, visualize)
+    for path in files:
+        try:
+            image = load_image(path)
+        except ImageLoadError as e:
+            records.append(Record(str(path), ERROR, str(e)))
+            continue
+        height, width = image.pixels.shape[:2]
+        boxes = ([box.expanded(margin, width, height) for box in detect_faces(image.pixels, min_neighbors)]
+                 if detect else [Box(0, 0, width, height)])
+        if not boxes:
+            records.append(Record(str(path), NO_FACE))
+        for face, box in enumerate(boxes):
+            record = Record(str(path), OK, face=face, box=box.scaled(1 / image.scale))
+            records.append(record)
+            batcher.add(record, eval_view(box.crop(image.pixels), predictor.model.image_size))
+    batcher.flush()
+    return records

@@ -1,0 +1,71 @@
+"""Facial expression prediction on image files: `python -m manet_jax.predict PATH... --checkpoint DIR`.
+
+Finds faces (OpenCV's frontal-face cascade), crops each with a margin, preprocesses it as the
+evaluation pipeline does and runs MA-Net in batches; prints a table, optionally writes JSON or
+CSV (--output) and a PNG per face with attention maps (--visualize). Exits with 1 only if no
+input could be processed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from pathlib import Path
+
+from manet_jax.checkpoints import CheckpointError
+from manet_jax.inference.faces import MARGIN
+from manet_jax.inference.model import Predictor, load_model
+from manet_jax.inference.pipeline import predict_paths
+from manet_jax.inference.report import BRANCHES, ERROR, NO_FACE, OK, WRITERS, format_table, write_records
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m manet_jax.predict", description=__doc__.split("\n\n")[0])
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="image file, folder (searched recursively) or glob")
+    parser.add_argument("--checkpoint", required=True, type=Path, metavar="DIR", help="checkpoint or trainer workdir")
+    parser.add_argument("--image-size", type=int, metavar="S",
+                        help="model input size (default: the workdir's, else 224)")
+    parser.add_argument("--no-detect", action="store_true", help="take each image as an aligned face crop")
+    parser.add_argument("--margin", type=float, default=MARGIN,
+                        help="crop margin per side, a fraction of the face box (%(default)s)")
+    parser.add_argument("--min-neighbors", type=int, default=5,
+                        help="detector strictness: more, fewer false faces (%(default)s)")
+    parser.add_argument("--batch-size", type=int, default=32, help="faces per forward (%(default)s)")
+    parser.add_argument("--output", type=Path, metavar="FILE", help="write the results to this .json or .csv file")
+    parser.add_argument("--branch-probabilities", action="store_true",
+                        help="also write the local and global branches' probabilities to --output")
+    parser.add_argument("--visualize", type=Path, metavar="DIR", help="write a PNG per face into DIR")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for option, value, least in (("--margin", args.margin, 0), ("--min-neighbors", args.min_neighbors, 0),
+                                 ("--batch-size", args.batch_size, 1)):
+        if value < least:
+            parser.error(f"{option} {value}: must be at least {least}")
+    if args.output and args.output.suffix.lower() not in WRITERS:
+        parser.error(f"--output {args.output}: unknown format; use a .json or .csv file name")
+    if args.output and not args.output.absolute().parent.is_dir():
+        parser.error(f"--output {args.output}: its folder does not exist")
+    try:
+        model = load_model(args.checkpoint, args.image_size)
+    except (CheckpointError, ValueError) as e:
+        parser.error(str(e))
+    predictor = Predictor(model, args.batch_size, maps=args.visualize is not None)
+    records = predict_paths(args.paths, predictor, detect=not args.no_detect, margin=args.margin,
+                            min_neighbors=args.min_neighbors, visualize=args.visualize)
+    print(format_table(records, model.class_names))
+    if args.output:
+        write_records(args.output, records, model.class_names, BRANCHES if args.branch_probabilities else BRANCHES[:1])
+    statuses = {r.file: r.status for r in records}
+    counts = Counter(statuses.values())
+    print(f"{len(statuses)} inputs: {sum(r.status == OK for r in records)} face(s) in {counts[OK]} image(s), "
+          f"{counts[NO_FACE]} without a face, {counts[ERROR]} skipped", file=sys.stderr)
+    return 0 if counts[OK] or counts[NO_FACE] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""Trainer configuration: the base config every `configs/*.py` extends, loading, checks, flag parsing.
+
+Configs are `ml_collections.ConfigDict`s returned by a config file's `get_config()`. On the
+command line `--config=configs/raf.py --config.learning_rate=0.02` loads a file and overrides
+keys; the config is locked, so setting an unknown key, in a file or an override, is an error
+naming the key.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import ml_collections
+from absl import flags
+from etils import epath
+from ml_collections import config_flags
+from ml_collections.config_dict import placeholder
+
+DTYPES = ("float32", "bfloat16", "float64")  # float64 (with JAX_ENABLE_X64=1): for numerics checks
+REQUIRED = ("dataset", "num_epochs", "batch_size", "learning_rate", "lr_step_epochs")
+
+
+class ConfigError(ValueError):
+    """A config file, override or value that cannot be used; the message names the key."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Every key the trainer reads, with the reference's common settings (MA-Net `main.py`)."""
+    c = ml_collections.ConfigDict()
+    # Data (manet_jax.data): a dataset name such as 'raf_db', 'affectnet/7', 'synthetic_faces/96'.
+    c.dataset = placeholder(str)
+    c.data_dir = placeholder(str)  # None: $MANET_DATA_DIR, else ./data, else ~/tensorflow_datasets
+    c.eval_split = placeholder(str)  # None: the split the paper reports on (test, or validation)
+    c.image_size = 224
+    c.balanced_sampling = False  # draw each class equally often (AffectNet's ImbalancedDatasetSampler)
+    c.crop_scale = (0.08, 1.0)  # RandomResizedCrop area range
+    c.crop_ratio = (3 / 4, 4 / 3)  # RandomResizedCrop aspect range
+    c.flip_prob = 0.5
+    # Model and initialisation.
+    c.init_from = ""  # '': from scratch; a converted checkpoint dir, trainer workdir or weight file
+    c.dtype = "float32"  # compute dtype: float32 or bfloat16 (parameters stay float32); see DTYPES
+    c.beta = 0.6  # loss = beta CE(local) + (1 - beta) CE(global); prediction from the same mix
+    # Optimisation: SGD with momentum, coupled weight decay, StepLR stepped once per epoch.
+    c.num_epochs = placeholder(int)
+    c.batch_size = placeholder(int)  # global, over all devices and processes
+    c.eval_batch_size = placeholder(int)  # None: batch_size
+    c.learning_rate = placeholder(float)
+    c.lr_step_epochs = placeholder(int)  # StepLR step_size
+    c.lr_gamma = 0.1  # StepLR gamma
+    c.momentum = 0.9
+    c.weight_decay = 1e-4
+    c.seed = 0  # initialisation, data order and augmentation
+    # Bookkeeping.
+    c.log_every_steps = 50
+    c.eval_every_epochs = 1
+    c.checkpoint_every_epochs = 1
+    c.keep_checkpoints = 2  # the latest N; the best by eval accuracy is kept as well
+    c.lock()  # config files and overrides can only set these keys
+    return c
+
+
+def load_config_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
+    """`get_config()` of a config file, e.g. to extend a sibling config in `configs/`."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"{path}: no such config file")
+    spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def load_config(path: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+    """The locked, checked config of file `path` after `key=value` overrides (as --config.key=value)."""
+    argv = ["load_config", f"--config={path}", *(f"--config.{o}" for o in overrides)]
+    flag_values = flags.FlagValues()
+    holder = config_flags.DEFINE_config_file("config", flag_values=flag_values, lock_config=True, sys_argv=argv)
+    _parse(flag_values, argv)
+    config = holder.value
+    check_config(config)
+    return config
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError naming the first key that is unset or out of range."""
+    for key in REQUIRED:
+        if config[key] is None:
+            raise ConfigError(f"config.{key} is not set; the config file or --config.{key}=... must set it")
+    if config.dtype not in DTYPES:
+        raise ConfigError(f"config.dtype must be one of {DTYPES}, got {config.dtype!r}")
+    for key in ("num_epochs", "batch_size", "lr_step_epochs", "log_every_steps", "eval_every_epochs",
+                "checkpoint_every_epochs", "keep_checkpoints", "image_size"):
+        if config[key] < 1:
+            raise ConfigError(f"config.{key} must be >= 1, got {config[key]}")
+    if config.eval_batch_size is not None and config.eval_batch_size < 1:
+        raise ConfigError(f"config.eval_batch_size must be >= 1, got {config.eval_batch_size}")
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl `flags_parser` for the entry points: a bad flag, config file or override exits with a
+    one-line error instead of a traceback."""
+    try:
+        remaining = _parse(flags.FLAGS, argv)
+        check_config(flags.FLAGS.config)
+    except ConfigError as e:
+        sys.exit(f"error: {e}\nRun with --helpshort for the flags.")
+    return remaining
+
+
+def _parse(flag_values: flags.FlagValues, argv: list[str]) -> list[str]:
+    """Parses `argv` and loads the config file, turning ml_collections' errors into ConfigError."""
+    try:
+        remaining = flag_values(argv)
+        config = flag_values["config"].value
+        if config is None:
+            raise ConfigError("--config is required, e.g. --config=configs/demo.py")
+        config.keys()  # a config file that failed to load raises here
+    except AttributeError as e:  # ml_collections: the config file or an override sets a key it lacks
+        raise ConfigError(_unknown_key_message(str(e))) from e
+    except (OSError, TypeError, SyntaxError) as e:  # missing file, bad get_config, broken file
+        raise ConfigError(f"cannot load the config file: {e}") from e
+    except flags.Error as e:  # an override's value does not parse, or an unknown flag
+        raise ConfigError(str(e)) from e
+    return remaining
+
+
+def _unknown_key_message(error: str) -> str:
+    """'unknown config key 'x' (did you mean 'y'?)' from ml_collections' locked-config errors."""
+    key = re.search(r'Key \\?"(\w+)', error) or re.search(r'^\W*(\w+)', error)  # a file's or an override's
+    suggestion = re.search(r'Did you mean \\?"(\w+)', error)
+    name = key.group(1) if key else "?"
+    hint = f" (did you mean '{suggestion.group(1)}'?)" if suggestion else ""
+    return f"unknown config key '{name}'{hint}; the keys are listed in manet_jax/training/config.py"
+
+
+def save_config(config: ml_collections.ConfigDict, path: os.PathLike) -> list[str]:
+    """Writes the resolved config as JSON to `path`; returns the keys that differ from the file
+    already there (a resumed run with changed settings)."""
+    path = epath.Path(path)
+    new = json.loads(config.to_json_best_effort())
+    old = json.loads(path.read_text()) if path.exists() else new
+    changed = sorted(k for k in new.keys() | old.keys() if new.get(k) != old.get(k))
+    path.write_text(json.dumps(new, indent=2) + "\n")
+    return changed

@@ -1,0 +1,111 @@
+"""Evaluation over a whole split, its report (metrics.json, confusion-matrix PNG) and the evaluator.
+
+Results are `{'loss', 'count', 'fused', 'local', 'global'}`, each head's entry as in
+`metrics.classification_metrics`; every example counts exactly once (padding is masked out).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from etils import epath
+from jax.sharding import Mesh
+from matplotlib.figure import Figure
+
+from manet_jax import checkpoints
+from manet_jax.data import pipeline
+from manet_jax.models import MANet
+from manet_jax.training.metrics import HEADS, classification_metrics
+from manet_jax.training.sharding import check_batch_size, make_mesh, prefetch_to_device, replicate
+from manet_jax.training.steps import make_eval_step
+
+METRICS_JSON, CONFUSION_PNG = "metrics.json", "confusion_matrix.png"
+
+logger = logging.getLogger(__name__)
+
+
+def evaluate(eval_step: Callable, variables: dict, batches: Iterator[dict[str, np.ndarray]], mesh: Mesh,
+             class_names: Sequence[str]) -> dict[str, Any]:
+    """Runs `eval_step` over every batch (sums stay on device) and returns the split's results."""
+    totals = None
+    for batch in prefetch_to_device(batches, mesh):
+        sums = eval_step(variables, batch)
+        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    totals = jax.device_get(totals)
+    count = int(totals["count"])
+    results: dict[str, Any] = {"loss": float(totals["loss"]) / count, "count": count}
+    for head in HEADS:
+        results[head] = classification_metrics(totals["confusion"][head], class_names)
+    return results
+
+
+def confusion_figure(confusion: Sequence[Sequence[int]], class_names: Sequence[str], title: str) -> Figure:
+    """The confusion matrix (rows: true class, columns: prediction): counts, shaded by row share."""
+    confusion = np.asarray(confusion)
+    share = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
+    n = len(class_names)
+    figure = Figure(figsize=(1.0 + 0.8 * n, 1.0 + 0.7 * n), layout="constrained")
+    axes = figure.add_subplot()
+    axes.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
+    for (row, col), count in np.ndenumerate(confusion):
+        axes.text(col, row, str(count), ha="center", va="center", fontsize=8,
+                  color="white" if share[row, col] > 0.5 else "black")
+    axes.set_xticks(range(n), class_names, rotation=45, ha="right")
+    axes.set_yticks(range(n), class_names)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    axes.set_title(title, fontsize=9)
+    return figure
+
+
+def figure_title(results: dict[str, Any], head: str = "fused") -> str:
+    metrics = results[head]
+    return (f"{head}: accuracy {metrics['accuracy']:.2%}, mean class accuracy "
+            f"{metrics['mean_class_accuracy']:.2%} (n={results['count']})")
+
+
+def write_report(results: dict[str, Any], output_dir: epath.PathLike, class_names: Sequence[str]) -> None:
+    """Writes metrics.json and the fused head's confusion_matrix.png to `output_dir`."""
+    output_dir = epath.Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / METRICS_JSON).write_text(json.dumps(results, indent=2) + "\n")
+    figure = confusion_figure(results["fused"]["confusion_matrix"], class_names, figure_title(results))
+    with (output_dir / CONFUSION_PNG).open("wb") as f:
+        figure.savefig(f, format="png", dpi=120)
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, checkpoint: str, split: str | None = None,
+                        output_dir: str | None = None) -> dict[str, Any]:
+    """Evaluates a trainer workdir (its best checkpoint) or a converted checkpoint on `split`
+    (default: config.eval_split, else the dataset's eval split); process 0 writes the report to
+    `output_dir` (default: `<checkpoint>/eval/<dataset>_<split>`). Returns the results."""
+    info = pipeline.dataset_info(config.dataset, config.data_dir)
+    variables, header = checkpoints.load_variables(checkpoint)
+    if header["num_classes"] != info.num_classes:
+        raise checkpoints.CheckpointError(f"{checkpoint} has {header['num_classes']}-way heads but {config.dataset} has "
+                         f"{info.num_classes} classes; pass the config of the dataset it was trained on")
+    if header.get("class_names") and list(header["class_names"]) != list(info.class_names):
+        logger.warning("%s was trained on classes %s; %s has %s", checkpoint, header["class_names"],
+                       config.dataset, list(info.class_names))
+    split = split or config.eval_split or info.eval_split
+    batch_size = config.eval_batch_size or config.batch_size
+    mesh = make_mesh()
+    check_batch_size(batch_size, mesh, "eval_batch_size")
+    eval_step = make_eval_step(MANet(info.num_classes, dtype=jnp.dtype(config.dtype)), mesh, config.beta)
+    batches = pipeline.eval_iterator(config.dataset, config.data_dir, split=split, image_size=config.image_size,
+                                     global_batch_size=batch_size)
+    results = evaluate(eval_step, replicate(variables, mesh), batches, mesh, info.class_names)
+    results = {"checkpoint": str(checkpoint), "step": header.get("step"), "dataset": config.dataset,
+               "split": split, "image_size": config.image_size, **results}
+    output_dir = output_dir or str(epath.Path(checkpoint) / "eval" / f"{config.dataset.replace('/', '_')}_{split}")
+    if jax.process_index() == 0:
+        write_report(results, output_dir, info.class_names)
+        logger.info("%s; report in %s", figure_title(results), output_dir)
+    return results

@@ -1,0 +1,100 @@
+"""export: the StableHLO and SavedModel exports give the JAX model's outputs, at any batch size.
+
+A randomly initialised 7-class model at 64x64 keeps this fast.
+"""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from manet_jax import export
+from manet_jax.checkpoints import save_variables
+from manet_jax.convert import init_variables
+from manet_jax.inference.export import METADATA, OUTPUTS, STABLEHLO_FILE
+from manet_jax.inference.model import load_model, outputs
+
+SIZE = 64
+FAST_RNG = "unsafe_rbg"  # compiles the random init three times faster than threefry on CPU
+ATOL = 2e-5  # logits of a random model are O(1); XLA may fuse differently in each runtime
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    variables = init_variables(7, jax.random.key(1, impl=FAST_RNG))
+    return save_variables(tmp_path_factory.mktemp("checkpoint"), variables, num_classes=7, source="random init")
+
+
+@pytest.fixture(scope="module")
+def images():
+    """Three uint8 images and the same as the model's float input."""
+    pixels = np.random.default_rng(0).integers(0, 256, (3, SIZE, SIZE, 3), dtype=np.uint8)
+    return pixels, pixels.astype(np.float32) * np.float32(1 / 255)
+
+
+@pytest.fixture(scope="module")
+def expected(checkpoint, images):
+    model = load_model(checkpoint, SIZE)
+    return jax.device_get(jax.jit(outputs, static_argnums=(0, 1))(model.module, model.beta, model.variables,
+                                                                   images[1]))
+
+
+def run_export(checkpoint, fmt, directory, *extra):
+    assert export.main(["--checkpoint", str(checkpoint), "--format", fmt, "--output", str(directory),
+                        "--image-size", str(SIZE), *extra]) == 0
+    metadata = json.loads((directory / METADATA).read_text())
+    assert metadata["format"] == fmt and metadata["image_size"] == SIZE and len(metadata["class_names"]) == 7
+    return directory
+
+
+def assert_matches(result, expected, rows=slice(None)):
+    assert set(result) == set(OUTPUTS)
+    for key in OUTPUTS:
+        np.testing.assert_allclose(np.asarray(result[key]), expected[key][rows], atol=ATOL, err_msg=key)
+
+
+def test_stablehlo(checkpoint, tmp_path, images, expected):
+    """Deserialized without the model code, with a symbolic batch size (exercised by the SavedModel)."""
+    directory = run_export(checkpoint, "stablehlo", tmp_path / "stablehlo")
+    exported = jax.export.deserialize((directory / STABLEHLO_FILE).read_bytes())
+    assert not isinstance(exported.in_avals[0].shape[0], int)  # symbolic batch
+    assert set(exported.platforms) == {"cpu", "cuda", "tpu"}
+    assert_matches(exported.call(images[1]), expected)
+
+
+@pytest.fixture(scope="module")
+def savedmodel(checkpoint, tmp_path_factory):
+    return run_export(checkpoint, "savedmodel", tmp_path_factory.mktemp("export") / "savedmodel", "--platforms", "cpu")
+
+
+def test_savedmodel(savedmodel, images, expected):
+    """`serving_default` takes uint8, `serving_float` floats in [0, 1]; any batch size."""
+    loaded = tf.saved_model.load(str(savedmodel))
+    assert_matches(loaded.signatures["serving_default"](images=tf.constant(images[0])), expected)
+    assert_matches(loaded.signatures["serving_float"](images=tf.constant(images[1][:2])), expected, slice(0, 2))
+
+
+def test_savedmodel_converts_to_tflite(savedmodel, images, expected):
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(savedmodel), signature_keys=["serving_default"])
+    runner = tf.lite.Interpreter(model_content=converter.convert()).get_signature_runner("serving_default")
+    assert_matches(runner(images=images[0]), expected)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--format", "onnx"], "--format"),
+    (["--format", "stablehlo", "--platforms", "cpu,metal"], "--platforms cpu,metal"),
+    (["--format", "stablehlo", "--image-size", "72"], "--image-size 72"),
+])
+def test_bad_options(checkpoint, tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit):
+        export.main(["--checkpoint", str(checkpoint), "--output", str(tmp_path / "out"), *args])
+    assert message in capsys.readouterr().err
+
+
+def test_refuses_a_non_empty_output(checkpoint, tmp_path, capsys):
+    (tmp_path / "keep.txt").write_text("")
+    with pytest.raises(SystemExit):
+        export.main(["--checkpoint", str(checkpoint), "--format", "savedmodel", "--output", str(tmp_path)])
+    assert f"--output {tmp_path}" in capsys.readouterr().err

@@ -1,0 +1,278 @@
+"""predict: the detector on real photos shipped with scikit-image, the pipeline against the evaluator,
+odd inputs, the command line with its JSON/CSV output and the visualisations.
+
+A randomly initialised 7-class model at 64x64 keeps this fast; accuracy is not the point.
+"""
+
+import csv
+import dataclasses
+import io
+import json
+
+import cv2
+import jax
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+from skimage import data
+
+from manet_jax import predict
+from manet_jax.checkpoints import save_variables, write_header
+from manet_jax.convert import init_variables
+from manet_jax.data.augment import eval_image
+from manet_jax.inference.faces import Box, detect_faces
+from manet_jax.inference.images import MAX_SIDE, load_image
+from manet_jax.inference.model import Predictor, load_model
+from manet_jax.inference.pipeline import predict_paths
+from manet_jax.inference.report import ERROR, NO_FACE, OK
+from manet_jax.inference.visualize import HEIGHT, WIDTH
+from manet_jax.models import fused_logits
+from manet_jax.training.checkpointing import CHECKPOINTS, Checkpoints
+from manet_jax.training.loop import CONFIG_FILE
+
+SIZE = 64
+FAST_RNG = "unsafe_rbg"  # compiles the random init three times faster than threefry on CPU
+BATCH = 4
+ASTRONAUT_FACE = Box(175, 60, 100, 105)  # by eye: hairline to chin, ear to ear
+LARGE_SCALE, LARGE_OFFSET = 16, 1000  # the large image: the astronaut scaled 16x, shifted right
+ORIENTATION = 0x0112
+
+
+def iou(a: Box, b: Box) -> float:
+    w = max(0, min(a.x + a.width, b.x + b.width) - max(a.x, b.x))
+    h = max(0, min(a.y + a.height, b.y + b.height) - max(a.y, b.y))
+    return w * h / (a.width * a.height + b.width * b.height - w * h)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    variables = init_variables(7, jax.random.key(0, impl=FAST_RNG))
+    return save_variables(tmp_path_factory.mktemp("checkpoint"), variables, num_classes=7, source="random init")
+
+
+@pytest.fixture(scope="module")
+def model(checkpoint):
+    return load_model(checkpoint, SIZE)
+
+
+@pytest.fixture(scope="module")
+def predictor(model):
+    return Predictor(model, BATCH, maps=True)  # the CLI's with --visualize: compiled once for both
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """A folder of real and odd inputs, each derived from scikit-image's astronaut photo or others."""
+    d = tmp_path_factory.mktemp("photos")
+    astronaut = data.astronaut()
+    grey = np.asarray(Image.fromarray(astronaut).convert("L"))
+    Image.fromarray(astronaut).save(d / "astronaut.png")
+    Image.fromarray(grey).save(d / "grey.png")
+    Image.fromarray(np.dstack([astronaut, np.full(grey.shape, 128, np.uint8)])).save(d / "rgba.png")
+    Image.fromarray(astronaut).convert("CMYK").save(d / "cmyk.jpg", quality=95)
+    Image.fromarray(grey.astype(np.uint16) * 257).save(d / "grey16.png")  # 16-bit greyscale
+    cv2.imwrite(str(d / "rgb16.png"), astronaut[..., ::-1].astype(np.uint16) * 257)  # 16-bit RGB
+    exif = Image.Exif()
+    exif[ORIENTATION] = 6  # "rotate 90 degrees clockwise to display": stored turned anticlockwise
+    Image.fromarray(np.rot90(astronaut).copy()).save(d / "exif_rotated.png", exif=exif)
+    Image.fromarray(np.hstack([astronaut, astronaut])).save(d / "two_faces.png")
+    Image.fromarray(data.coffee()).save(d / "coffee.png")
+    big = np.full((512 * LARGE_SCALE, 512 * LARGE_SCALE + 2 * LARGE_OFFSET, 3), 90, np.uint8)  # 96 MP
+    big[:, LARGE_OFFSET:-LARGE_OFFSET] = cv2.resize(astronaut, None, fx=LARGE_SCALE, fy=LARGE_SCALE,
+                                                    interpolation=cv2.INTER_NEAREST)
+    Image.fromarray(big).save(d / "large.jpg", quality=80)
+    del big
+    (d / "notes.jpg").write_text("not an image\n")
+    buffer = io.BytesIO()
+    Image.fromarray(astronaut).save(buffer, "JPEG")
+    (d / "truncated.jpg").write_bytes(buffer.getvalue()[:len(buffer.getvalue()) // 2])
+    return d
+
+
+@pytest.fixture(scope="module")
+def records(photos, predictor):
+    """The folder's records by file name (face records as a list)."""
+    by_name = {}
+    for record in predict_paths([str(photos)], predictor):
+        by_name.setdefault(record.file.rsplit("/", 1)[-1], []).append(record)
+    return by_name
+
+
+def assert_same_prediction(a, b, atol=1e-6):
+    assert a.box == b.box and a.label == b.label
+    for branch in a.probabilities:
+        np.testing.assert_allclose(list(a.probabilities[branch].values()), list(b.probabilities[branch].values()),
+                                   atol=atol)
+
+
+def test_detector_finds_the_astronauts_face():
+    faces = detect_faces(data.astronaut())
+    assert len(faces) == 1 and iou(faces[0], ASTRONAUT_FACE) > 0.7
+
+
+def test_detector_on_lfw_crops():
+    """The 25x25 LFW crops, upscaled 4x and padded: nearly all faces found, nearly no non-faces."""
+    crops = (data.lfw_subset() * 255).astype(np.uint8)  # 100 faces, then 100 non-faces
+
+    def count(crop):
+        canvas = cv2.copyMakeBorder(cv2.resize(crop, (100, 100)), 50, 50, 50, 50, cv2.BORDER_REPLICATE)
+        return len(detect_faces(cv2.cvtColor(canvas, cv2.COLOR_GRAY2RGB)))
+
+    counts = np.array([count(crop) for crop in crops])
+    assert (counts[:100] == 1).mean() >= 0.9
+    assert (counts[100:] > 0).mean() <= 0.05
+
+
+@pytest.fixture(scope="module")
+def evaluator(model):
+    """What evaluation computes for one encoded image: its eval view, both heads, softmax per branch."""
+    apply = jax.jit(model.module.apply)
+
+    def probabilities(encoded: bytes) -> dict[str, np.ndarray]:
+        local, global_ = apply(model.variables, eval_image(tf.constant(encoded), SIZE).numpy()[None])
+        logits = {"fused": fused_logits(local, global_, model.beta), "local": local, "global": global_}
+        return {branch: np.asarray(jax.nn.softmax(value[0])) for branch, value in logits.items()}
+
+    return probabilities
+
+
+def assert_probabilities(record, expected):
+    for branch, values in expected.items():
+        np.testing.assert_allclose(list(record.probabilities[branch].values()), values, atol=1e-6, err_msg=branch)
+
+
+def test_pipeline_matches_the_evaluator(records, model, evaluator):
+    """The same crop, PNG-encoded, through the evaluation preprocessing and the model."""
+    record, = records["astronaut.png"]
+    assert record.status == OK and iou(record.box, ASTRONAUT_FACE) > 0.5
+    buffer = io.BytesIO()
+    Image.fromarray(record.box.crop(data.astronaut())).save(buffer, "PNG")
+    expected = evaluator(buffer.getvalue())
+    assert_probabilities(record, expected)
+    assert record.label == model.class_names[int(expected["fused"].argmax())]
+
+
+def test_aligned_crop_without_detection_matches_the_evaluator(tmp_path, predictor, evaluator):
+    """--no-detect on an LFW crop (25x25 greyscale): the whole image is the face."""
+    path = tmp_path / "lfw.png"
+    Image.fromarray((data.lfw_subset()[0] * 255).astype(np.uint8)).save(path)
+    record, = predict_paths([str(path)], predictor, detect=False)
+    assert record.box == Box(0, 0, 25, 25)
+    assert_probabilities(record, evaluator(path.read_bytes()))
+
+
+def test_greyscale_and_16_bit_greyscale(records, photos):
+    np.testing.assert_array_equal(load_image(photos / "grey16.png").pixels, load_image(photos / "grey.png").pixels)
+    (grey,), (grey16,) = records["grey.png"], records["grey16.png"]
+    assert grey.status == OK
+    assert_same_prediction(grey16, grey)
+
+
+@pytest.mark.parametrize("name", ["rgba.png", "rgb16.png", "exif_rotated.png"])
+def test_same_pixels_same_prediction(records, name):
+    """RGBA (alpha dropped), 16-bit RGB (high byte kept) and EXIF-rotated copies of the astronaut."""
+    (record,), (reference,) = records[name], records["astronaut.png"]
+    assert_same_prediction(record, reference)
+
+
+def test_cmyk_jpeg(records):
+    record, = records["cmyk.jpg"]
+    assert record.status == OK and iou(record.box, records["astronaut.png"][0].box) > 0.8
+
+
+def test_several_faces_and_none(records):
+    left, right = records["two_faces.png"]
+    reference = records["astronaut.png"][0].box
+    assert (left.face, right.face) == (0, 1)
+    assert iou(left.box, reference) > 0.8 and iou(right.box, dataclasses.replace(reference, x=reference.x + 512)) > 0.8
+    (coffee,) = records["coffee.png"]
+    assert coffee.status == NO_FACE and coffee.box is None
+
+
+def test_very_large_image(records, photos):
+    """96 megapixels (past Pillow's bomb warning): decoded downscaled, box in original pixels."""
+    assert max(load_image(photos / "large.jpg").pixels.shape) == MAX_SIDE
+    record, = records["large.jpg"]
+    reference = records["astronaut.png"][0].box
+    expected = Box(reference.x * LARGE_SCALE + LARGE_OFFSET, *(v * LARGE_SCALE for v in
+                                                                (reference.y, reference.width, reference.height)))
+    assert iou(record.box, expected) > 0.8
+
+
+@pytest.mark.parametrize("name, message", [("notes.jpg", "not an image file"), ("truncated.jpg", "truncated")])
+def test_bad_files_are_reported(records, photos, name, message):
+    record, = records[name]
+    assert record.status == ERROR and str(photos / name) in record.message and message in record.message
+
+
+def test_trainer_workdir(tmp_path, model):
+    """A workdir (Orbax checkpoints, header, resolved config) sets the size, beta and dtype."""
+    workdir = tmp_path / "run"
+    checkpoints = Checkpoints(workdir / CHECKPOINTS)
+    checkpoints.save(3, dict(model.variables), {"best": None, "last": None})
+    checkpoints.wait()
+    checkpoints.close()
+    write_header(workdir, num_classes=7, class_names=[f"c{i}" for i in range(7)], source="test")
+    (workdir / CONFIG_FILE).write_text(json.dumps({"image_size": 96, "beta": 0.5, "dtype": "bfloat16"}))
+    loaded = load_model(workdir)
+    assert (loaded.image_size, loaded.beta, loaded.dtype, loaded.class_names[0]) == (96, 0.5, "bfloat16", "c0")
+    np.testing.assert_array_equal(loaded.variables["params"]["fc_2"]["kernel"],
+                                  model.variables["params"]["fc_2"]["kernel"])
+    assert load_model(workdir, SIZE).image_size == SIZE
+
+
+def test_cli(checkpoint, photos, tmp_path, capsys):
+    """Files, a glob and a missing path; table, JSON with branch probabilities, CSV, visualisations."""
+    common = ["--checkpoint", str(checkpoint), "--image-size", str(SIZE), "--batch-size", str(BATCH)]
+    out_json, vis = tmp_path / "out.json", tmp_path / "vis"
+    paths = [str(photos / "two_faces.png"), str(photos / "co*.png"), str(photos / "notes.jpg"), "missing.png"]
+    assert predict.main(paths + common + ["--output", str(out_json), "--branch-probabilities",
+                                          "--visualize", str(vis)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:6] == ["file", "face", "box", "(x,y,w,h)", "label", "Neutr"]
+    assert "no face" in table[-2] and "error: " in table[-1] and len(table) == 6
+
+    rows = json.loads(out_json.read_text())
+    assert [(r["file"].rsplit("/", 1)[-1], r["status"], r["face"]) for r in rows] == [
+        ("missing.png", ERROR, None), ("two_faces.png", OK, 0), ("two_faces.png", OK, 1),
+        ("coffee.png", NO_FACE, None), ("notes.jpg", ERROR, None)]
+    assert set(rows[1]["probabilities"]) == {"fused", "local", "global"}
+    assert rows[1]["label"] == max(rows[1]["probabilities"]["fused"], key=rows[1]["probabilities"]["fused"].get)
+    assert abs(sum(rows[1]["probabilities"]["fused"].values()) - 1) < 1e-5
+    assert set(rows[1]["box"]) == {"x", "y", "width", "height"}
+
+    pngs = sorted(vis.iterdir())
+    assert [p.name for p in pngs] == ["two_faces_face0.png", "two_faces_face1.png"]
+    assert rows[1]["visualization"] == str(pngs[0])
+    for png in pngs:
+        with Image.open(png) as image:
+            assert (image.format, image.size) == ("PNG", (WIDTH, HEIGHT))
+            image.verify()
+
+    out_csv = tmp_path / "out.csv"
+    assert predict.main([str(photos / "astronaut.png")] + common + ["--output", str(out_csv),
+                                                                  "--visualize", str(tmp_path / "vis2")]) == 0
+    row, = csv.DictReader(out_csv.open())
+    assert row["status"] == OK and float(row["fused_Happiness"]) > 0 and "local_Happiness" not in row
+
+
+def test_cli_fails_only_when_nothing_was_processed(checkpoint, photos, capsys):
+    args = ["--checkpoint", str(checkpoint), "--image-size", str(SIZE)]
+    assert predict.main([str(photos / "notes.jpg"), str(photos / "truncated.jpg"), "missing.png"] + args) == 1
+    assert "3 inputs: 0 face(s) in 0 image(s), 0 without a face, 3 skipped" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option, message", [(["--output", "out.txt"], "--output out.txt"),
+                                             (["--image-size", "100"], "--image-size 100"),
+                                             (["--margin", "-0.1"], "--margin -0.1")])
+def test_cli_rejects_bad_options(checkpoint, capsys, option, message):
+    with pytest.raises(SystemExit):
+        predict.main(["x.png", "--checkpoint", str(checkpoint)] + option)
+    assert message in capsys.readouterr().err
+
+
+def test_cli_rejects_a_non_checkpoint(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        predict.main(["x.png", "--checkpoint", str(tmp_path)])
+    assert str(tmp_path) in capsys.readouterr().err

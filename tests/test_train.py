@@ -1,0 +1,192 @@
+"""The trainer end to end on a tiny synthetic dataset (CPU, 64x64, 3 epochs of 4 steps of 8 images).
+
+One uninterrupted run is the reference: it must write its outputs, learn, evaluate every test
+image once, and end with exactly the parameters of a run that is stopped by SIGTERM, resumed,
+killed by SIGKILL and resumed again. Runs are subprocesses sharing a compilation cache.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import signal
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from manet_jax.checkpoints import load_variables
+from manet_jax.data.errors import DatasetNotFoundError
+from manet_jax.models import MANet
+from manet_jax.optim import sgd, step_lr
+from manet_jax.training.checkpointing import CORRUPT, CheckpointRestoreError, Checkpoints
+from manet_jax.training.config import ConfigError, load_config
+from manet_jax.training.loop import train_and_evaluate
+from manet_jax.training.sharding import make_mesh
+from manet_jax.training.state import abstract_train_state
+from train_helpers import (EPOCHS, REPO, STEPS_PER_EPOCH, TEST_LABEL_COUNTS, environment, make_checkpoint,
+                           make_dataset, run, run_and_signal, train_command)
+
+TOTAL = EPOCHS * STEPS_PER_EPOCH
+OPTIMIZER = sgd(step_lr(0.01, STEPS_PER_EPOCH, 2, 0.1))  # the runs' optimizer, for restoring their states
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("train")
+    make_dataset(root / "data")
+    return {"root": root, "data_dir": root / "data", "init_from": make_checkpoint(root / "init"),
+            "env": environment(root / "compilation_cache")}
+
+
+def command(setup: dict, workdir: Path, *overrides: str) -> list[str]:
+    return train_command(workdir, setup["data_dir"], setup["init_from"], *overrides)
+
+
+@pytest.fixture(scope="module")
+def reference(setup) -> Path:
+    """The uninterrupted run's workdir."""
+    workdir = setup["root"] / "reference"
+    result = run(command(setup, workdir), setup["env"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir
+
+
+def records(workdir: Path) -> list[dict]:
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def logged_results(workdir: Path) -> list:
+    """The metric records without their timings."""
+    return [{key: value for key, value in r.items() if key != "images_per_second"} for r in records(workdir)]
+
+
+def final_params(workdir: Path) -> dict:
+    return Checkpoints(workdir / "checkpoints", read_only=True).restore_variables(step=TOTAL)[0]
+
+
+def test_trains_logs_checkpoints_and_evaluates_every_example_once(reference):
+    lines = records(reference)
+    train = [r for r in lines if "train" in r]
+    assert [r["step"] for r in train] == list(range(1, TOTAL + 1))
+    epochs = [r for r in lines if "train_epoch" in r]
+    assert [r["epoch"] for r in epochs] == [1, 2, 3]
+    assert epochs[-1]["train_epoch"]["loss"] < epochs[0]["train_epoch"]["loss"]
+    for record in epochs:
+        for head in ("fused", "local", "global"):
+            confusion = np.array(record["eval"][head]["confusion_matrix"])
+            assert record["eval"][head]["count"] == confusion.sum() == 20
+            assert confusion.sum(1).tolist() == TEST_LABEL_COUNTS
+    assert all(r["images_per_second"] > 0 for r in train[1:])
+    assert json.loads((reference / "config.json").read_text())["batch_size"] == 8
+    summary = json.loads((reference / "summary.json").read_text())
+    assert summary["last"]["epoch"] == 3 and summary["best"]["eval"]["fused"]["accuracy"] == max(
+        r["eval"]["fused"]["accuracy"] for r in epochs)
+    assert list((reference / "tensorboard").glob("events.out.tfevents.*"))
+    # The latest two checkpoints and the best one.
+    steps = {int(p.name) for p in (reference / "checkpoints").iterdir() if p.name.isdigit()}
+    assert {8, 12, summary["best"]["step"]} == steps
+    variables, header = load_variables(reference)
+    assert header["step"] == summary["best"]["step"] and header["num_classes"] == 7
+    assert header["class_names"][:2] == ["Neutral", "Happiness"]
+    assert variables["params"]["fc_1"]["kernel"].shape == (512, 7)
+
+
+def test_preempted_and_killed_run_resumes_exactly(setup, reference):
+    workdir = setup["root"] / "interrupted"
+    # SIGTERM in the first epoch: a checkpoint at the current step, a clean exit.
+    code, output = run_and_signal(command(setup, workdir), setup["env"], lambda line: "step 2/12" in line,
+                                  signal.SIGTERM)
+    assert code == 0, output[-3000:]
+    preempted = int(re.search(r"preempted at step (\d+)", output).group(1))
+    assert (workdir / "checkpoints" / str(preempted)).is_dir()
+    # Resumed, then SIGKILL in the middle of epoch 2, after the epoch-1 checkpoint is written.
+    def killed(line: str) -> bool:
+        return "step 6/12" in line and (workdir / "checkpoints" / "4").is_dir()
+
+    code, output = run_and_signal(command(setup, workdir), setup["env"], killed, signal.SIGKILL)
+    assert code == -signal.SIGKILL, output[-3000:]
+    assert f"resuming from checkpoint {preempted}" in output
+    result = run(command(setup, workdir), setup["env"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming from checkpoint" in result.stderr
+
+    expected, actual = final_params(reference), final_params(workdir)
+    assert jax.tree.structure(expected) == jax.tree.structure(actual)
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(expected), jax.tree.leaves(actual)):
+        np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+    assert logged_results(workdir) == logged_results(reference)  # the log continues as if never interrupted
+
+
+def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(setup):
+    workdir = setup["root"] / "diverging"
+    # The learning rate becomes infinite in epoch 2 (StepLR with gamma = inf after 1 epoch).
+    result = run(command(setup, workdir, "--config.lr_step_epochs=1", "--config.lr_gamma=inf"), setup["env"])
+    assert result.returncode == 1
+    match = re.search(r"error: the training loss is (nan|inf|-inf) at step (\d+)", result.stderr)
+    assert match, result.stderr[-3000:]
+    assert STEPS_PER_EPOCH < int(match.group(2)) <= STEPS_PER_EPOCH + 2
+    assert "the last checkpoint, step 4" in result.stderr
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["4"]
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(reference, tmp_path, caplog):
+    workdir = tmp_path / "workdir"
+    shutil.copytree(reference, workdir)
+    for data in (workdir / "checkpoints" / "12" / "state").rglob("*"):
+        if data.is_file() and data.stat().st_size > 1000:
+            data.write_bytes(b"corrupt")
+    target = abstract_train_state(MANet(7), OPTIMIZER, make_mesh())
+    checkpoints = Checkpoints(workdir / "checkpoints")
+    state, host_state = checkpoints.restore_latest(target)
+    assert int(state.step) == 8 and host_state["summary"]["last"]["epoch"] == 2
+    assert "checkpoints/12 cannot be restored" in caplog.text
+    assert (workdir / CORRUPT / "12").is_dir() and checkpoints.latest_step() == 8
+    checkpoints.close()
+
+
+def test_incompatible_checkpoints_are_an_error_and_left_alone(reference, tmp_path):
+    workdir = tmp_path / "workdir"
+    shutil.copytree(reference / "checkpoints", workdir / "checkpoints")
+    checkpoints = Checkpoints(workdir / "checkpoints")
+    with pytest.raises(CheckpointRestoreError, match="a different dataset, class count"):
+        checkpoints.restore_latest(abstract_train_state(MANet(8), OPTIMIZER, make_mesh()))
+    assert checkpoints.latest_step() == 12 and not (workdir / CORRUPT).exists()
+    checkpoints.close()
+
+
+def test_unknown_config_key_is_named(setup, tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown config key 'lerning_rate'\nDid you mean \"learning_rate\""):
+        load_config(str(REPO / "configs/demo.py"), ["lerning_rate=0.1"])
+    result = run(command(setup, tmp_path / "workdir", "--config.lerning_rate=0.1"), setup["env"])
+    assert result.returncode == 1
+    assert "error: unknown config key 'lerning_rate'" in result.stderr
+    assert not (tmp_path / "workdir").exists()
+
+
+def test_missing_dataset_names_the_prepare_command(tmp_path):
+    config = load_config(str(REPO / "configs/raf.py"), [f"data_dir={tmp_path}"])
+    with pytest.raises(DatasetNotFoundError, match=r"python -m manet_jax.data.prepare --dataset raf_db"):
+        train_and_evaluate(config, str(tmp_path / "workdir"))
+
+
+RECIPES = {  # dataset, epochs, batch, lr, StepLR step and gamma, balanced sampling, initialisation
+    "raf": ("raf_db", 100, 128, 0.01, 15, 0.1, False, "weights/Pretrained_on_MSCeleb.pth.tar"),
+    "raf_scratch": ("raf_db", 300, 128, 0.01, 70, 0.1, False, ""),
+    "affectnet7": ("affectnet/7", 20, 256, 0.01, 5, 0.1, True, "weights/Pretrained_on_MSCeleb.pth.tar"),
+    "affectnet8": ("affectnet/8", 20, 256, 0.01, 5, 0.1, True, "weights/Pretrained_on_MSCeleb.pth.tar"),
+    "caer_s": ("caer_s", 400, 128, 0.1, 50, 0.5, False, ""),
+    "sfew": ("sfew", 100, 128, 0.001, 10, 0.1, False, "workdirs/ferplus"),
+    "ferplus": ("ferplus", 40, 128, 0.01, 15, 0.1, False, "weights/Pretrained_on_MSCeleb.pth.tar"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_configs_hold_the_reference_recipes(name):
+    config = load_config(str(REPO / "configs" / f"{name}.py"))
+    assert (config.dataset, config.num_epochs, config.batch_size, config.learning_rate, config.lr_step_epochs,
+            config.lr_gamma, config.balanced_sampling, config.init_from) == RECIPES[name]
+    assert (config.momentum, config.weight_decay, config.beta, config.image_size) == (0.9, 1e-4, 0.6, 224)
+    assert (config.crop_scale, config.flip_prob, config.dtype) == ((0.08, 1.0), 0.5, "float32")
