@@ -158,7 +158,7 @@ def test_incompatible_checkpoints_are_an_error_and_left_alone(reference, tmp_pat
 
 
 def test_unknown_config_key_is_named(setup, tmp_path):
-    with pytest.raises(ConfigError, match=r"unknown config key 'lerning_rate'\nDid you mean \"learning_rate\""):
+    with pytest.raises(ConfigError, match=r"unknown config key 'lerning_rate' \(did you mean 'learning_rate'\?\)"):
         load_config(str(REPO / "configs/demo.py"), ["lerning_rate=0.1"])
     result = run(command(setup, tmp_path / "workdir", "--config.lerning_rate=0.1"), setup["env"])
     assert result.returncode == 1
