@@ -29,7 +29,7 @@ from manet_jax.inference.report import ERROR, NO_FACE, OK
 from manet_jax.inference.visualize import HEIGHT, WIDTH
 from manet_jax.models import fused_logits
 from manet_jax.training.checkpointing import CHECKPOINTS, Checkpoints
-from manet_jax.training.loop import CONFIG_FILE
+from manet_jax.training.config import CONFIG_FILE
 
 SIZE = 64
 FAST_RNG = "unsafe_rbg"  # compiles the random init three times faster than threefry on CPU

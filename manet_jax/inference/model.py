@@ -17,10 +17,10 @@ from jax.sharding import Mesh
 from manet_jax.checkpoints import load_variables
 from manet_jax.data.labels import CANONICAL_CLASSES
 from manet_jax.models import BETA, MANet, fused_logits, local_attention_map
+from manet_jax.training.config import CONFIG_FILE
 from manet_jax.training.sharding import batch_sharded, make_mesh, replicate, replicated
 
 DEFAULT_IMAGE_SIZE = 224
-WORKDIR_CONFIG = "config.json"  # manet_jax.training.loop.CONFIG_FILE, without importing the trainer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +45,7 @@ def load_model(checkpoint: str | Path, image_size: int | None = None) -> Inferen
     size, and a converted checkpoint has none (224, the paper's, unless given).
     """
     variables, header = load_variables(checkpoint)
-    config_file = Path(checkpoint) / WORKDIR_CONFIG
+    config_file = Path(checkpoint) / CONFIG_FILE
     config = json.loads(config_file.read_text()) if config_file.is_file() else {}
     num_classes = header["num_classes"]
     names = header.get("class_names") or (

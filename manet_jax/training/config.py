@@ -22,6 +22,8 @@ from etils import epath
 from ml_collections import config_flags
 from ml_collections.config_dict import placeholder
 
+CONFIG_FILE = "config.json"  # the resolved config, in every workdir
+
 DTYPES = ("float32", "bfloat16", "float64")  # float64 (with JAX_ENABLE_X64=1): for numerics checks
 REQUIRED = ("dataset", "num_epochs", "batch_size", "learning_rate", "lr_step_epochs")
 

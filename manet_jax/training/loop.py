@@ -24,7 +24,7 @@ from manet_jax.data import pipeline
 from manet_jax.models import MANet
 from manet_jax.optim import sgd, step_lr
 from manet_jax.training.checkpointing import CHECKPOINTS, Checkpoints
-from manet_jax.training.config import ConfigError, check_config, save_config
+from manet_jax.training.config import CONFIG_FILE, ConfigError, check_config, save_config
 from manet_jax.training.errors import NonFiniteLossError
 from manet_jax.training.evaluation import confusion_figure, evaluate, figure_title
 from manet_jax.training.initialisation import initial_variables
@@ -36,7 +36,7 @@ from manet_jax.training.sharding import check_batch_size, make_mesh, prefetch_to
 from manet_jax.training.state import TrainState, abstract_train_state, create_train_state
 from manet_jax.training.steps import make_eval_step, make_train_step
 
-CONFIG_FILE, SUMMARY_FILE = "config.json", "summary.json"
+SUMMARY_FILE = "summary.json"
 
 logger = logging.getLogger(__name__)
 
