@@ -8,7 +8,6 @@ processes on one machine pass --coordinator_address, --num_processes and --proce
 from __future__ import annotations
 
 import logging
-import os
 import sys
 
 from absl import app, flags
@@ -30,7 +29,6 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     # Imported here so that flag and config errors are reported before JAX and TensorFlow load.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # no TensorFlow C++ info lines
     logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax and TFDS log each file operation at INFO
     from manet_jax.training.errors import USER_ERRORS
     from manet_jax.training.loop import train_and_evaluate
