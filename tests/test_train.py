@@ -147,6 +147,19 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(reference, tmp
     checkpoints.close()
 
 
+def test_checkpoints_in_a_relative_directory(tmp_path, monkeypatch):
+    """`--workdir=runs/demo` as the README writes it: Orbax itself needs absolute paths."""
+    monkeypatch.chdir(tmp_path)
+    variables = {"params": {"w": np.arange(3.0, dtype=np.float32)}, "batch_stats": {"m": np.ones(2, np.float32)}}
+    checkpoints = Checkpoints("runs/demo/checkpoints")
+    checkpoints.save(1, jax.device_put(variables), {"epoch": 1})
+    checkpoints.wait()
+    restored, step = checkpoints.restore_variables()
+    checkpoints.close()
+    assert step == 1 and (tmp_path / "runs/demo/checkpoints/1").is_dir()
+    np.testing.assert_array_equal(restored["params"]["w"], variables["params"]["w"])
+
+
 def test_incompatible_checkpoints_are_an_error_and_left_alone(reference, tmp_path):
     workdir = tmp_path / "workdir"
     shutil.copytree(reference / "checkpoints", workdir / "checkpoints")

@@ -38,7 +38,7 @@ class Checkpoints:
     """Save and restore train states, with the run's host state, in `directory`."""
 
     def __init__(self, directory: epath.PathLike, keep: int = 2, read_only: bool = False):
-        self.directory = epath.Path(directory)
+        self.directory = epath.Path(directory).absolute()  # Orbax refuses relative paths
         policy = checkpoint_managers.AnyPreservationPolicy([
             checkpoint_managers.LatestN(keep),
             checkpoint_managers.BestN(get_metric_fn=_metric, n=1, keep_checkpoints_without_metrics=False)])
