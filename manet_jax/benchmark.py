@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from manet_jax.convert import init_variables
-from manet_jax.models import MANet
+from manet_jax.models import BRANCH_EXECUTION, MANet
 from manet_jax.optim import sgd
 from manet_jax.training.sharding import batch_sharded, make_mesh
 from manet_jax.training.state import create_train_state
@@ -99,7 +99,7 @@ def peak_memory_gib() -> float | None:
 def bench_jax(mode: str, dtype: str, batch: int, args: argparse.Namespace) -> Result:
     """One JAX configuration: compile, then time `args.steps` steps per repetition."""
     mesh = make_mesh()
-    model = MANet(NUM_CLASSES, dtype=jnp.dtype(dtype))
+    model = MANet(NUM_CLASSES, dtype=jnp.dtype(dtype), branch_execution=args.branch_execution)
     optimizer = sgd(0.01)
     state = create_train_state(init_variables(NUM_CLASSES, jax.random.key(0)), optimizer, jax.random.key(1), mesh)
     rng = np.random.default_rng(0)
@@ -231,6 +231,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=5, help="steps per timed repetition (default 5)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed repetitions after compiling (default 2)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repetitions (default 5)")
+    parser.add_argument("--branch-execution", choices=BRANCH_EXECUTION, default="auto",
+                        help="how the four local branches run (MANet.branch_execution; auto: unrolled on CPU, "
+                             "else vmap)")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="device peak TFLOP/s for the fraction-of-peak column (known: H100/H200/A100/TPUs)")
     parser.add_argument("--compare-torch", metavar="PATH", default=None,

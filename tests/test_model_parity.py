@@ -169,7 +169,15 @@ def test_sgd_step(case):
 
 
 def test_float64_replica():
-    """With jax x64 the port matches the float64 replica of the reference tightly (own process)."""
+    """With jax x64 the port, vmapped or unrolled branches, matches the float64 replica tightly (own process)."""
     script = Path(__file__).with_name("parity_float64.py")
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_unknown_branch_execution_is_named():
+    model = MANet(7, branch_execution="pmap")
+    x = jnp.zeros((1, 32, 32, 3))
+    variables = MANet(7).init(jax.random.key(0), x)
+    with pytest.raises(ValueError, match="branch_execution must be one of .*'pmap'"):
+        model.apply(variables, x)

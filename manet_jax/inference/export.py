@@ -25,7 +25,9 @@ OUTPUTS = ("logits_local", "logits_global", "probabilities", "probabilities_loca
 
 def serving_fn(model: InferenceModel) -> Callable[[dict, jax.Array], dict[str, jax.Array]]:
     """`fn(variables, images) -> OUTPUTS`, the computation every export serves."""
-    module, beta = model.module, model.beta
+    # One program for every platform: the vmapped branches (what accelerators run, and what
+    # converts to TFLite), not the CPU's unrolled ones that "auto" would pick while tracing here.
+    module, beta = model.module.clone(branch_execution="vmap"), model.beta
     return lambda variables, images: outputs(module, beta, variables, images)
 
 

@@ -71,12 +71,68 @@ class BatchNorm(nn.Module):
         return y.astype(self.dtype)
 
 
-def conv(features: int, kernel: int, stride: int = 1, *, name: str, dtype: Dtype) -> nn.Conv:
+class Conv(nn.Module):
+    """torch.nn.Conv2d(kernel_size, stride, padding=kernel_size // 2, bias=False) in NHWC.
+
+    The parameter is `kernel`, (k, k, in, out), as flax's `nn.Conv`. A map smaller than the kernel
+    (the 2x2 maps small inputs leave in the last layers) is convolved as one matrix product over
+    the taps that touch it: XLA otherwise swaps such a convolution's operands, which XLA:CPU runs
+    on a slow generic path (0.6 s for one 3x3 conv of 32 2x2x512 maps). A strided 1x1 convolution
+    subsamples first, which keeps its input gradient off that path too.
+    """
+
+    features: int
+    kernel_size: int
+    stride: int = 1
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k, pad = self.kernel_size, self.kernel_size // 2
+        kernel = self.param("kernel", conv_kernel_init, (k, k, x.shape[-1], self.features), jnp.float32)
+        x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+        stride = self.stride
+        if k == 1:  # subsample first: the gradient is then a padding, not a dilated convolution
+            x, stride = strided_window(x, 0, 0, stride), 1
+        if min(x.shape[1:3]) >= k:
+            return jax.lax.conv_general_dilated(x, kernel, (stride, stride), ((pad, pad), (pad, pad)),
+                                                dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return conv_by_matmul(x, kernel, stride)
+
+
+def conv_by_matmul(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+    """The zero-padded (k // 2) convolution of NHWC `x` with HWIO `kernel` as one matrix product.
+
+    Taps that only ever see padding are left out; the others' shifted views of `x` are
+    concatenated along the channels and multiplied with the matching kernel rows.
+    """
+    k = kernel.shape[0]
+    pad = k // 2
+    _, height, width, _ = x.shape
+    out_h, out_w = (height - 1) // stride + 1, (width - 1) // stride + 1
+
+    def touches(offset: int, size: int, out: int) -> bool:
+        return any(pad <= offset + stride * r < pad + size for r in range(out))
+
+    taps = [(i, j) for i in range(k) if touches(i, height, out_h) for j in range(k) if touches(j, width, out_w)]
+    padded = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    views = [strided_window(padded, i, j, stride, (out_h, out_w)) for i, j in taps]
+    return jnp.concatenate(views, -1) @ jnp.concatenate([kernel[i, j] for i, j in taps], 0)
+
+
+def strided_window(x: jax.Array, top: int, left: int, stride: int, size: tuple[int, int] | None = None) -> jax.Array:
+    """x[:, top::stride, left::stride] (NHWC), `size` (default: as many as fit) rows and columns.
+
+    Static slices, not a gather, so exports with a symbolic batch size convert to TFLite.
+    """
+    out_h, out_w = size or ((x.shape[1] - top - 1) // stride + 1, (x.shape[2] - left - 1) // stride + 1)
+    x = jax.lax.slice_in_dim(x, top, top + stride * (out_h - 1) + 1, stride, axis=1)
+    return jax.lax.slice_in_dim(x, left, left + stride * (out_w - 1) + 1, stride, axis=2)
+
+
+def conv(features: int, kernel: int, stride: int = 1, *, name: str, dtype: Dtype) -> Conv:
     """torch.nn.Conv2d(kernel, stride, padding=kernel // 2, bias=False) in NHWC."""
-    pad = kernel // 2
-    return nn.Conv(features, (kernel, kernel), (stride, stride), padding=((pad, pad), (pad, pad)),
-                   use_bias=False, kernel_init=conv_kernel_init, dtype=dtype,
-                   param_dtype=jnp.float32, name=name)
+    return Conv(features, kernel, stride, dtype=dtype, name=name)
 
 
 def linear(features: int, fan_in: int, *, name: str, dtype: Dtype) -> nn.Dense:
