@@ -1,4 +1,5 @@
-"""The convolution layer: maps smaller than the kernel go through `conv_by_matmul`, same numbers."""
+"""The layers against reference computations: `Conv` (maps smaller than the kernel go through
+`conv_by_matmul`) and the max pool's gradient (PyTorch's tie-breaking)."""
 
 import flax.linen as nn
 import jax
@@ -6,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from manet_jax.models.layers import Conv, conv_by_matmul
+from manet_jax.models.layers import Conv, conv_by_matmul, max_pool_3x3_s2
 
 # (height, width, in, out, kernel, stride): maps smaller than, equal to and larger than the kernel.
 SHAPES = [(2, 2, 8, 4, 3, 1), (2, 2, 2, 1, 7, 1), (2, 3, 4, 6, 3, 2), (1, 1, 3, 2, 3, 1), (7, 7, 2, 1, 7, 1),
@@ -47,3 +48,19 @@ def test_conv_matches_flax_conv_with_the_same_parameters(size, kernel):
     assert jax.tree.map(jnp.shape, variables) == jax.tree.map(jnp.shape, theirs.init(jax.random.key(0), x))
     with jax.default_matmul_precision("highest"):
         np.testing.assert_allclose(ours.apply(variables, x), theirs.apply(variables, x), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [7, 8])
+def test_max_pool_gradient_is_pytorchs(size):
+    """Ties (frequent after a ReLU) send the gradient to the window's first maximum, as in PyTorch."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(2)
+    x = np.maximum(rng.integers(-2, 3, (2, size, size, 3)), 0).astype(np.float32)  # mostly ties
+    g = rng.standard_normal((2, (size + 1) // 2, (size + 1) // 2, 3)).astype(np.float32)
+    y, vjp = jax.vjp(max_pool_3x3_s2, jnp.asarray(x))
+    (grad,) = vjp(jnp.asarray(g))
+    x_torch = torch.from_numpy(x.transpose(0, 3, 1, 2)).requires_grad_()
+    y_torch = torch.nn.functional.max_pool2d(x_torch, 3, 2, 1)
+    y_torch.backward(torch.from_numpy(g.transpose(0, 3, 1, 2)))
+    np.testing.assert_array_equal(y, y_torch.detach().numpy().transpose(0, 2, 3, 1))
+    np.testing.assert_allclose(grad, x_torch.grad.numpy().transpose(0, 2, 3, 1), rtol=0, atol=1e-6)
