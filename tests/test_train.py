@@ -164,8 +164,10 @@ def test_incompatible_checkpoints_are_an_error_and_left_alone(reference, tmp_pat
     workdir = tmp_path / "workdir"
     shutil.copytree(reference / "checkpoints", workdir / "checkpoints")
     checkpoints = Checkpoints(workdir / "checkpoints")
-    with pytest.raises(CheckpointRestoreError, match="a different dataset, class count"):
+    with pytest.raises(CheckpointRestoreError, match="a different dataset, class count") as error:
         checkpoints.restore_latest(abstract_train_state(MANet(8), OPTIMIZER, make_mesh()))
+    assert "CheckpointMismatchError: 8 array(s) differ from this config: params/fc_1/bias: checkpoint (7,) float32, " \
+           "this config (8,) float32; params/fc_1/kernel: checkpoint (512, 7) float32" in str(error.value)
     assert checkpoints.latest_step() == 12 and not (workdir / CORRUPT).exists()
     checkpoints.close()
 

@@ -1,9 +1,10 @@
 """Trainer checkpoints: an Orbax CheckpointManager in `<workdir>/checkpoints/<step>/`.
 
 Each checkpoint holds the whole train state (`state/`) and the host side of the run
-(`host_state/`, JSON: e.g. the best and last evaluation so far). Writes are asynchronous; the latest `keep` checkpoints are kept,
-plus the one with the best eval accuracy. A checkpoint that cannot be restored is moved to
-`<workdir>/checkpoints_corrupt/` when an older one restores, so the run goes on from there.
+(`host_state/`, JSON: e.g. the best and last evaluation so far). Writes are asynchronous; the
+latest `keep` checkpoints are kept, plus the one with the best eval accuracy. A checkpoint that
+cannot be restored is moved to `<workdir>/checkpoints_corrupt/` when an older one restores, so the
+run goes on from there; one whose arrays differ from the config's is reported array by array.
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ logger = logging.getLogger(__name__)
 
 class CheckpointRestoreError(RuntimeError):
     """No checkpoint in a directory can be restored; the message lists each one's error."""
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint's arrays differ in shape or dtype from the state they would restore into."""
 
 
 def _metric(metrics: dict[str, float]) -> float:
@@ -65,6 +70,7 @@ class Checkpoints:
         failures = []
         for step in reversed(self.manager.all_steps()):
             try:
+                _check_matches(self.manager.item_metadata(step)[STATE].tree, target)
                 restored = self.manager.restore(step, args=ocp.args.Composite(**{
                     STATE: ocp.args.StandardRestore(target), HOST_STATE: ocp.args.JsonRestore()}))
             except Exception as e:  # Orbax raises many types for damaged or incompatible trees
@@ -111,3 +117,21 @@ class Checkpoints:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def _check_matches(saved: Any, target: Any, shown: int = 5) -> None:
+    """Raises CheckpointMismatchError naming the arrays whose shape or dtype differ between a
+    checkpoint's metadata and the target (checked before restoring: Orbax's own error names no key)."""
+    def arrays(tree: Any) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        return {jax.tree_util.keystr(path, simple=True, separator="/"): (tuple(leaf.shape), np.dtype(leaf.dtype))
+                for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+    ours, theirs = arrays(target), arrays(saved)
+    differences = [f"{key}: only in the checkpoint" for key in sorted(theirs.keys() - ours.keys())]
+    differences += [f"{key}: not in the checkpoint" for key in sorted(ours.keys() - theirs.keys())]
+    differences += [f"{key}: checkpoint {theirs[key][0]} {theirs[key][1]}, this config {ours[key][0]} {ours[key][1]}"
+                    for key in ours if key in theirs and ours[key] != theirs[key]]  # the state's order: params first
+    if differences:
+        more = f"; and {len(differences) - shown} more" if len(differences) > shown else ""
+        raise CheckpointMismatchError(f"{len(differences)} array(s) differ from this config: "
+                                      + "; ".join(differences[:shown]) + more)
