@@ -1,6 +1,7 @@
 """export: the StableHLO and SavedModel exports give the JAX model's outputs, at any batch size.
 
-A randomly initialised 7-class model at 96x96 keeps this fast (no map smaller than a kernel, whose matmul form TFLite converts slowly).
+A randomly initialised 7-class model at 96x96 keeps this fast: no map is smaller than a kernel
+(their matrix-product form takes the TFLite converter minutes).
 """
 
 import json
