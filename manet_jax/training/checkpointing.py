@@ -130,7 +130,7 @@ def _check_matches(saved: Any, target: Any, shown: int = 5) -> None:
     differences = [f"{key}: only in the checkpoint" for key in sorted(theirs.keys() - ours.keys())]
     differences += [f"{key}: not in the checkpoint" for key in sorted(ours.keys() - theirs.keys())]
     differences += [f"{key}: checkpoint {theirs[key][0]} {theirs[key][1]}, this config {ours[key][0]} {ours[key][1]}"
-                    for key in ours if key in theirs and ours[key] != theirs[key]]  # the state's order: params first
+                    for key in ours if key in theirs and ours[key] != theirs[key]]  # in the state's order
     if differences:
         more = f"; and {len(differences) - shown} more" if len(differences) > shown else ""
         raise CheckpointMismatchError(f"{len(differences)} array(s) differ from this config: "
