@@ -102,9 +102,11 @@ def test_preempted_and_killed_run_resumes_exactly(setup, reference):
     assert code == 0, output[-3000:]
     preempted = int(re.search(r"preempted at step (\d+)", output).group(1))
     assert (workdir / "checkpoints" / str(preempted)).is_dir()
-    # Resumed, then SIGKILL in the middle of epoch 2, after the epoch-1 checkpoint is written.
+    # Resumed, then SIGKILL in the second half of epoch 2, once the epoch-1 checkpoint is committed
+    # (it is written asynchronously, so on a busy machine it may appear a step or two late).
     def killed(line: str) -> bool:
-        return "step 6/12" in line and (workdir / "checkpoints" / "4").is_dir()
+        step = re.search(r"step (\d+)/12", line)
+        return bool(step) and 6 <= int(step.group(1)) <= 8 and (workdir / "checkpoints" / "4").is_dir()
 
     code, output = run_and_signal(command(setup, workdir), setup["env"], killed, signal.SIGKILL)
     assert code == -signal.SIGKILL, output[-3000:]
