@@ -9,7 +9,6 @@ StandardCheckpointer tree `{'params', 'batch_stats'}`) and `manet.json` (`num_cl
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -17,7 +16,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from manet_jax.training.checkpointing import CHECKPOINTS, Checkpoints
+from manet_jax.training.checkpointing import CHECKPOINTS, Checkpoints, absolute_path
 
 HEADER = "manet.json"
 VARIABLES = "variables"
@@ -27,10 +26,10 @@ class CheckpointError(ValueError):
     """A checkpoint directory that cannot be used; the message names the path and the cause."""
 
 
-def save_variables(directory: str | Path, variables: dict, *, num_classes: int,
-                   class_names: list[str] | None = None, source: str = "") -> Path:
+def save_variables(directory: epath.PathLike, variables: dict, *, num_classes: int,
+                   class_names: list[str] | None = None, source: str = "") -> epath.Path:
     """Writes `variables` ({'params', 'batch_stats'}) and the header to a new directory."""
-    directory = Path(directory).absolute()
+    directory = absolute_path(directory)
     if (directory / VARIABLES).exists():
         raise CheckpointError(f"{directory}: already holds a checkpoint; choose a new directory")
     directory.mkdir(parents=True, exist_ok=True)
@@ -47,11 +46,11 @@ def write_header(directory: epath.PathLike, *, num_classes: int, class_names: li
     (epath.Path(directory) / HEADER).write_text(json.dumps(header, indent=2) + "\n")
 
 
-def load_variables(directory: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+def load_variables(directory: epath.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
     """(variables as NumPy arrays, header) of a checkpoint directory written by `save_variables`,
     or of a trainer workdir: its best checkpoint by eval accuracy, else its latest (the header
     then also has `step`)."""
-    directory = Path(directory).absolute()
+    directory = absolute_path(directory)
     if (directory / HEADER).is_file() and (directory / CHECKPOINTS).is_dir():
         header = json.loads((directory / HEADER).read_text())
         try:

@@ -12,6 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from etils import epath
+
 from manet_jax.checkpoints import CheckpointError
 from manet_jax.inference.export import PLATFORMS, export_stablehlo
 from manet_jax.inference.model import load_model
@@ -22,7 +24,7 @@ EXPORTERS = {"stablehlo": export_stablehlo, "savedmodel": export_savedmodel}
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m manet_jax.export", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", required=True, type=Path, metavar="DIR", help="checkpoint or trainer workdir")
+    parser.add_argument("--checkpoint", required=True, type=epath.Path, metavar="DIR", help="checkpoint or trainer workdir")
     parser.add_argument("--format", required=True, choices=list(EXPORTERS))
     parser.add_argument("--output", required=True, type=Path, metavar="OUT",
                         help="new (or empty) directory for the export")

@@ -21,7 +21,7 @@ from manet_jax.checkpoints import load_variables
 from manet_jax.data.errors import DatasetNotFoundError
 from manet_jax.models import MANet
 from manet_jax.optim import sgd, step_lr
-from manet_jax.training.checkpointing import CORRUPT, CheckpointRestoreError, Checkpoints
+from manet_jax.training.checkpointing import CORRUPT, CheckpointRestoreError, Checkpoints, absolute_path
 from manet_jax.training.config import ConfigError, load_config
 from manet_jax.training.loop import train_and_evaluate
 from manet_jax.training.sharding import make_mesh
@@ -160,6 +160,14 @@ def test_checkpoints_in_a_relative_directory(tmp_path, monkeypatch):
     checkpoints.close()
     assert step == 1 and (tmp_path / "runs/demo/checkpoints/1").is_dir()
     np.testing.assert_array_equal(restored["params"]["w"], variables["params"]["w"])
+
+
+def test_bucket_workdirs_stay_urls(tmp_path, monkeypatch):
+    """`--workdir=gs://bucket/run` on a TPU pod: made absolute like a local path, it became
+    `<cwd>/gs:/bucket/run` on the local disk."""
+    monkeypatch.chdir(tmp_path)
+    assert str(absolute_path("gs://bucket/runs/raf/checkpoints")) == "gs://bucket/runs/raf/checkpoints"
+    assert absolute_path("runs/raf") == tmp_path / "runs/raf"
 
 
 def test_incompatible_checkpoints_are_an_error_and_left_alone(reference, tmp_path):

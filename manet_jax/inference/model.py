@@ -6,12 +6,12 @@ import dataclasses
 import functools
 import json
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from jax.sharding import Mesh
 
 from manet_jax.checkpoints import load_variables
@@ -38,14 +38,14 @@ class InferenceModel:
         return MANet(len(self.class_names), dtype=jnp.dtype(self.dtype))
 
 
-def load_model(checkpoint: str | Path, image_size: int | None = None) -> InferenceModel:
+def load_model(checkpoint: epath.PathLike, image_size: int | None = None) -> InferenceModel:
     """The model in a converted checkpoint or trainer workdir (see `checkpoints.load_variables`).
 
     A workdir's resolved config gives the input size, beta and dtype; `image_size` overrides its
     size, and a converted checkpoint has none (224, the paper's, unless given).
     """
     variables, header = load_variables(checkpoint)
-    config_file = Path(checkpoint) / CONFIG_FILE
+    config_file = epath.Path(checkpoint) / CONFIG_FILE
     config = json.loads(config_file.read_text()) if config_file.is_file() else {}
     num_classes = header["num_classes"]
     names = header.get("class_names") or (

@@ -35,6 +35,13 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint's arrays differ in shape or dtype from the state they would restore into."""
 
 
+def absolute_path(path: epath.PathLike) -> epath.Path:
+    """`path` made absolute, as Orbax requires; a URL such as `gs://bucket/run` stays as it is
+    (`Path.absolute()` would put the working directory in front of it)."""
+    path = epath.Path(path)
+    return path if "://" in str(path) else path.absolute()
+
+
 def _metric(metrics: dict[str, float]) -> float:
     return metrics[METRIC]
 
@@ -43,7 +50,7 @@ class Checkpoints:
     """Save and restore train states, with the run's host state, in `directory`."""
 
     def __init__(self, directory: epath.PathLike, keep: int = 2, read_only: bool = False):
-        self.directory = epath.Path(directory).absolute()  # Orbax refuses relative paths
+        self.directory = absolute_path(directory)
         policy = checkpoint_managers.AnyPreservationPolicy([
             checkpoint_managers.LatestN(keep),
             checkpoint_managers.BestN(get_metric_fn=_metric, n=1, keep_checkpoints_without_metrics=False)])
