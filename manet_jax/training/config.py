@@ -37,7 +37,7 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     # Data (manet_jax.data): a dataset name such as 'raf_db', 'affectnet/7', 'synthetic_faces/96'.
     c.dataset = placeholder(str)
-    c.data_dir = placeholder(str)  # None: $MANET_DATA_DIR, else ./data, else ~/tensorflow_datasets
+    c.data_dir = placeholder(str)  # None: $MANET_DATA_DIR, else the repository's data/, else ~/tensorflow_datasets
     c.eval_split = placeholder(str)  # None: the split the paper reports on (test, or validation)
     c.image_size = 224
     c.balanced_sampling = False  # draw each class equally often (AffectNet's ImbalancedDatasetSampler)
