@@ -24,7 +24,8 @@ EXPORTERS = {"stablehlo": export_stablehlo, "savedmodel": export_savedmodel}
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m manet_jax.export", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", required=True, type=epath.Path, metavar="DIR", help="checkpoint or trainer workdir")
+    parser.add_argument("--checkpoint", required=True, type=epath.Path, metavar="DIR",
+                        help="checkpoint or trainer workdir (a local path or a gs:// URL)")
     parser.add_argument("--format", required=True, choices=list(EXPORTERS))
     parser.add_argument("--output", required=True, type=Path, metavar="OUT",
                         help="new (or empty) directory for the export")

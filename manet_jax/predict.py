@@ -25,7 +25,8 @@ from manet_jax.inference.report import BRANCHES, ERROR, NO_FACE, OK, WRITERS, fo
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m manet_jax.predict", description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image file, folder (searched recursively) or glob")
-    parser.add_argument("--checkpoint", required=True, type=epath.Path, metavar="DIR", help="checkpoint or trainer workdir")
+    parser.add_argument("--checkpoint", required=True, type=epath.Path, metavar="DIR",
+                        help="checkpoint or trainer workdir (a local path or a gs:// URL)")
     parser.add_argument("--image-size", type=int, metavar="S",
                         help="model input size (default: the workdir's, else 224)")
     parser.add_argument("--no-detect", action="store_true", help="take each image as an aligned face crop")
