@@ -16,6 +16,8 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+import tensorflow as tf
+from tensorflow.core.util import event_pb2
 
 from manet_jax.checkpoints import load_variables
 from manet_jax.data.errors import DatasetNotFoundError
@@ -67,6 +69,17 @@ def final_params(workdir: Path) -> dict:
     return Checkpoints(workdir / "checkpoints", read_only=True).restore_variables(step=TOTAL)[0]
 
 
+def tensorboard_events(workdir: Path) -> dict[str, dict[int, np.ndarray]]:
+    """{tag: {step: value}} of the run's TensorBoard event files."""
+    events = {}
+    for path in (workdir / "tensorboard").glob("events.out.tfevents.*"):
+        for data in tf.data.TFRecordDataset(str(path)):
+            event = event_pb2.Event.FromString(data.numpy())
+            for value in event.summary.value:
+                events.setdefault(value.tag, {})[event.step] = tf.make_ndarray(value.tensor)
+    return events
+
+
 def test_trains_logs_checkpoints_and_evaluates_every_example_once(reference):
     lines = records(reference)
     train = [r for r in lines if "train" in r]
@@ -84,7 +97,12 @@ def test_trains_logs_checkpoints_and_evaluates_every_example_once(reference):
     summary = json.loads((reference / "summary.json").read_text())
     assert summary["last"]["epoch"] == 3 and summary["best"]["eval"]["fused"]["accuracy"] == max(
         r["eval"]["fused"]["accuracy"] for r in epochs)
-    assert list((reference / "tensorboard").glob("events.out.tfevents.*"))
+    events = tensorboard_events(reference)
+    assert events["train/loss"] == pytest.approx({r["step"]: r["train"]["loss"] for r in train})
+    assert events["eval/fused/accuracy"] == pytest.approx({r["step"]: r["eval"]["fused"]["accuracy"] for r in epochs})
+    for step, (width, height, png) in events["eval/fused/confusion_matrix"].items():  # the images plugin's format
+        assert step in (4, 8, 12) and tf.io.decode_png(png).shape == (int(height), int(width), 3)
+    assert len(events["eval/fused/confusion_matrix"]) == 3
     # The latest two checkpoints and the best one.
     steps = {int(p.name) for p in (reference / "checkpoints").iterdir() if p.name.isdigit()}
     assert {8, 12, summary["best"]["step"]} == steps

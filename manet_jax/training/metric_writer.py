@@ -3,17 +3,19 @@
 A record is a JSON object with `step` (optimizer steps done), `epoch` and nested metric dicts,
 e.g. `{"step": 96, "epoch": 1, "train": {"loss": ...}, "eval": {"fused": {"accuracy": ...}}}`.
 TensorBoard gets every number as a scalar tagged by its path (`eval/fused/accuracy`,
-`eval/fused/recall/Happiness`); lists (confusion matrices) stay in the JSON.
+`eval/fused/recall/Happiness`); lists (confusion matrices) stay in the JSON, and are drawn as
+images. TensorFlow's summary writer writes local paths and `gs://` buckets alike.
 """
 
 from __future__ import annotations
 
+import io
 import json
 from typing import Any
 
+import tensorflow as tf
 from etils import epath
 from matplotlib.figure import Figure
-from tensorboardX import SummaryWriter
 
 METRICS_FILE, TENSORBOARD_DIR = "metrics.jsonl", "tensorboard"
 
@@ -26,7 +28,7 @@ class MetricWriter:
         self.path = epath.Path(workdir) / METRICS_FILE
         self._tensorboard = None
         if enabled:
-            self._tensorboard = SummaryWriter(str(epath.Path(workdir) / TENSORBOARD_DIR))
+            self._tensorboard = tf.summary.create_file_writer(str(epath.Path(workdir) / TENSORBOARD_DIR))
 
     def truncate(self, step: int) -> None:
         """Drops records after `step`: a resumed run rewrites what followed its checkpoint."""
@@ -40,13 +42,18 @@ class MetricWriter:
             return
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
-        for tag, value in _scalars(record):
-            self._tensorboard.add_scalar(tag, value, record["step"])
+        with self._tensorboard.as_default(step=record["step"]):
+            for tag, value in _scalars(record):
+                tf.summary.scalar(tag, value)
         self._tensorboard.flush()
 
     def write_figure(self, tag: str, figure: Figure, step: int) -> None:
         if self.enabled:
-            self._tensorboard.add_figure(tag, figure, step, close=False)
+            png = io.BytesIO()
+            figure.savefig(png, format="png", dpi=100)
+            with self._tensorboard.as_default(step=step):
+                tf.summary.image(tag, tf.io.decode_png(png.getvalue(), channels=3)[None])
+            self._tensorboard.flush()
 
     def close(self) -> None:
         if self._tensorboard is not None:
