@@ -9,12 +9,13 @@ images. TensorFlow's summary writer writes local paths and `gs://` buckets alike
 
 from __future__ import annotations
 
-import io
 import json
 from typing import Any
 
+import numpy as np
 import tensorflow as tf
 from etils import epath
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 METRICS_FILE, TENSORBOARD_DIR = "metrics.jsonl", "tensorboard"
@@ -49,10 +50,11 @@ class MetricWriter:
 
     def write_figure(self, tag: str, figure: Figure, step: int) -> None:
         if self.enabled:
-            png = io.BytesIO()
-            figure.savefig(png, format="png", dpi=100)
+            canvas = FigureCanvasAgg(figure)
+            canvas.draw()
+            pixels = np.asarray(canvas.buffer_rgba())[None, ..., :3]
             with self._tensorboard.as_default(step=step):
-                tf.summary.image(tag, tf.io.decode_png(png.getvalue(), channels=3)[None])
+                tf.summary.image(tag, pixels)
             self._tensorboard.flush()
 
     def close(self) -> None:
