@@ -11,7 +11,7 @@ def get_config():
     config = base_config()
     config.dataset = "affectnet/7"
     config.init_from = "weights/Pretrained_on_MSCeleb.pth.tar"
-    config.balanced_sampling = True
+    config.input.balanced_sampling = True
     config.num_epochs = 20
     config.batch_size = 256
     config.learning_rate = 0.01

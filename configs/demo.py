@@ -14,7 +14,7 @@ def get_config():
     config = base_config()
     config.dataset = "synthetic_faces/48"
     config.image_size = 48
-    config.crop_scale = (0.8, 1.0)  # the faces fill the image: keep most of it
+    config.input.crop_scale = (0.8, 1.0)  # the faces fill the image: keep most of it
     config.num_epochs = 5
     config.batch_size = 64
     config.eval_batch_size = 100

@@ -30,10 +30,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from manet_jax.convert import init_variables
-from manet_jax.models import BRANCH_EXECUTION, MANet
-from manet_jax.optim import sgd
-from manet_jax.training.sharding import batch_sharded, make_mesh
+from manet_jax import cli
+from manet_jax.errors import ConfigError
+from manet_jax.mesh import batch_sharded, make_mesh, platform
+from manet_jax.models import BRANCH_EXECUTION, MANet, branch_execution_for, init_variables
+from manet_jax.training.optim import sgd
 from manet_jax.training.state import create_train_state
 from manet_jax.training.steps import make_eval_step, make_train_step
 
@@ -99,9 +100,10 @@ def peak_memory_gib() -> float | None:
 def bench_jax(mode: str, dtype: str, batch: int, args: argparse.Namespace) -> Result:
     """One JAX configuration: compile, then time `args.steps` steps per repetition."""
     mesh = make_mesh()
-    model = MANet(NUM_CLASSES, dtype=jnp.dtype(dtype), branch_execution=args.branch_execution)
+    execution = branch_execution_for(platform(mesh)) if args.branch_execution == "auto" else args.branch_execution
+    model = MANet(NUM_CLASSES, dtype=jnp.dtype(dtype), branch_execution=execution)
     optimizer = sgd(0.01)
-    state = create_train_state(init_variables(NUM_CLASSES, jax.random.key(0)), optimizer, jax.random.key(1), mesh)
+    state = create_train_state(init_variables(model, jax.random.key(0)), optimizer, mesh)
     rng = np.random.default_rng(0)
     host = {"image": rng.random((batch, args.image_size, args.image_size, 3), np.float32),
             "label": rng.integers(0, NUM_CLASSES, batch).astype(np.int32), "mask": np.ones(batch, np.float32)}
@@ -222,8 +224,7 @@ def environment() -> dict[str, Any]:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m manet_jax.benchmark", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser("manet_jax.benchmark", __doc__)
     parser.add_argument("--batch-sizes", default="32", help="comma-separated global batch sizes (default 32)")
     parser.add_argument("--dtypes", default="float32,bfloat16", help="JAX compute dtypes (default both)")
     parser.add_argument("--modes", default="train,eval", help="train and/or eval (default both)")
@@ -231,7 +232,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=5, help="steps per timed repetition (default 5)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed repetitions after compiling (default 2)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repetitions (default 5)")
-    parser.add_argument("--branch-execution", choices=BRANCH_EXECUTION, default="auto",
+    parser.add_argument("--branch-execution", choices=("auto", *BRANCH_EXECUTION), default="auto",
                         help="how the four local branches run (MANet.branch_execution; auto: unrolled on CPU, "
                              "else vmap)")
     parser.add_argument("--peak-tflops", type=float, default=None,
@@ -248,20 +249,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    return cli.run(lambda: benchmark(args))
+
+
+def benchmark(args: argparse.Namespace) -> None:
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     modes = args.modes.split(",")
     module = None
     if args.compare_torch and args.image_size != 224:
-        print("error: --compare-torch needs --image-size 224: the official model slices fixed 14x14 quadrants",
-              file=sys.stderr)
-        return 2
+        raise ConfigError("--compare-torch needs --image-size 224: the official model slices fixed 14x14 quadrants")
     if args.compare_torch:
-        from manet_jax.reference_model import ReferenceModelError, load_reference
-        try:
-            module = load_reference(args.compare_torch)
-        except (ReferenceModelError, ImportError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+        from manet_jax.reference_model import load_reference
+        module = load_reference(args.compare_torch)
         if args.torch_threads:
             import torch
             torch.set_num_threads(args.torch_threads)
@@ -292,7 +291,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         with open(args.output, "w") as f:
             json.dump(payload, f, indent=2)
         print(f"\nwrote {args.output}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -19,19 +19,21 @@ import dataclasses
 import functools
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from manet_jax.convert import (CheckpointFileError, StateDictMismatchError, flax_to_torch, load_state_dict_file,
+from manet_jax import cli
+from manet_jax.convert import (HEAD_LAYERS, StateDictMismatchError, flax_to_torch, load_state_dict_file,
                                num_classes_of, torch_to_flax)
-from manet_jax.convert.core import HEADS
 from manet_jax.convert.files import INSTALL_TORCH
 from manet_jax.data.image_files import IMAGE_EXTENSIONS, is_image_file
+from manet_jax.forward import forward
 from manet_jax.models import MANet, fused_logits, stage_outputs
 from manet_jax.models.manet import QUADRANTS
 from manet_jax.reference_model import ReferenceModelError, build_reference, load_reference
@@ -93,8 +95,8 @@ def load_checkpoint(model: torch.nn.Module, state_dict: dict[str, np.ndarray], p
     """Loads a (normalised) MA-Net state_dict into the reference, keeping its heads if their size differs."""
     current = model.state_dict()
     if num_classes_of(state_dict) != num_classes_of(current):
-        state_dict = {key: value for key, value in state_dict.items() if key.split(".")[0] not in HEADS}
-        state_dict |= {key: value for key, value in current.items() if key.split(".")[0] in HEADS}
+        state_dict = {key: value for key, value in state_dict.items() if key.split(".")[0] not in HEAD_LAYERS}
+        state_dict |= {key: value for key, value in current.items() if key.split(".")[0] in HEAD_LAYERS}
     try:
         model.load_state_dict({key: torch.as_tensor(value) for key, value in state_dict.items()})
     except RuntimeError as e:
@@ -147,20 +149,20 @@ def torch_forward(model: torch.nn.Module, images: np.ndarray, train: bool) -> di
     return {**outputs, "logits_local": local, "logits_global": glob, "logits": fused_logits(local, glob)}
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3))
-def _apply(model: MANet, variables: dict, images: jax.Array, train: bool) -> tuple:
-    mutable = ["intermediates", "batch_stats"] if train else ["intermediates"]
-    (local, glob), state = model.apply(variables, images, train=train, mutable=mutable)
-    return local, glob, state["intermediates"], state.get("batch_stats", variables["batch_stats"])
+@functools.partial(jax.jit, static_argnames=("model", "train"))
+def _forward(model: MANet, variables: dict, images: jax.Array, train: bool) -> tuple:
+    return forward(model, variables, images, train=train, capture=True)
 
 
 def jax_forward(model: MANet, variables: dict, images: np.ndarray, train: bool) -> tuple[dict[str, np.ndarray], dict]:
     """Stage outputs and logits (converted to NCHW) of one MANet forward, and the batch statistics after it."""
     with jax.default_matmul_precision("highest"):
-        local, glob, intermediates, batch_stats = jax.device_get(
-            _apply(model, variables, jnp.asarray(images.transpose(0, 2, 3, 1)), train))
-    outputs = {stage: np.transpose(stage_outputs(intermediates)[stage], (0, 3, 1, 2)) for stage in STAGES}
-    return {**outputs, "logits_local": local, "logits_global": glob, "logits": fused_logits(local, glob)}, batch_stats
+        logits, collections = jax.device_get(
+            _forward(model, variables, jnp.asarray(images.transpose(0, 2, 3, 1)), train=train))
+    outputs = {stage: np.transpose(stage_outputs(collections["intermediates"])[stage], (0, 3, 1, 2))
+               for stage in STAGES}
+    heads = {"logits_local": logits["local"], "logits_global": logits["global"], "logits": logits["fused"]}
+    return {**outputs, **heads}, collections.get("batch_stats", variables["batch_stats"])
 
 
 def compare_outputs(mode: str, ours: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> list[Row]:
@@ -223,7 +225,7 @@ def verdict(rows: Sequence[Row]) -> str:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m manet_jax.compare", description=__doc__.split("\n\n")[0])
+    parser = cli.parser("manet_jax.compare", __doc__.split("\n\n")[0])
     parser.add_argument("--reference-repo", required=True, metavar="PATH",
                         help="local clone of the official MA-Net repository (holds model/manet.py)")
     parser.add_argument("--checkpoint", metavar="FILE",
@@ -248,26 +250,25 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        if torch is None:
-            raise CompareError(f"the comparison runs the PyTorch reference and needs torch: {INSTALL_TORCH}")
-        module = load_reference(args.reference_repo)
-        state_dict = load_state_dict_file(args.checkpoint) if args.checkpoint else None
-        num_classes = args.num_classes or (num_classes_of(state_dict) if state_dict else 7)
-        torch.manual_seed(args.seed)
-        reference = build_reference(module, num_classes)
-        if state_dict is not None:
-            load_checkpoint(reference, state_dict, args.checkpoint)
-        images = (random_images(args.random, args.seed) if args.images is None
-                  else load_images(args.images, args.max_images))
-        print(f"reference: {module.__file__}\n"
-              f"weights:   {args.checkpoint or f'random initialisation of the reference (seed {args.seed})'}\n"
-              f"images:    {args.images or f'random (seed {args.seed})'}, {len(images)} x 3 x 224 x 224; "
-              f"{num_classes} classes; JAX on {jax.devices()[0].platform}, matmul precision 'highest'\n")
-        rows = run(reference, images)
-    except (ReferenceModelError, CheckpointFileError, StateDictMismatchError) as e:
-        print(f"python -m manet_jax.compare: error: {e}", file=sys.stderr)
-        return 2
+    return cli.run(lambda: compare(args))
+
+
+def compare(args: argparse.Namespace) -> int:
+    if torch is None:
+        raise CompareError(f"the comparison runs the PyTorch reference and needs torch: {INSTALL_TORCH}")
+    module = load_reference(args.reference_repo)
+    state_dict = load_state_dict_file(args.checkpoint) if args.checkpoint else None
+    num_classes = args.num_classes or (num_classes_of(state_dict) if state_dict else 7)
+    torch.manual_seed(args.seed)
+    reference = build_reference(module, num_classes)
+    if state_dict is not None:
+        load_checkpoint(reference, state_dict, args.checkpoint)
+    images = random_images(args.random, args.seed) if args.images is None else load_images(args.images, args.max_images)
+    print(f"reference: {module.__file__}\n"
+          f"weights:   {args.checkpoint or f'random initialisation of the reference (seed {args.seed})'}\n"
+          f"images:    {args.images or f'random (seed {args.seed})'}, {len(images)} x 3 x 224 x 224; "
+          f"{num_classes} classes; JAX on {jax.devices()[0].platform}, matmul precision 'highest'\n")
+    rows = run(reference, images)
     print(format_table(rows))
     print(verdict(rows))
     if args.output:

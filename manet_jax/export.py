@@ -10,44 +10,47 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from etils import epath
 
-from manet_jax.checkpoints import CheckpointError
-from manet_jax.inference.export import PLATFORMS, export_stablehlo
-from manet_jax.inference.model import load_model
-from manet_jax.inference.savedmodel import export_savedmodel
+from manet_jax import cli
+from manet_jax.bundle import load_bundle
+from manet_jax.inference.stablehlo import PLATFORMS, export_stablehlo
 
-EXPORTERS = {"stablehlo": export_stablehlo, "savedmodel": export_savedmodel}
+FORMATS = ("stablehlo", "savedmodel")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m manet_jax.export", description=__doc__.split("\n\n")[0])
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = cli.parser("manet_jax.export", __doc__)
     parser.add_argument("--checkpoint", required=True, type=epath.Path, metavar="DIR",
-                        help="checkpoint or trainer workdir (a local path or a gs:// URL)")
-    parser.add_argument("--format", required=True, choices=list(EXPORTERS))
+                        help="model: a converted bundle, trainer checkpoint or workdir (a local path or gs:// URL)")
+    parser.add_argument("--format", required=True, choices=FORMATS)
     parser.add_argument("--output", required=True, type=Path, metavar="OUT",
                         help="new (or empty) directory for the export")
-    parser.add_argument("--image-size", type=int, metavar="S",
-                        help="model input size (default: the workdir's, else 224)")
+    parser.add_argument("--image-size", type=int, metavar="S", help="model input size (default: the model's)")
     parser.add_argument("--platforms", default=",".join(PLATFORMS),
                         help="comma-separated platforms to lower for (default: %(default)s)")
     args = parser.parse_args(argv)
-    platforms = args.platforms.split(",")
-    if unknown := set(platforms) - set(PLATFORMS):
+    if unknown := set(args.platforms.split(",")) - set(PLATFORMS):
         parser.error(f"--platforms {args.platforms}: unknown {sorted(unknown)}; choose from {','.join(PLATFORMS)}")
     if args.output.exists() and any(args.output.iterdir()):
         parser.error(f"--output {args.output}: exists and is not empty; choose a new directory")
-    try:
-        model = load_model(args.checkpoint, args.image_size)
-    except (CheckpointError, ValueError) as e:
-        parser.error(str(e))
+    return cli.run(lambda: export(args))
+
+
+def export(args: argparse.Namespace) -> None:
+    cli.start_runtime()
+    bundle = load_bundle(args.checkpoint).resized(args.image_size, "--image-size")
     args.output.mkdir(parents=True, exist_ok=True)
-    path = EXPORTERS[args.format](model, args.output, platforms)
-    print(f"wrote {args.format} export of {args.checkpoint} ({len(model.class_names)} classes, "
-          f"{model.image_size}x{model.image_size} input) to {path}")
-    return 0
+    if args.format == "savedmodel":
+        from manet_jax.inference.savedmodel import export_savedmodel  # TensorFlow only when needed
+        path = export_savedmodel(bundle, args.output, args.platforms.split(","))
+    else:
+        path = export_stablehlo(bundle, args.output, args.platforms.split(","))
+    print(f"wrote {args.format} export of {args.checkpoint} ({bundle.spec.num_classes} classes, "
+          f"{bundle.spec.image_size}x{bundle.spec.image_size} input) to {path}")
 
 
 if __name__ == "__main__":

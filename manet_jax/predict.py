@@ -11,24 +11,25 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 from etils import epath
 
-from manet_jax.checkpoints import CheckpointError
+from manet_jax import cli
+from manet_jax.bundle import load_bundle
 from manet_jax.inference.faces import MARGIN
-from manet_jax.inference.model import Predictor, load_model
-from manet_jax.inference.pipeline import predict_paths
-from manet_jax.inference.report import BRANCHES, ERROR, NO_FACE, OK, WRITERS, format_table, write_records
+from manet_jax.inference.photos import predict_paths
+from manet_jax.inference.predictor import Predictor
+from manet_jax.inference.records import BRANCHES, ERROR, NO_FACE, OK, WRITERS, format_table, write_records
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m manet_jax.predict", description=__doc__.split("\n\n")[0])
+    parser = cli.parser("manet_jax.predict", __doc__)
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image file, folder (searched recursively) or glob")
     parser.add_argument("--checkpoint", required=True, type=epath.Path, metavar="DIR",
-                        help="checkpoint or trainer workdir (a local path or a gs:// URL)")
-    parser.add_argument("--image-size", type=int, metavar="S",
-                        help="model input size (default: the workdir's, else 224)")
+                        help="model: a converted bundle, trainer checkpoint or workdir (a local path or gs:// URL)")
+    parser.add_argument("--image-size", type=int, metavar="S", help="model input size (default: the model's)")
     parser.add_argument("--no-detect", action="store_true", help="take each image as an aligned face crop")
     parser.add_argument("--margin", type=float, default=MARGIN,
                         help="crop margin per side, a fraction of the face box (%(default)s)")
@@ -42,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     for option, value, least in (("--margin", args.margin, 0), ("--min-neighbors", args.min_neighbors, 0),
@@ -53,16 +54,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--output {args.output}: unknown format; use a .json or .csv file name")
     if args.output and not args.output.absolute().parent.is_dir():
         parser.error(f"--output {args.output}: its folder does not exist")
-    try:
-        model = load_model(args.checkpoint, args.image_size)
-    except (CheckpointError, ValueError) as e:
-        parser.error(str(e))
-    predictor = Predictor(model, args.batch_size, maps=args.visualize is not None)
+    return cli.run(lambda: predict(args))
+
+
+def predict(args: argparse.Namespace) -> int:
+    cli.start_runtime()
+    bundle = load_bundle(args.checkpoint).resized(args.image_size, "--image-size")
+    predictor = Predictor(bundle, args.batch_size, maps=args.visualize is not None)
     records = predict_paths(args.paths, predictor, detect=not args.no_detect, margin=args.margin,
                             min_neighbors=args.min_neighbors, visualize=args.visualize)
-    print(format_table(records, model.class_names))
+    class_names = bundle.spec.class_names
+    print(format_table(records, class_names))
     if args.output:
-        write_records(args.output, records, model.class_names, BRANCHES if args.branch_probabilities else BRANCHES[:1])
+        write_records(args.output, records, class_names, BRANCHES if args.branch_probabilities else BRANCHES[:1])
     statuses = {r.file: r.status for r in records}
     counts = Counter(statuses.values())
     print(f"{len(statuses)} inputs: {sum(r.status == OK for r in records)} face(s) in {counts[OK]} image(s), "

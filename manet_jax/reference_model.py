@@ -11,10 +11,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Iterator
 
-from manet_jax.convert.core import HEADS
+from manet_jax.convert.core import HEAD_LAYERS
+from manet_jax.errors import ManetError
 
 
-class ReferenceModelError(Exception):
+class ReferenceModelError(ManetError):
     """The given path does not hold a usable MA-Net reference; the message says what is wrong."""
 
 
@@ -81,7 +82,7 @@ def build_reference(module: ModuleType, num_classes: int) -> Any:
     if not callable(factory):
         return module.MANet(num_classes=num_classes)
     model = factory()
-    for head in HEADS:
+    for head in HEAD_LAYERS:
         layer = getattr(model, head)
         if layer.out_features != num_classes:
             setattr(model, head, torch.nn.Linear(layer.in_features, num_classes))

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 import golden
-from manet_jax.checkpoints import load_variables
+from manet_jax.bundle import load_bundle
 from manet_jax.convert import (CheckpointFileError, StateDictMismatchError, flax_to_torch, import_resnet18,
-                               import_state_dict, init_variables, load_state_dict_file, save_state_dict_file,
-                               torch_to_flax)
+                               import_state_dict, load_state_dict_file, save_state_dict_file, torch_to_flax)
 from manet_jax.convert.__main__ import main as convert_main
+from manet_jax.models import MANet, init_variables
 
 HEADS = ("fc_1.weight", "fc_1.bias", "fc_2.weight", "fc_2.bias")
 
@@ -73,7 +73,7 @@ def test_msceleb_heads_are_replaced_and_reported(state_dict):
     conversion = import_state_dict(msceleb, num_classes=7, rng=jax.random.key(3))
     assert conversion.dropped == list(HEADS) and conversion.initialised == list(HEADS)
     assert len(conversion.loaded) == len(state_dict) - 4
-    fresh = init_variables(7, jax.random.key(3))
+    fresh = init_variables(MANet(7), jax.random.key(3))
     np.testing.assert_array_equal(conversion.variables["params"]["fc_2"]["kernel"], fresh["params"]["fc_2"]["kernel"])
     back = flax_to_torch(conversion.variables)
     for key in state_dict:
@@ -118,7 +118,7 @@ def test_resnet18_import(state_dict):
     resnet = resnet18_state_dict(state_dict)
     conversion = import_resnet18(resnet, num_classes=7, rng=jax.random.key(5))
     out = flax_to_torch(conversion.variables)
-    fresh = flax_to_torch(init_variables(7, jax.random.key(5)))
+    fresh = flax_to_torch(init_variables(MANet(7), jax.random.key(5)))
     for k in (1, 2, 3, 4):
         for j in (3, 4):
             for leaf in ("0.conv1.weight", "1.bn2.running_var", "0.downsample.0.weight"):
@@ -183,11 +183,13 @@ def test_cli_both_directions_loadable_by_reference_model(tmp_path, state_dict, c
 
     source = tmp_path / "in.pth.tar"
     torch.save({"state_dict": {f"module.{k}": torch.from_numpy(v) for k, v in state_dict.items()}}, source)
-    assert convert_main(["to-flax", str(source), str(tmp_path / "ckpt")]) == 0
+    assert convert_main(["to-flax", str(source), str(tmp_path / "ckpt"), "--multiscale-wiring", "2021"]) == 0
     assert "692 tensors loaded, 0 initialised fresh" in capsys.readouterr().out
-    variables, header = load_variables(tmp_path / "ckpt")
-    assert header["num_classes"] == 7
+    spec = load_bundle(tmp_path / "ckpt").spec
+    assert (spec.num_classes, spec.image_size, spec.multiscale_wiring) == (7, 224, "2021")
+    assert spec.class_names[0] == "Neutral" and str(source) in spec.source
     assert convert_main(["to-torch", str(tmp_path / "ckpt"), str(tmp_path / "out.pth")]) == 0
+    assert "multi-scale wiring 2021" in capsys.readouterr().out
     exported = torch.load(tmp_path / "out.pth", weights_only=True)
     assert_same_state_dict({k: v.numpy() for k, v in exported.items()}, state_dict)
     TorchMANet(num_classes=7).load_state_dict(exported, strict=True)

@@ -108,9 +108,6 @@ def test_eval_image_is_pil_resize_to_tensor():
     out = augment.eval_image(tf.constant(encode(image, "PNG")), 224).numpy()
     assert out.dtype == np.float32 and out.shape == (224, 224, 3)
     assert_matches_pil(out * 255, pil_resize(image, 224, 224))
-    normalised = augment.eval_image(tf.constant(encode(image, "PNG")), 224, normalize=True).numpy()
-    np.testing.assert_allclose(normalised, (out - augment.IMAGENET_MEAN) / augment.IMAGENET_STD,
-                               atol=1e-5)
 
 
 def test_crop_box_is_torchvisions_get_params():
@@ -212,14 +209,11 @@ def test_fixed_seed_gives_a_fixed_view():
     np.testing.assert_array_equal(out, again)
 
 
-def test_options_normalise_then_erase():
+def test_random_erasing_after_the_other_transforms():
     image = fx.pixels(np.random.default_rng(8), 32, 32)
     plain = _train_views(image, 20)
-    normalised = _train_views(image, 20, normalize=True)
-    np.testing.assert_allclose(normalised, (plain - augment.IMAGENET_MEAN) / augment.IMAGENET_STD,
-                               atol=1e-5)
-    erased = _train_views(image, 20, normalize=True, erasing_prob=1.0)
-    changed = np.any(erased != normalised, axis=-1)  # erased pixels are 0 after normalising
+    erased = _train_views(image, 20, erasing_prob=1.0)
+    changed = np.any(erased != plain, axis=-1)  # erased pixels are 0
     assert changed.any(axis=(1, 2)).all()
     assert (erased[changed] == 0).all()
     fraction = changed.mean(axis=(1, 2))

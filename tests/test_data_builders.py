@@ -208,7 +208,7 @@ def test_corrupt_files_fail_the_build_naming_every_one(tmp_path):
     with pytest.raises(BadImageFilesError) as missing:  # missing files: before decoding anything
         fx.build("raf_db", tmp_path / "data", tmp_path / "manual")
     assert [name for name, _ in missing.value.bad] == ["Image/aligned/train_00005_aligned.jpg"]
-    assert "--skip_corrupt" in str(missing.value)
+    assert "--skip-corrupt" in str(missing.value)
 
     fx.save(tmp_path / "manual/basic/Image/aligned/train_00005_aligned.jpg",
             np.zeros((100, 100, 3), np.uint8))

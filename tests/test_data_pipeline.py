@@ -11,6 +11,7 @@ import pytest
 from manet_jax.data import pipeline, sampling
 from manet_jax.data.errors import DatasetNotFoundError
 from manet_jax.data.locations import default_data_dir, default_manual_dir
+from manet_jax.data.options import input_config
 from manet_jax.data.registry import make_builder, split_name
 
 SYNTH = "synthetic_faces/24_70_14"  # 70 train (10 per class) and 14 test images of 24 px
@@ -35,9 +36,12 @@ def take(iterator, n):
 
 
 def train(data_dir, name=SYNTH, **kwargs):
+    """The training iterator; keyword arguments that name input options (see `input_config`) set them."""
+    options = input_config()
+    options.update({key: kwargs.pop(key) for key in list(kwargs) if key in options})
     defaults = {"image_size": 24, "global_batch_size": 8, "seed": 3, "process_index": 0,
                 "process_count": 1}
-    return pipeline.train_iterator(name, data_dir, **{**defaults, **kwargs})
+    return pipeline.train_iterator(name, data_dir, options=options, **{**defaults, **kwargs})
 
 
 def test_dataset_info(data_dir):
@@ -55,7 +59,7 @@ def test_missing_manual_dataset_says_how_to_prepare_it(tmp_path):
         pipeline.dataset_info("affectnet/8", str(tmp_path))
     assert isinstance(e.value, FileNotFoundError)
     manual = default_manual_dir(str(tmp_path), "affectnet")
-    assert (f"python -m manet_jax.data.prepare --dataset affectnet/8 --manual_dir {manual}"
+    assert (f"python -m manet_jax.data.prepare --dataset affectnet/8 --manual-dir {manual}"
             in str(e.value))
     assert "mohammadmahoor.com/affectnet" in str(e.value)
 
@@ -160,7 +164,7 @@ def test_balanced_sampling_frequencies():
 def test_balanced_pipeline(data_dir):
     info = pipeline.dataset_info("image_folder/7", data_dir)  # class 0 holds 14 of 20 images
     batches = take(train(data_dir, "image_folder/7", global_batch_size=10, image_size=16,
-                         balanced=True), 40)
+                         balanced_sampling=True), 40)
     labels = np.concatenate([b["label"] for b in batches])
     counts = np.bincount(labels, minlength=7)
     assert info.class_counts[0] == 14 and counts[0] < 0.3 * len(labels)  # ~1/7, not 14/20

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from manet_jax.checkpoints import CheckpointError
+from manet_jax.bundle import BundleError
 from manet_jax.training.config import load_config
 from manet_jax.training.evaluation import evaluate_checkpoint
 from manet_jax.training.metrics import classification_metrics, confusion_matrix
@@ -28,8 +28,8 @@ def setup(tmp_path_factory) -> dict:
 
 def test_evaluator_reports_every_test_example_once(setup):
     overrides = [f"--config.{key}={value}" for key, value in {**OVERRIDES, "data_dir": setup["data_dir"]}.items()]
-    result = run([sys.executable, "-m", "manet_jax.evaluate", "--config=configs/demo.py", *overrides,
-                  f"--checkpoint={setup['checkpoint']}"], environment(setup["root"] / "compilation_cache"))
+    result = run([sys.executable, "-m", "manet_jax.evaluate", "--config", "configs/demo.py", *overrides,
+                  "--checkpoint", str(setup["checkpoint"])], environment(setup["root"] / "compilation_cache"))
     assert result.returncode == 0, result.stderr[-3000:]
     report = setup["checkpoint"] / "eval" / "synthetic_faces_64_32_20_test"
     metrics = json.loads((report / "metrics.json").read_text())
@@ -43,11 +43,14 @@ def test_evaluator_reports_every_test_example_once(setup):
     assert (report / "confusion_matrix.png").read_bytes().startswith(b"\x89PNG")
 
 
-def test_checkpoint_of_another_class_count_is_refused(setup, tmp_path):
+def test_checkpoint_of_another_class_count_or_wiring_is_refused(setup, tmp_path):
     config = load_config(str(REPO / "configs/demo.py"),
                          [f"{key}={value}" for key, value in {**OVERRIDES, "data_dir": setup["data_dir"]}.items()])
     checkpoint = make_checkpoint(tmp_path / "eight", num_classes=8)
-    with pytest.raises(CheckpointError, match="8-way heads but synthetic_faces/64_32_20 has 7 classes"):
+    with pytest.raises(BundleError, match="8-way heads but synthetic_faces/64_32_20 has 7 classes"):
+        evaluate_checkpoint(config, str(checkpoint))
+    checkpoint = make_checkpoint(tmp_path / "wired", multiscale_wiring="2021")
+    with pytest.raises(BundleError, match="2021 multi-scale wiring; evaluate it with --config.multiscale_wiring=2021"):
         evaluate_checkpoint(config, str(checkpoint))
 
 

@@ -12,10 +12,10 @@ import pytest
 import tensorflow as tf
 
 from manet_jax import export
-from manet_jax.checkpoints import save_variables
-from manet_jax.convert import init_variables
-from manet_jax.inference.export import METADATA, OUTPUTS, STABLEHLO_FILE
-from manet_jax.inference.model import load_model, outputs
+from manet_jax.bundle import ModelSpec, default_class_names, load_bundle, save_bundle
+from manet_jax.inference.predictor import OUTPUTS, outputs
+from manet_jax.inference.stablehlo import METADATA, STABLEHLO_FILE
+from manet_jax.models import MANet, init_variables
 
 SIZE = 96
 FAST_RNG = "unsafe_rbg"  # compiles the random init three times faster than threefry on CPU
@@ -24,8 +24,8 @@ ATOL = 2e-5  # logits of a random model are O(1); XLA may fuse differently in ea
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    variables = init_variables(7, jax.random.key(1, impl=FAST_RNG))
-    return save_variables(tmp_path_factory.mktemp("checkpoint"), variables, num_classes=7, source="random init")
+    variables = init_variables(MANet(7), jax.random.key(1, impl=FAST_RNG))
+    return save_bundle(tmp_path_factory.mktemp("checkpoint"), variables, ModelSpec(default_class_names(7)))
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +37,9 @@ def images():
 
 @pytest.fixture(scope="module")
 def expected(checkpoint, images):
-    model = load_model(checkpoint, SIZE)
-    return jax.device_get(jax.jit(outputs, static_argnums=(0, 1))(model.module, model.beta, model.variables,
-                                                                   images[1]))
+    bundle = load_bundle(checkpoint)
+    return jax.device_get(jax.jit(outputs, static_argnums=(0, 1))(bundle.spec.module(), bundle.spec.beta,
+                                                                   bundle.variables, images[1]))
 
 
 def run_export(checkpoint, fmt, directory, *extra):
@@ -83,19 +83,26 @@ def test_savedmodel_converts_to_tflite(savedmodel, images, expected):
     assert_matches(runner(images=images[0]), expected)
 
 
+def exit_status(main, argv: list[str]) -> int:
+    """A tool's exit status, whether argparse exits or the tool returns it."""
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return e.code
+
+
 @pytest.mark.parametrize("args, message", [
     (["--format", "onnx"], "--format"),
     (["--format", "stablehlo", "--platforms", "cpu,metal"], "--platforms cpu,metal"),
-    (["--format", "stablehlo", "--image-size", "72"], "--image-size 72"),
+    (["--format", "stablehlo", "--image-size", "72"], "error: --image-size=72: MA-Net needs an input size"),
 ])
 def test_bad_options(checkpoint, tmp_path, capsys, args, message):
-    with pytest.raises(SystemExit):
-        export.main(["--checkpoint", str(checkpoint), "--output", str(tmp_path / "out"), *args])
+    assert exit_status(export.main, ["--checkpoint", str(checkpoint), "--output", str(tmp_path / "out"), *args]) == 2
     assert message in capsys.readouterr().err
 
 
 def test_refuses_a_non_empty_output(checkpoint, tmp_path, capsys):
     (tmp_path / "keep.txt").write_text("")
-    with pytest.raises(SystemExit):
-        export.main(["--checkpoint", str(checkpoint), "--format", "savedmodel", "--output", str(tmp_path)])
+    assert exit_status(export.main, ["--checkpoint", str(checkpoint), "--format", "savedmodel",
+                                     "--output", str(tmp_path)]) == 2
     assert f"--output {tmp_path}" in capsys.readouterr().err

@@ -18,7 +18,7 @@ import pytest
 import golden
 from manet_jax.convert import flax_to_torch, torch_to_flax
 from manet_jax.models import MANet, fused_logits, manet_loss, stage_outputs
-from manet_jax.optim import sgd
+from manet_jax.training.optim import sgd
 
 LR = 0.01
 SETS = {7: (0, 4), 8: (1, 2)}  # num_classes -> (seed, batch)
@@ -175,9 +175,10 @@ def test_float64_replica():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_unknown_branch_execution_is_named():
-    model = MANet(7, branch_execution="pmap")
-    x = jnp.zeros((1, 32, 32, 3))
-    variables = MANet(7).init(jax.random.key(0), x)
+def test_unknown_branch_execution_and_wiring_are_named():
+    x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+    variables = jax.eval_shape(MANet(7).init, jax.random.key(0), x)  # traced, not compiled
     with pytest.raises(ValueError, match="branch_execution must be one of .*'pmap'"):
-        model.apply(variables, x)
+        jax.eval_shape(MANet(7, branch_execution="pmap").apply, variables, x)
+    with pytest.raises(ValueError, match="multiscale_wiring must be one of .*'2022'"):
+        jax.eval_shape(MANet(7, multiscale_wiring="2022").apply, variables, x)

@@ -7,29 +7,31 @@ A randomly initialised 7-class model at 64x64 keeps this fast; accuracy is not t
 import csv
 import dataclasses
 import io
+import itertools
 import json
 
 import cv2
 import jax
 import numpy as np
 import pytest
-import tensorflow as tf
 from PIL import Image
 from skimage import data
 
 from manet_jax import predict
-from manet_jax.checkpoints import save_variables, write_header
-from manet_jax.convert import init_variables
-from manet_jax.data.augment import eval_image
+from manet_jax.bundle import ModelSpec, default_class_names, load_bundle, save_bundle
+from manet_jax.data.prepare import prepare
 from manet_jax.inference.faces import Box, detect_faces
 from manet_jax.inference.images import MAX_SIDE, load_image
-from manet_jax.inference.model import Predictor, load_model
-from manet_jax.inference.pipeline import predict_paths
-from manet_jax.inference.report import ERROR, NO_FACE, OK
+from manet_jax.inference.photos import predict_paths
+from manet_jax.inference.predictor import Predictor
+from manet_jax.inference.records import ERROR, NO_FACE, OK
 from manet_jax.inference.visualize import HEIGHT, WIDTH
-from manet_jax.models import fused_logits
-from manet_jax.training.checkpointing import CHECKPOINTS, Checkpoints
-from manet_jax.training.config import CONFIG_FILE
+from manet_jax.models import MANet, init_variables
+from manet_jax.training.checkpointing import Checkpoints
+from manet_jax.training.config import load_config
+from manet_jax.training.evaluation import evaluate_checkpoint
+from manet_jax.training.state import TrainState
+from train_helpers import REPO
 
 SIZE = 64
 FAST_RNG = "unsafe_rbg"  # compiles the random init three times faster than threefry on CPU
@@ -47,18 +49,18 @@ def iou(a: Box, b: Box) -> float:
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    variables = init_variables(7, jax.random.key(0, impl=FAST_RNG))
-    return save_variables(tmp_path_factory.mktemp("checkpoint"), variables, num_classes=7, source="random init")
+    variables = init_variables(MANet(7), jax.random.key(0, impl=FAST_RNG))
+    return save_bundle(tmp_path_factory.mktemp("checkpoint"), variables, ModelSpec(default_class_names(7)))
 
 
 @pytest.fixture(scope="module")
-def model(checkpoint):
-    return load_model(checkpoint, SIZE)
+def bundle(checkpoint):
+    return load_bundle(checkpoint).resized(SIZE, "--image-size")
 
 
 @pytest.fixture(scope="module")
-def predictor(model):
-    return Predictor(model, BATCH, maps=True)  # the CLI's with --visualize: compiled once for both
+def predictor(bundle):
+    return Predictor(bundle, BATCH, maps=True)  # the CLI's with --visualize: compiled once for both
 
 
 @pytest.fixture(scope="module")
@@ -124,42 +126,37 @@ def test_detector_on_lfw_crops():
     assert (counts[100:] > 0).mean() <= 0.05
 
 
-@pytest.fixture(scope="module")
-def evaluator(model):
-    """What evaluation computes for one encoded image: its eval view, both heads, softmax per branch."""
-    apply = jax.jit(model.module.apply)
-
-    def probabilities(encoded: bytes) -> dict[str, np.ndarray]:
-        local, global_ = apply(model.variables, eval_image(tf.constant(encoded), SIZE).numpy()[None])
-        logits = {"fused": fused_logits(local, global_, model.beta), "local": local, "global": global_}
-        return {branch: np.asarray(jax.nn.softmax(value[0])) for branch, value in logits.items()}
-
-    return probabilities
-
-
-def assert_probabilities(record, expected):
-    for branch, values in expected.items():
-        np.testing.assert_allclose(list(record.probabilities[branch].values()), values, atol=1e-6, err_msg=branch)
-
-
-def test_pipeline_matches_the_evaluator(records, model, evaluator):
-    """The same crop, PNG-encoded, through the evaluation preprocessing and the model."""
-    record, = records["astronaut.png"]
-    assert record.status == OK and iou(record.box, ASTRONAUT_FACE) > 0.5
-    buffer = io.BytesIO()
-    Image.fromarray(record.box.crop(data.astronaut())).save(buffer, "PNG")
-    expected = evaluator(buffer.getvalue())
-    assert_probabilities(record, expected)
-    assert record.label == model.class_names[int(expected["fused"].argmax())]
-
-
-def test_aligned_crop_without_detection_matches_the_evaluator(tmp_path, predictor, evaluator):
-    """--no-detect on an LFW crop (25x25 greyscale): the whole image is the face."""
-    path = tmp_path / "lfw.png"
-    Image.fromarray((data.lfw_subset()[0] * 255).astype(np.uint8)).save(path)
-    record, = predict_paths([str(path)], predictor, detect=False)
-    assert record.box == Box(0, 0, 25, 25)
-    assert_probabilities(record, evaluator(path.read_bytes()))
+def test_predictions_match_the_evaluator(records, photos, checkpoint, predictor, tmp_path):
+    """A detected face (class 1) and aligned LFW crops (--no-detect; the other classes), saved as
+    PNGs in an image-folder dataset and evaluated by the evaluator on that config: its loss and
+    confusion matrices are those of predict's probabilities."""
+    astronaut, = records["astronaut.png"]
+    assert astronaut.status == OK and iou(astronaut.box, ASTRONAUT_FACE) > 0.5
+    faces = {1: (astronaut, astronaut.box.crop(data.astronaut()))}
+    lfw = (data.lfw_subset()[:6] * 255).astype(np.uint8)
+    for label, crop in zip((0, 2, 3, 4, 5, 6), lfw):
+        Image.fromarray(crop).save(tmp_path / "lfw.png")
+        record, = predict_paths([str(tmp_path / "lfw.png")], predictor, detect=False)
+        assert record.box == Box(0, 0, 25, 25)
+        faces[label] = (record, crop)
+    for split, (label, (_, pixels)) in itertools.product(("train", "test"), faces.items()):
+        (tmp_path / "faces" / split / str(label)).mkdir(parents=True)
+        Image.fromarray(pixels).save(tmp_path / "faces" / split / str(label) / "face.png")
+    prepare("image_folder/7", str(tmp_path / "faces"), str(tmp_path / "data"))
+    config = load_config(str(REPO / "configs/demo.py"), ["dataset=image_folder/7", f"data_dir={tmp_path / 'data'}",
+                                                         f"image_size={SIZE}", f"batch_size={BATCH}"])
+    results = evaluate_checkpoint(config, str(checkpoint), output_dir=str(tmp_path / "report"))
+    beta, names = predictor.spec.beta, predictor.spec.class_names
+    losses = [-beta * np.log(record.probabilities["local"][names[label]])
+              - (1 - beta) * np.log(record.probabilities["global"][names[label]])
+              for label, (record, _) in faces.items()]
+    np.testing.assert_allclose(results["loss"], np.mean(losses), rtol=1e-5)
+    for head in ("fused", "local", "global"):
+        confusion = np.zeros((7, 7), int)
+        for label, (record, _) in faces.items():
+            probabilities = record.probabilities[head]
+            confusion[label, names.index(max(probabilities, key=probabilities.get))] += 1
+        assert results[head]["confusion_matrix"] == confusion.tolist(), head
 
 
 def test_greyscale_and_16_bit_greyscale(records, photos):
@@ -206,20 +203,20 @@ def test_bad_files_are_reported(records, photos, name, message):
     assert record.status == ERROR and str(photos / name) in record.message and message in record.message
 
 
-def test_trainer_workdir(tmp_path, model):
-    """A workdir (Orbax checkpoints, header, resolved config) sets the size, beta and dtype."""
-    workdir = tmp_path / "run"
-    checkpoints = Checkpoints(workdir / CHECKPOINTS)
-    checkpoints.save(3, dict(model.variables), {"best": None, "last": None})
+def test_trainer_workdir(tmp_path, bundle):
+    """A workdir's checkpoints hold the model's spec: its size, beta, dtype and classes."""
+    state = TrainState(step=np.int32(3), params=bundle.variables["params"], batch_stats=bundle.variables["batch_stats"],
+                       opt_state={})
+    spec = ModelSpec([f"c{i}" for i in range(7)], image_size=96, beta=0.5, dtype="bfloat16")
+    checkpoints = Checkpoints(tmp_path / "run/checkpoints")
+    checkpoints.save(3, state, spec, {"summary": None})
     checkpoints.wait()
     checkpoints.close()
-    write_header(workdir, num_classes=7, class_names=[f"c{i}" for i in range(7)], source="test")
-    (workdir / CONFIG_FILE).write_text(json.dumps({"image_size": 96, "beta": 0.5, "dtype": "bfloat16"}))
-    loaded = load_model(workdir)
-    assert (loaded.image_size, loaded.beta, loaded.dtype, loaded.class_names[0]) == (96, 0.5, "bfloat16", "c0")
+    loaded = load_bundle(tmp_path / "run")
+    assert loaded.spec == spec and loaded.step == 3
     np.testing.assert_array_equal(loaded.variables["params"]["fc_2"]["kernel"],
-                                  model.variables["params"]["fc_2"]["kernel"])
-    assert load_model(workdir, SIZE).image_size == SIZE
+                                  bundle.variables["params"]["fc_2"]["kernel"])
+    assert loaded.resized(SIZE, "--image-size").spec.image_size == SIZE
 
 
 def test_cli(checkpoint, photos, tmp_path, capsys):
@@ -263,16 +260,24 @@ def test_cli_fails_only_when_nothing_was_processed(checkpoint, photos, capsys):
     assert "3 inputs: 0 face(s) in 0 image(s), 0 without a face, 3 skipped" in capsys.readouterr().err
 
 
+def exit_status(argv: list[str]) -> int:
+    """predict's exit status, whether argparse exits or predict returns it."""
+    try:
+        return predict.main(argv)
+    except SystemExit as e:
+        return e.code
+
+
 @pytest.mark.parametrize("option, message", [(["--output", "out.txt"], "--output out.txt"),
-                                             (["--image-size", "100"], "--image-size 100"),
+                                             (["--image-size", "100"], "error: --image-size=100: MA-Net needs"),
                                              (["--margin", "-0.1"], "--margin -0.1")])
 def test_cli_rejects_bad_options(checkpoint, capsys, option, message):
-    with pytest.raises(SystemExit):
-        predict.main(["x.png", "--checkpoint", str(checkpoint)] + option)
+    assert exit_status(["x.png", "--checkpoint", str(checkpoint)] + option) == 2
     assert message in capsys.readouterr().err
 
 
 def test_cli_rejects_a_non_checkpoint(tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        predict.main(["x.png", "--checkpoint", str(tmp_path)])
-    assert str(tmp_path) in capsys.readouterr().err
+    assert exit_status(["x.png", "--checkpoint", str(tmp_path)]) == 2
+    assert f"error: {tmp_path}: not a manet-jax model" in capsys.readouterr().err
+    assert exit_status(["x.png", "--checkpoint", str(tmp_path / "nowhere")]) == 2
+    assert f"error: {tmp_path / 'nowhere'}: does not exist" in capsys.readouterr().err

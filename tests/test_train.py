@@ -19,17 +19,18 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.util import event_pb2
 
-from manet_jax.checkpoints import load_variables
+from manet_jax.bundle import ModelSpec, absolute_path, load_bundle
 from manet_jax.data.errors import DatasetNotFoundError
+from manet_jax.errors import ConfigError
+from manet_jax.mesh import make_mesh
 from manet_jax.models import MANet
-from manet_jax.optim import sgd, step_lr
-from manet_jax.training.checkpointing import CORRUPT, CheckpointRestoreError, Checkpoints, absolute_path
-from manet_jax.training.config import ConfigError, load_config
+from manet_jax.training.checkpointing import CORRUPT, CheckpointRestoreError, Checkpoints
+from manet_jax.training.config import load_config
 from manet_jax.training.loop import train_and_evaluate
-from manet_jax.training.sharding import make_mesh
-from manet_jax.training.state import abstract_train_state
+from manet_jax.training.optim import sgd, step_lr
+from manet_jax.training.state import TrainState, abstract_train_state
 from train_helpers import (EPOCHS, REPO, STEPS_PER_EPOCH, TEST_LABEL_COUNTS, environment, make_checkpoint,
-                           make_dataset, run, run_and_signal, train_command)
+                           make_dataset, run, run_and_signal, run_timing_exit, train_command)
 
 TOTAL = EPOCHS * STEPS_PER_EPOCH
 OPTIMIZER = sgd(step_lr(0.01, STEPS_PER_EPOCH, 2, 0.1))  # the runs' optimizer, for restoring their states
@@ -48,12 +49,24 @@ def command(setup: dict, workdir: Path, *overrides: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def reference(setup) -> Path:
-    """The uninterrupted run's workdir."""
+def reference_run(setup) -> tuple[Path, str, float]:
+    """The uninterrupted run: its workdir, output, and seconds from its last line to its exit."""
     workdir = setup["root"] / "reference"
-    result = run(command(setup, workdir), setup["env"])
-    assert result.returncode == 0, result.stderr[-3000:]
-    return workdir
+    code, output, exit_delay = run_timing_exit(command(setup, workdir), setup["env"])
+    assert code == 0, output[-3000:]
+    return workdir, output, exit_delay
+
+
+@pytest.fixture(scope="module")
+def reference(reference_run) -> Path:
+    return reference_run[0]
+
+
+def test_a_finished_run_exits_promptly(reference_run):
+    """tf.data's autotuning thread once held finished runs for up to a minute after their last line."""
+    _, output, exit_delay = reference_run
+    assert output.splitlines()[-1].endswith(f"summary in {reference_run[0] / 'summary.json'}")
+    assert exit_delay < 20
 
 
 def records(workdir: Path) -> list[dict]:
@@ -66,7 +79,7 @@ def logged_results(workdir: Path) -> list:
 
 
 def final_params(workdir: Path) -> dict:
-    return Checkpoints(workdir / "checkpoints", read_only=True).restore_variables(step=TOTAL)[0]
+    return load_bundle(workdir / "checkpoints" / str(TOTAL)).variables
 
 
 def tensorboard_events(workdir: Path) -> dict[str, dict[int, np.ndarray]]:
@@ -106,10 +119,11 @@ def test_trains_logs_checkpoints_and_evaluates_every_example_once(reference):
     # The latest two checkpoints and the best one.
     steps = {int(p.name) for p in (reference / "checkpoints").iterdir() if p.name.isdigit()}
     assert {8, 12, summary["best"]["step"]} == steps
-    variables, header = load_variables(reference)
-    assert header["step"] == summary["best"]["step"] and header["num_classes"] == 7
-    assert header["class_names"][:2] == ["Neutral", "Happiness"]
-    assert variables["params"]["fc_1"]["kernel"].shape == (512, 7)
+    bundle = load_bundle(reference)  # the workdir's model: its best checkpoint
+    assert bundle.step == summary["best"]["step"] and bundle.spec.num_classes == 7
+    assert bundle.spec.class_names[:2] == ("Neutral", "Happiness")
+    assert (bundle.spec.image_size, bundle.spec.beta, bundle.spec.multiscale_wiring) == (64, 0.6, "2023")
+    assert bundle.variables["params"]["fc_1"]["kernel"].shape == (512, 7)
 
 
 def test_preempted_and_killed_run_resumes_exactly(setup, reference):
@@ -144,7 +158,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoin
     workdir = setup["root"] / "diverging"
     # The learning rate becomes infinite in epoch 2 (StepLR with gamma = inf after 1 epoch).
     result = run(command(setup, workdir, "--config.lr_step_epochs=1", "--config.lr_gamma=inf"), setup["env"])
-    assert result.returncode == 1
+    assert result.returncode == 2
     match = re.search(r"error: the training loss is (nan|inf|-inf) at step (\d+)", result.stderr)
     assert match, result.stderr[-3000:]
     assert STEPS_PER_EPOCH < int(match.group(2)) <= STEPS_PER_EPOCH + 2
@@ -155,7 +169,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoin
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(reference, tmp_path, caplog):
     workdir = tmp_path / "workdir"
     shutil.copytree(reference, workdir)
-    for data in (workdir / "checkpoints" / "12" / "state").rglob("*"):
+    for data in (workdir / "checkpoints" / "12" / "variables").rglob("*"):
         if data.is_file() and data.stat().st_size > 1000:
             data.write_bytes(b"corrupt")
     target = abstract_train_state(MANet(7), OPTIMIZER, make_mesh())
@@ -168,16 +182,17 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(reference, tmp
 
 
 def test_checkpoints_in_a_relative_directory(tmp_path, monkeypatch):
-    """`--workdir=runs/demo` as the README writes it: Orbax itself needs absolute paths."""
+    """`--workdir runs/demo` as the README writes it: Orbax itself needs absolute paths."""
     monkeypatch.chdir(tmp_path)
-    variables = {"params": {"w": np.arange(3.0, dtype=np.float32)}, "batch_stats": {"m": np.ones(2, np.float32)}}
+    state = TrainState(step=np.int32(1), params={"w": np.arange(3.0, dtype=np.float32)},
+                       batch_stats={"m": np.ones(2, np.float32)}, opt_state={"t": np.zeros(3, np.float32)})
     checkpoints = Checkpoints("runs/demo/checkpoints")
-    checkpoints.save(1, jax.device_put(variables), {"epoch": 1})
+    checkpoints.save(1, jax.device_put(state), ModelSpec(("a", "b")), {"epoch": 1})
     checkpoints.wait()
-    restored, step = checkpoints.restore_variables()
     checkpoints.close()
-    assert step == 1 and (tmp_path / "runs/demo/checkpoints/1").is_dir()
-    np.testing.assert_array_equal(restored["params"]["w"], variables["params"]["w"])
+    bundle = load_bundle("runs/demo")
+    assert bundle.step == 1 and bundle.spec.class_names == ("a", "b")
+    np.testing.assert_array_equal(bundle.variables["params"]["w"], state.params["w"])
 
 
 def test_bucket_workdirs_stay_urls(tmp_path, monkeypatch):
@@ -204,7 +219,7 @@ def test_unknown_config_key_is_named(setup, tmp_path):
     with pytest.raises(ConfigError, match=r"unknown config key 'lerning_rate' \(did you mean 'learning_rate'\?\)"):
         load_config(str(REPO / "configs/demo.py"), ["lerning_rate=0.1"])
     result = run(command(setup, tmp_path / "workdir", "--config.lerning_rate=0.1"), setup["env"])
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "error: unknown config key 'lerning_rate'" in result.stderr
     assert not (tmp_path / "workdir").exists()
 
@@ -230,6 +245,7 @@ RECIPES = {  # dataset, epochs, batch, lr, StepLR step and gamma, balanced sampl
 def test_configs_hold_the_reference_recipes(name):
     config = load_config(str(REPO / "configs" / f"{name}.py"))
     assert (config.dataset, config.num_epochs, config.batch_size, config.learning_rate, config.lr_step_epochs,
-            config.lr_gamma, config.balanced_sampling, config.init_from) == RECIPES[name]
+            config.lr_gamma, config.input.balanced_sampling, config.init_from) == RECIPES[name]
     assert (config.momentum, config.weight_decay, config.beta, config.image_size) == (0.9, 1e-4, 0.6, 224)
-    assert (config.crop_scale, config.flip_prob, config.dtype) == ((0.08, 1.0), 0.5, "float32")
+    assert (config.input.crop_scale, config.input.flip_prob, config.dtype) == ((0.08, 1.0), 0.5, "float32")
+    assert (config.input.random_erasing, config.multiscale_wiring) == (0.0, "2023")

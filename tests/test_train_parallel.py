@@ -60,7 +60,7 @@ def test_two_processes_match_one_process(setup, mesh_runs):
     workdir = setup["root"] / "multiprocess"
     processes = [subprocess.Popen(
         train_command(workdir, setup["data_dir"], setup["init_from"], "--config.num_epochs=1",
-                      f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"),
+                      f"--coordinator-address=127.0.0.1:{port}", "--num-processes=2", f"--process-id={i}"),
         env=environment(setup["cache"], num_devices=2), cwd=REPO, stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE, text=True) for i in range(2)]
     try:

@@ -11,16 +11,16 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from manet_jax.checkpoints import save_variables
+from manet_jax.bundle import ModelSpec, default_class_names, save_bundle
 from manet_jax.data import pipeline
-from manet_jax.models import MANet
+from manet_jax.models import variable_shapes
 
 REPO = Path(__file__).resolve().parents[1]
 DATASET = "synthetic_faces/64_32_20"  # 32 train / 20 test images, 64x64
@@ -30,7 +30,7 @@ STEPS_PER_EPOCH, EPOCHS = 4, 3  # batch 8
 
 def random_variables(num_classes: int = 7, seed: int = 0) -> dict:
     """He-initialised MANet variables drawn with NumPy: no XLA compilation of `model.init`."""
-    shapes = jax.eval_shape(MANet(num_classes).init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    shapes = variable_shapes(num_classes)
     rng = np.random.default_rng(seed)
 
     def draw(path: tuple, leaf: jax.ShapeDtypeStruct) -> np.ndarray:
@@ -48,8 +48,10 @@ def make_dataset(data_dir: Path) -> None:
     pipeline.dataset_info(DATASET, str(data_dir))
 
 
-def make_checkpoint(directory: Path, num_classes: int = 7) -> Path:
-    return save_variables(directory, random_variables(num_classes), num_classes=num_classes, source="test weights")
+def make_checkpoint(directory: Path, num_classes: int = 7, **spec) -> Path:
+    """A model bundle of `random_variables` (at 64x64 unless `spec` says otherwise)."""
+    spec = ModelSpec(default_class_names(num_classes), **{"image_size": 64, "source": "test weights", **spec})
+    return save_bundle(directory, random_variables(num_classes), spec)
 
 
 def train_command(workdir: Path, data_dir: Path, init_from: Path, *overrides: str) -> list[str]:
@@ -57,7 +59,7 @@ def train_command(workdir: Path, data_dir: Path, init_from: Path, *overrides: st
     settings = {"dataset": DATASET, "data_dir": data_dir, "image_size": 64, "init_from": init_from,
                 "num_epochs": EPOCHS, "batch_size": 8, "eval_batch_size": 8, "learning_rate": 0.01,
                 "lr_step_epochs": 2, "log_every_steps": 1}
-    return [sys.executable, "-m", "manet_jax.train", "--config=configs/demo.py", f"--workdir={workdir}",
+    return [sys.executable, "-m", "manet_jax.train", "--config", "configs/demo.py", "--workdir", str(workdir),
             *(f"--config.{key}={value}" for key, value in settings.items()), *overrides]
 
 
@@ -70,6 +72,21 @@ def environment(cache_dir: Path, num_devices: int = 1) -> dict[str, str]:
 
 def run(command: list[str], env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def run_timing_exit(command: list[str], env: dict[str, str], timeout: float = 600) -> tuple[int, str, float]:
+    """Runs `command`; (exit code, output, seconds from its last output line to its exit)."""
+    process = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    lines, last = [], time.monotonic()
+    try:
+        for line in process.stdout:
+            lines.append(line)
+            last = time.monotonic()
+        code = process.wait(timeout)
+        return code, "".join(lines), time.monotonic() - last
+    finally:
+        process.kill()
 
 
 def run_and_signal(command: list[str], env: dict[str, str], when: Callable[[str], bool], signum: signal.Signals,
@@ -90,35 +107,26 @@ def run_and_signal(command: list[str], env: dict[str, str], when: Callable[[str]
 
 
 def mesh_runs(data_dir: str, init_from: str, device_counts: list[int], steps: int) -> dict[int, dict]:
-    """The first `steps` train steps of the `train_command` run on meshes of the first n devices
-    of this process, for each n in `device_counts`: {n: {'losses', 'update_error'}}, where
-    update_error is the relative L2 distance of the first step's parameter update to that on
-    device_counts[0]."""
-    from manet_jax.checkpoints import load_variables
-    from manet_jax.optim import sgd, step_lr
+    """The first `steps` train steps of the `train_command` run, set up as the trainer does
+    (`setup.build`), on meshes of the first n devices of this process, for each n in
+    `device_counts`: {n: {'losses', 'update_error'}}, where update_error is the relative L2
+    distance of the first step's parameter update to that on device_counts[0]."""
+    from manet_jax.bundle import load_bundle
+    from manet_jax.mesh import make_mesh
     from manet_jax.training.config import load_config
-    from manet_jax.training.sharding import make_mesh, prefetch_to_device
-    from manet_jax.training.state import create_train_state
-    from manet_jax.training.steps import make_train_step
+    from manet_jax.training.setup import build
 
     config = load_config(str(REPO / "configs/demo.py"), [
         arg.removeprefix("--config.") for arg in train_command(Path(), data_dir, init_from)
         if arg.startswith("--config.")])
-    variables, _ = load_variables(init_from)
-    initial = np.concatenate([x.ravel() for x in jax.tree.leaves(variables["params"])])
-    optimizer = sgd(step_lr(config.learning_rate, STEPS_PER_EPOCH, config.lr_step_epochs, config.lr_gamma))
+    initial = np.concatenate([x.ravel() for x in jax.tree.leaves(load_bundle(init_from).variables["params"])])
     runs, reference_update = {}, None
     for n in device_counts:
-        mesh = make_mesh(jax.devices()[:n])
-        state = create_train_state(variables, optimizer, jax.random.split(jax.random.key(config.seed))[1], mesh)
-        batches = prefetch_to_device(pipeline.train_iterator(
-            config.dataset, data_dir, image_size=config.image_size, global_batch_size=config.batch_size,
-            seed=config.seed, crop_scale=tuple(config.crop_scale), crop_ratio=tuple(config.crop_ratio),
-            flip_prob=config.flip_prob), mesh)
-        train_step = make_train_step(MANet(7), optimizer, mesh)
+        setup = build(config, make_mesh(jax.devices()[:n]))
+        state, batches = setup.initial_state(), setup.train_batches()
         losses = []
         for step in range(steps):
-            state, metrics = train_step(state, next(batches))
+            state, metrics = setup.train_step(state, next(batches))
             losses.append(float(metrics["loss"]))
             if step == 0:
                 update = np.concatenate([x.ravel() for x in jax.tree.leaves(jax.device_get(state.params))]) - initial

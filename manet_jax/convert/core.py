@@ -8,21 +8,20 @@ from typing import Any, Mapping, NamedTuple
 
 import flax
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from manet_jax.convert.mapping import LEAVES, module_kind, reference_order, to_flax_layout, to_torch_layout
-from manet_jax.models import MANet
+from manet_jax.errors import ManetError
+from manet_jax.models import MANet, init_variables, variable_shapes
 from manet_jax.models.manet import QUADRANTS
 
 STACKED = "local_branches"  # the vmapped local branches: leaves stacked over QUADRANTS
 
 Variables = dict[str, Any]
-HEADS = ("fc_1", "fc_2")
-TEMPLATE_SIZE = 64  # init input size: parameter shapes do not depend on it
+HEAD_LAYERS = ("fc_1", "fc_2")  # the reference's linear heads (local, global)
 
 
-class StateDictMismatchError(ValueError):
+class StateDictMismatchError(ManetError, ValueError):
     """A state_dict does not fit MANet: lists every missing, unexpected and misshapen key."""
 
 
@@ -72,19 +71,8 @@ def normalise_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, np.ndarray]
 @functools.cache
 def _template(num_classes: int) -> Variables:
     """MANet's variable tree as zero-cost read-only arrays of the right shapes and dtypes."""
-    model = MANet(num_classes)
-    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, TEMPLATE_SIZE, TEMPLATE_SIZE, 3)))
-    return jax.tree_util.tree_map(lambda s: np.broadcast_to(np.zeros((), s.dtype), s.shape), shapes)
-
-
-@functools.cache
-def _jitted_init(num_classes: int):
-    return jax.jit(MANet(num_classes).init)
-
-
-def init_variables(num_classes: int, rng: jax.Array) -> Variables:
-    """Freshly initialised MANet variables (the reference's default initialisation), as NumPy arrays."""
-    return jax.device_get(_jitted_init(num_classes)(rng, jnp.zeros((1, TEMPLATE_SIZE, TEMPLATE_SIZE, 3))))
+    return jax.tree_util.tree_map(lambda s: np.broadcast_to(np.zeros((), s.dtype), s.shape),
+                                  variable_shapes(num_classes))
 
 
 class Target(NamedTuple):
@@ -151,12 +139,12 @@ def import_state_dict(checkpoint: Mapping[str, Any], num_classes: int | None = N
     source_classes = num_classes_of(state_dict) if "fc_1.weight" in state_dict or not allow_missing else None
     num_classes = num_classes or source_classes
     if num_classes is None:
-        raise ValueError("num_classes is needed: the checkpoint has no MA-Net heads to take it from")
+        raise StateDictMismatchError("num_classes is needed: the checkpoint has no MA-Net heads to take it from")
     dropped = []
     if source_classes is not None and source_classes != num_classes:
-        dropped = [k for k in state_dict if k.split(".")[0] in HEADS]
+        dropped = [k for k in state_dict if k.split(".")[0] in HEAD_LAYERS]
         state_dict = {k: v for k, v in state_dict.items() if k not in dropped}
-        allow_missing_keys = {k for k in reference_keys(_template(num_classes)) if k.split(".")[0] in HEADS}
+        allow_missing_keys = {k for k in reference_keys(_template(num_classes)) if k.split(".")[0] in HEAD_LAYERS}
     else:
         allow_missing_keys = set()
     template = _template(num_classes)
@@ -183,7 +171,8 @@ def import_state_dict(checkpoint: Mapping[str, Any], num_classes: int | None = N
 
     fresh = [k for k in targets if k not in state_dict and not k.endswith("num_batches_tracked")]
     if fresh:
-        variables = jax.tree_util.tree_map(np.array, init_variables(num_classes, jax.random.key(0) if rng is None else rng))
+        rng = jax.random.key(0) if rng is None else rng
+        variables = jax.tree_util.tree_map(np.array, init_variables(MANet(num_classes), rng))
     else:  # everything comes from the checkpoint: no initialisation to compile
         variables = jax.tree_util.tree_map(np.zeros_like, template)
     loaded = []

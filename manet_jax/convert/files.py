@@ -9,12 +9,13 @@ from typing import Mapping
 import numpy as np
 
 from manet_jax.convert.core import normalise_state_dict
+from manet_jax.errors import ManetError
 
 TORCH_SUFFIXES = (".pth", ".pt", ".tar", ".bin")
 INSTALL_TORCH = "pip install 'manet-jax[torch]'  (CPU build: pip install torch --index-url https://download.pytorch.org/whl/cpu)"
 
 
-class CheckpointFileError(ValueError):
+class CheckpointFileError(ManetError, ValueError):
     """A weight file that cannot be read as a state_dict; the message names the file and the cause."""
 
 

@@ -66,8 +66,8 @@ class Affectnet(FerBuilder):
         train_set/images/<id>.jpg, train_set/annotations/<id>_exp.npy
         val_set/images/<id>.jpg,   val_set/annotations/<id>_exp.npy
     Then run (both configs read the same files):
-      python -m manet_jax.data.prepare --dataset affectnet/7 --manual_dir DIR
-      python -m manet_jax.data.prepare --dataset affectnet/8 --manual_dir DIR
+      python -m manet_jax.data.prepare --dataset affectnet/7 --manual-dir DIR
+      python -m manet_jax.data.prepare --dataset affectnet/8 --manual-dir DIR
     """
 
     def _source_examples(self, manual_dir: Path | None) -> dict[str, list[SourceExample]]:

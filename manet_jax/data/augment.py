@@ -17,12 +17,8 @@ import math
 
 import tensorflow as tf
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-RRC_SCALE = (0.08, 1.0)
-RRC_RATIO = (3 / 4, 4 / 3)
-ERASING_SCALE = (0.02, 0.33)
-ERASING_RATIO = (0.3, 3.3)
+from manet_jax.data.options import ERASING_RATIO, ERASING_SCALE, RRC_RATIO, RRC_SCALE
+
 _TRIES = 10  # torchvision's attempts before falling back
 
 
@@ -151,31 +147,23 @@ def random_erasing(image: tf.Tensor, uniforms: tf.Tensor, prob: float,
     return tf.where((inside & erase)[..., None], tf.cast(value, image.dtype), image)
 
 
-def imagenet_normalize(image: tf.Tensor) -> tf.Tensor:
-    """(image - ImageNet mean) / std, for an image in [0, 1]."""
-    return (image - IMAGENET_MEAN) / IMAGENET_STD
-
-
 def train_image(encoded: tf.Tensor, seed: tf.Tensor, size: int, *,
                 scale: tuple[float, float] = RRC_SCALE, ratio: tuple[float, float] = RRC_RATIO,
-                flip_prob: float = 0.5, normalize: bool = False, erasing_prob: float = 0.0,
+                flip_prob: float = 0.5, erasing_prob: float = 0.0,
                 erasing_scale: tuple[float, float] = ERASING_SCALE) -> tf.Tensor:
-    """The training view of one encoded image: float32 (size, size, 3) in [0, 1] (or normalised).
+    """The training view of one encoded image: float32 (size, size, 3) in [0, 1].
 
-    Order as in torchvision pipelines: crop, flip, ToTensor, [Normalize], [RandomErasing]. All of
-    its randomness is one stateless draw of 82 uniforms from `seed` (int64 [2]).
+    Order as in torchvision pipelines: crop, flip, ToTensor, [RandomErasing]. All of its
+    randomness is one stateless draw of 82 uniforms from `seed` (int64 [2]).
     """
     uniforms = tf.random.stateless_uniform([2 * (4 * _TRIES + 1)], seed, dtype=tf.float64)
     image = to_unit_range(random_resized_crop(decode_image(encoded), size,
                                               uniforms[:4 * _TRIES + 1], scale, ratio, flip_prob))
-    if normalize:
-        image = imagenet_normalize(image)
     if erasing_prob > 0:
         image = random_erasing(image, uniforms[4 * _TRIES + 1:], erasing_prob, erasing_scale)
     return image
 
 
-def eval_image(encoded: tf.Tensor, size: int, normalize: bool = False) -> tf.Tensor:
-    """The evaluation view: Resize((size, size)) and ToTensor, float32 in [0, 1] (or normalised)."""
-    image = to_unit_range(resize_bilinear(decode_image(encoded), size, size))
-    return imagenet_normalize(image) if normalize else image
+def eval_image(encoded: tf.Tensor, size: int) -> tf.Tensor:
+    """The evaluation view: Resize((size, size)) and ToTensor, float32 in [0, 1]."""
+    return to_unit_range(resize_bilinear(decode_image(encoded), size, size))

@@ -7,17 +7,20 @@ threads counted), which is the throughput of one core whatever else loads the ma
 
 from __future__ import annotations
 
-import argparse
+import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from manet_jax import cli
 from manet_jax.data import pipeline
 from manet_jax.data.face_renderer import CLASSES, render_face
+from manet_jax.data.options import input_config
 from manet_jax.data.registry import make_builder
 
 
@@ -35,9 +38,8 @@ def fabricate_raf_like(folder: Path, per_class: int, seed: int = 0) -> None:
 def measure(name: str, data_dir: str, image_size: int, batch_size: int, threads: int,
             seconds: float) -> tuple[float, float]:
     """(images per wall-clock second, images per CPU-second) of the training iterator."""
-    it = pipeline.train_iterator(name, data_dir, image_size=image_size,
-                                 global_batch_size=batch_size, seed=0, process_index=0,
-                                 process_count=1, num_threads=threads)
+    it = pipeline.train_iterator(name, data_dir, image_size=image_size, global_batch_size=batch_size, seed=0,
+                                 options=input_config(), process_index=0, process_count=1, num_threads=threads)
     for _ in range(3):
         next(it)
     count, start, cpu_start = 0, time.perf_counter(), time.process_time()
@@ -46,28 +48,35 @@ def measure(name: str, data_dir: str, image_size: int, batch_size: int, threads:
     return (count / (time.perf_counter() - start), count / (time.process_time() - cpu_start))
 
 
-def main(argv: list[str] | None = None) -> dict[str, tuple[float, float]]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=1, help="tf.data threads (default 1)")
-    parser.add_argument("--seconds", type=float, default=10.0, help="timed seconds per case")
-    parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--per_class", type=int, default=64, help="fabricated images per class")
-    args = parser.parse_args(argv)
+def measure_all(threads: int = 1, seconds: float = 10.0, batch_size: int = 64, per_class: int = 64
+                ) -> dict[str, tuple[float, float]]:
+    """(images per wall-clock second, per CPU-second) of each case, printed as they come."""
     tfds.disable_progress_bar()
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        fabricate_raf_like(Path(tmp, "faces"), args.per_class)
+        fabricate_raf_like(Path(tmp, "faces"), per_class)
         make_builder("image_folder/7", tmp).download_and_prepare(
             download_config=tfds.download.DownloadConfig(manual_dir=str(Path(tmp, "faces"))))
         cases = {"raf_db-like 100px JPEG -> 224 (image_folder/7)": ("image_folder/7", 224),
-                 "synthetic_faces 64px -> 64": (f"synthetic_faces/64_{7 * args.per_class}_7", 64)}
+                 "synthetic_faces 64px -> 64": (f"synthetic_faces/64_{7 * per_class}_7", 64)}
         for label, (name, size) in cases.items():
-            results[label] = wall, cpu = measure(name, tmp, size, args.batch_size, args.threads,
-                                                 args.seconds)
-            print(f"{label}: {wall:.0f} images/s with {args.threads} tf.data thread(s), "
+            results[label] = wall, cpu = measure(name, tmp, size, batch_size, threads, seconds)
+            print(f"{label}: {wall:.0f} images/s with {threads} tf.data thread(s), "
                   f"{cpu:.0f} images per CPU-second (per core)")
     return results
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = cli.parser("manet_jax.data.benchmark", __doc__)
+    parser.add_argument("--threads", type=int, default=1, help="tf.data threads (default 1)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="timed seconds per case")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--per-class", type=int, default=64, help="fabricated images per class")
+    args = parser.parse_args(argv)
+    cli.start_runtime()
+    measure_all(args.threads, args.seconds, args.batch_size, args.per_class)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -29,7 +29,7 @@ class CaerS(FerBuilder):
     Extract it so that the manual dir (or a `CAER-S/` folder inside it) holds:
       train/<Class>/*.png   test/<Class>/*.png
     with <Class> in Angry (or Anger), Disgust, Fear, Happy, Neutral, Sad, Surprise. Then run:
-      python -m manet_jax.data.prepare --dataset caer_s --manual_dir DIR
+      python -m manet_jax.data.prepare --dataset caer_s --manual-dir DIR
     """
 
     def _source_examples(self, manual_dir: Path | None) -> dict[str, list[SourceExample]]:

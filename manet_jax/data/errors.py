@@ -1,19 +1,25 @@
-"""Errors raised while locating, building and reading the datasets."""
+"""Errors raised while naming, locating, building and reading the datasets."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from manet_jax.errors import ManetError
 
-class DatasetNotFoundError(FileNotFoundError):
+
+class DatasetNameError(ManetError, ValueError):
+    """A dataset name, config or split that does not exist; the message lists the valid ones."""
+
+
+class DatasetNotFoundError(ManetError, FileNotFoundError):
     """A dataset that needs a manual download has not been prepared in the data dir."""
 
 
-class ManualFilesError(FileNotFoundError):
+class ManualFilesError(ManetError, FileNotFoundError):
     """The manually downloaded files are missing or not laid out as expected."""
 
 
-class BadImageFilesError(ValueError):
+class BadImageFilesError(ManetError, ValueError):
     """Some source images are missing or cannot be decoded; `bad` lists (file, reason)."""
 
     def __init__(self, dataset: str, bad: Sequence[tuple[str, str]]):
@@ -21,5 +27,5 @@ class BadImageFilesError(ValueError):
         lines = "\n".join(f"  {name}: {reason}" for name, reason in self.bad)
         super().__init__(
             f"{dataset}: {len(self.bad)} image file(s) are missing or unreadable:\n{lines}\n"
-            "Replace them, or build without them with --skip_corrupt (skip_corrupt=True); "
+            "Replace them, or build without them with --skip-corrupt (skip_corrupt=True); "
             "skipped files are then listed in the dataset's metadata.")

@@ -61,7 +61,7 @@ class Ferplus(FerBuilder):
                        (fer2013.tar.gz -> fer2013/fer2013.csv)
       fer2013new.csv   the FERPlus votes, from https://github.com/microsoft/FERPlus
     Then run:
-      python -m manet_jax.data.prepare --dataset ferplus --manual_dir DIR
+      python -m manet_jax.data.prepare --dataset ferplus --manual-dir DIR
     """
 
     def _source_examples(self, manual_dir: Path | None) -> dict[str, list[SourceExample]]:

@@ -26,8 +26,8 @@ class ImageFolder(FerBuilder):
       train/0 ... train/6 (train/7 for 8 classes)   test/0 ... test/6 (test/7)
     where folder k holds the images of class k: 0 Neutral, 1 Happiness, 2 Sadness, 3 Surprise,
     4 Fear, 5 Disgust, 6 Anger, 7 Contempt. Then run
-      python -m manet_jax.data.prepare --dataset image_folder/7 --manual_dir DIR --data_dir OUT
-    The prepared dataset is stored under OUT/image_folder/7; use a separate --data_dir for each
+      python -m manet_jax.data.prepare --dataset image_folder/7 --manual-dir DIR --data-dir OUT
+    The prepared dataset is stored under OUT/image_folder/7; use a separate --data-dir for each
     folder you prepare.
     """
 

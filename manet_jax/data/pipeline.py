@@ -3,9 +3,10 @@
 Batches are dicts of NumPy arrays sized per process: 'image' float32 (B / P, size, size, 3) and
 'label' int32 (B / P,), plus 'mask' float32 for evaluation. Examples are read by random access
 from the prepared ArrayRecord files (see `sampling` for which examples a step holds) and decoded
-and augmented by a parallel, deterministic tf.data map (see `augment`). Each example's
-augmentation is seeded by (seed, epoch, position), so resuming at a step reproduces the
-uninterrupted stream exactly without decoding the skipped images.
+and augmented by a parallel, deterministic tf.data map (see `augment`; the options are
+`options.input_config()`). Each example's augmentation is seeded by (seed, epoch, position), so
+resuming at a step reproduces the uninterrupted stream exactly without decoding the skipped
+images. TensorFlow runs on the host: entry points hide the accelerators from it (see `cli`).
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import contextlib
 import dataclasses
 import fcntl
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
@@ -23,16 +25,12 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from manet_jax.data import augment, sampling
-from manet_jax.data.errors import DatasetNotFoundError
+from manet_jax.data.errors import DatasetNameError, DatasetNotFoundError
 from manet_jax.data.fer_builder import IMAGE, LABEL, LABELS_METADATA, SKIPPED_METADATA, FerBuilder
 from manet_jax.data.locations import default_manual_dir, resolve_data_dir
 from manet_jax.data.registry import make_builder, split_name
 from manet_jax.data.synthetic_faces import SyntheticFaces
-
-try:  # Keep TensorFlow off the accelerators: JAX owns them, tf.data runs on the host.
-    tf.config.set_visible_devices([], "GPU")
-except RuntimeError:  # TF already initialised its devices
-    pass
+from manet_jax.mesh import pad_batch
 
 Batch = dict[str, np.ndarray]
 
@@ -82,27 +80,25 @@ def steps_per_epoch(info_or_num_examples: DatasetInfo | int, global_batch_size: 
     return sampling.steps_per_epoch(n, global_batch_size)
 
 
-def train_iterator(name: str, data_dir: str | None = None, *, split: str = "train",
-                   image_size: int, global_batch_size: int, seed: int, start_step: int = 0,
-                   balanced: bool = False, process_index: int | None = None,
-                   process_count: int | None = None, imagenet_normalize: bool = False,
-                   random_erasing: float = 0.0,
-                   erasing_scale: tuple[float, float] = augment.ERASING_SCALE,
-                   crop_scale: tuple[float, float] = augment.RRC_SCALE,
-                   crop_ratio: tuple[float, float] = augment.RRC_RATIO, flip_prob: float = 0.5,
-                   num_threads: int | None = None, prefetch: int = 2) -> Iterator[Batch]:
-    """Infinite iterator over this process's share of the training batches from `start_step`.
+def train_iterator(name: str, data_dir: str | None = None, *, split: str = "train", image_size: int,
+                   global_batch_size: int, seed: int, options: Mapping[str, Any], start_step: int = 0,
+                   num_steps: int | None = None, process_index: int | None = None,
+                   process_count: int | None = None, num_threads: int | None = None,
+                   prefetch: int = 2) -> Iterator[Batch]:
+    """This process's share of the training batches from `start_step`: `num_steps` of them, or
+    without end. A run passes its number of steps: a pipeline left producing batches nobody takes
+    holds the process at exit while its threads finish them.
 
-    Augmentation: RandomResizedCrop(image_size, crop_scale, crop_ratio), horizontal flip with
-    `flip_prob`, [0, 1] scaling; optionally ImageNet normalisation and RandomErasing with
-    probability `random_erasing` (after normalising, value 0). `balanced` draws each epoch
-    with replacement, weight 1 / count(class). `num_threads` caps the tf.data threads
-    (default: all cores); `prefetch` batches are prepared ahead.
+    `options` (see `options.input_config`): RandomResizedCrop(image_size, crop_scale,
+    crop_ratio), horizontal flip with flip_prob, [0, 1] scaling, RandomErasing with probability
+    random_erasing; balanced_sampling draws each epoch with replacement, weight 1 / count(class).
+    `num_threads` caps the tf.data threads (default: all cores); `prefetch` batches are prepared
+    ahead.
     """
     builder = _prepared_builder(name, data_dir)
     process_index, process_count = _process(process_index, process_count)
     local = sampling.local_batch_size(global_batch_size, process_count)
-    order = sampling.TrainOrder(_split_labels(builder, split), seed, balanced)
+    order = sampling.TrainOrder(_split_labels(builder, split), seed, options["balanced_sampling"])
     records = _records(builder, split)
 
     def read_step(step: np.int64) -> tuple[np.ndarray, np.ndarray]:
@@ -113,22 +109,25 @@ def train_iterator(name: str, data_dir: str | None = None, *, split: str = "trai
 
     def augment_example(example: dict[str, tf.Tensor], key: tf.Tensor):
         image = augment.train_image(
-            example[IMAGE], key, image_size, scale=crop_scale, ratio=crop_ratio,
-            flip_prob=flip_prob, normalize=imagenet_normalize, erasing_prob=random_erasing,
-            erasing_scale=erasing_scale)
+            example[IMAGE], key, image_size, scale=tuple(options["crop_scale"]),
+            ratio=tuple(options["crop_ratio"]), flip_prob=options["flip_prob"],
+            erasing_prob=options["random_erasing"], erasing_scale=tuple(options["erasing_scale"]))
         return {"image": image, "label": tf.cast(example[LABEL], tf.int32)}
 
-    steps = tf.data.Dataset.counter(start_step, dtype=tf.int64)
-    examples = steps.map(lambda s: _read(read_step, s, local, tf.int64, [local, 2])).unbatch()
-    batches = (examples.map(augment_example, num_parallel_calls=tf.data.AUTOTUNE)
-               .batch(local, drop_remainder=True))
-    return _numpy_iterator(batches, num_threads, prefetch)
+    def read(step: tf.Tensor) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
+        serialized, keys = tf.numpy_function(read_step, [step], [tf.string, tf.int64], stateful=False)
+        return _parse(tf.ensure_shape(serialized, [local])), tf.ensure_shape(keys, [local, 2])
+
+    steps = (tf.data.Dataset.counter(start_step, dtype=tf.int64) if num_steps is None
+             else tf.data.Dataset.range(start_step, start_step + num_steps, dtype=tf.int64))
+    examples = steps.map(read).unbatch()
+    return _numpy_batches(examples, augment_example, local, num_threads, prefetch)
 
 
 def eval_iterator(name: str, data_dir: str | None = None, *, split: str | None = None,
                   image_size: int, global_batch_size: int, process_index: int | None = None,
-                  process_count: int | None = None, imagenet_normalize: bool = False,
-                  num_threads: int | None = None, prefetch: int = 2) -> Iterator[Batch]:
+                  process_count: int | None = None, num_threads: int | None = None,
+                  prefetch: int = 2) -> Iterator[Batch]:
     """This process's share of every batch of `split` (default: the dataset's eval split), resized
     to `image_size`. Every process yields ceil(n / B) batches; across processes each example
     appears exactly once with mask 1, and the padding of the last batch has mask 0."""
@@ -137,41 +136,35 @@ def eval_iterator(name: str, data_dir: str | None = None, *, split: str | None =
     process_index, process_count = _process(process_index, process_count)
     local = sampling.local_batch_size(global_batch_size, process_count)
     num_examples = builder.info.splits[split].num_examples
+    num_batches = sampling.steps_per_epoch(num_examples, global_batch_size)
     records = _records(builder, split)
 
-    def read_batch(batch: np.int64) -> tuple[np.ndarray, np.ndarray]:
-        indices, valid = sampling.eval_rows(int(batch), global_batch_size, process_index,
-                                            process_count, num_examples)
-        serialized = [b""] * local
-        for row, record in zip(np.flatnonzero(valid), _get(records, indices[valid])):
-            serialized[row] = record
-        return np.array(serialized, object), valid
+    def rows(batch: int) -> np.ndarray:  # only the last batch can hold fewer than `local`
+        indices, valid = sampling.eval_rows(batch, global_batch_size, process_index, process_count,
+                                            num_examples)
+        return indices[valid]
 
-    def prepare(example: dict[str, tf.Tensor], valid: tf.Tensor):
-        image = tf.cond(valid,
-                        lambda: augment.eval_image(example[IMAGE], image_size, imagenet_normalize),
-                        lambda: tf.zeros([image_size, image_size, 3]))
-        return {"image": image, "label": tf.cast(example[LABEL], tf.int32),
-                "mask": tf.cast(valid, tf.float32)}
+    def read(batch: tf.Tensor) -> dict[str, tf.Tensor]:
+        serialized = tf.numpy_function(lambda b: np.array(_get(records, rows(int(b))), object), [batch],
+                                       tf.string, stateful=False)
+        return _parse(tf.ensure_shape(serialized, [None]))
 
-    num_batches = sampling.steps_per_epoch(num_examples, global_batch_size)
-    batch_ids = tf.data.Dataset.range(num_batches)
-    examples = batch_ids.map(lambda b: _read(read_batch, b, local, tf.bool, [local])).unbatch()
-    batches = examples.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).batch(local)
-    return _numpy_iterator(batches, num_threads, prefetch)
+    def prepare(example: dict[str, tf.Tensor]):
+        return {"image": augment.eval_image(example[IMAGE], image_size),
+                "label": tf.cast(example[LABEL], tf.int32)}
+
+    examples = tf.data.Dataset.range(num_batches).map(read).unbatch()
+    batches = _numpy_batches(examples, prepare, local, num_threads, prefetch)
+    empty = {"image": np.zeros((0, image_size, image_size, 3), np.float32), "label": np.zeros(0, np.int32)}
+    return (pad_batch(next(batches) if len(rows(batch)) else empty, local) for batch in range(num_batches))
 
 
 _FEATURES = {IMAGE: tf.io.FixedLenFeature([], tf.string, default_value=""),
              LABEL: tf.io.FixedLenFeature([], tf.int64, default_value=0)}
 
 
-def _read(read_fn, index: tf.Tensor, local: int, extra_dtype: tf.DType, extra_shape: list[int]
-          ) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
-    """Runs `read_fn(index)` -> (serialized records, extra) in Python; parses the records."""
-    serialized, extra = tf.numpy_function(read_fn, [index], [tf.string, extra_dtype],
-                                          stateful=False)
-    examples = tf.io.parse_example(tf.ensure_shape(serialized, [local]), _FEATURES)
-    return examples, tf.ensure_shape(extra, extra_shape)
+def _parse(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
+    return tf.io.parse_example(serialized, _FEATURES)
 
 
 def _get(records, indices: np.ndarray) -> list[bytes]:
@@ -179,13 +172,22 @@ def _get(records, indices: np.ndarray) -> list[bytes]:
     return records.__getitems__(indices.tolist()) if len(indices) else []
 
 
-def _numpy_iterator(batches: tf.data.Dataset, num_threads: int | None, prefetch: int
-                    ) -> Iterator[Batch]:
+def _numpy_batches(examples: tf.data.Dataset, prepare: Callable, batch_size: int, num_threads: int | None,
+                   prefetch: int) -> Iterator[Batch]:
+    """`prepare` mapped over `examples` by `num_threads` threads (default: all cores), in order,
+    batched (a last partial batch included) and `prefetch` batches ahead, as NumPy arrays.
+
+    tf.data's autotuning is off: its model thread sleeps for up to a minute between rounds and a
+    dropped iterator waits for it, which held finished runs for as long before they exited.
+    """
+    threads = num_threads or os.cpu_count() or 1
     options = tf.data.Options()
     options.deterministic = True
-    options.threading.private_threadpool_size = num_threads or os.cpu_count() or 1
+    options.autotune.enabled = False
+    options.threading.private_threadpool_size = threads
     options.threading.max_intra_op_parallelism = 1  # parallelism comes from the map instead
-    return batches.prefetch(prefetch).with_options(options).as_numpy_iterator()
+    batches = examples.map(prepare, num_parallel_calls=threads).batch(batch_size).prefetch(prefetch)
+    return batches.with_options(options).as_numpy_iterator()
 
 
 def _process(index: int | None, count: int | None) -> tuple[int, int]:
@@ -212,8 +214,8 @@ def _prepared_builder(name: str, data_dir: str | None) -> FerBuilder:
     manual_dir = default_manual_dir(data_dir, base)
     raise DatasetNotFoundError(
         f"dataset {name} is not prepared in {resolve_data_dir(data_dir)}. Download it as described "
-        f"below, then run:\n  python -m manet_jax.data.prepare --dataset {name} --manual_dir "
-        f"{manual_dir} --data_dir {resolve_data_dir(data_dir)}\n"
+        f"below, then run:\n  python -m manet_jax.data.prepare --dataset {name} --manual-dir "
+        f"{manual_dir} --data-dir {resolve_data_dir(data_dir)}\n"
         f"{tfds.core.utils.dedent(builder.MANUAL_DOWNLOAD_INSTRUCTIONS)}")
 
 
@@ -230,7 +232,7 @@ def _lock(path: Path):
 
 def _check_split(builder: FerBuilder, split: str) -> str:
     if split not in builder.info.splits:
-        raise ValueError(
+        raise DatasetNameError(
             f"{builder.name} has no split {split!r}; splits: {list(builder.info.splits)}")
     return split
 
@@ -243,6 +245,6 @@ def _split_labels(builder: FerBuilder, split: str) -> np.ndarray:
 def _records(builder: FerBuilder, split: str):
     """Random access to the serialized examples of `split`."""
     if builder.info.file_format != tfds.core.FileFormat.ARRAY_RECORD:
-        raise ValueError(f"{builder.data_dir} holds {builder.info.file_format} files; rebuild it "
+        raise DatasetNotFoundError(f"{builder.data_dir} holds {builder.info.file_format} files; rebuild it "
                          "with file_format='array_record' (the default of `prepare`).")
     return builder.as_data_source(split).data_source

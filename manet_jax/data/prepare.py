@@ -1,6 +1,6 @@
 """Builds a dataset from its manual download: a thin wrapper over the TFDS builder.
 
-  python -m manet_jax.data.prepare --dataset NAME --manual_dir DIR [--data_dir DIR] [--skip_corrupt]
+  python -m manet_jax.data.prepare --dataset NAME [--manual-dir DIR] [--data-dir DIR] [--skip-corrupt]
 
 NAME is one of raf_db, affectnet/7, affectnet/8, caer_s, sfew, ferplus, image_folder/7,
 image_folder/8 or synthetic_faces/<size> (no download). The manual dir defaults to
@@ -9,12 +9,12 @@ image_folder/8 or synthetic_faces/<size> (no download). The manual dir defaults 
 
 from __future__ import annotations
 
-import argparse
 import sys
+from collections.abc import Sequence
 
 import tensorflow_datasets as tfds
 
-from manet_jax.data.errors import BadImageFilesError, ManualFilesError
+from manet_jax import cli
 from manet_jax.data.fer_builder import SKIPPED_METADATA
 from manet_jax.data.locations import default_manual_dir, resolve_data_dir
 from manet_jax.data.registry import make_builder, split_name
@@ -40,22 +40,21 @@ def prepare(dataset: str, manual_dir: str | None = None, data_dir: str | None = 
     return str(builder.data_dir)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = cli.parser("manet_jax.data.prepare", __doc__)
     parser.add_argument("--dataset", required=True, help="e.g. raf_db, affectnet/7, image_folder/7")
-    parser.add_argument("--manual_dir", help="the extracted download (default: "
+    parser.add_argument("--manual-dir", help="the extracted download (default: "
                         "<data_dir>/downloads/manual/<dataset>)")
-    parser.add_argument("--data_dir", help="where prepared datasets live (default: "
+    parser.add_argument("--data-dir", help="where prepared datasets live (default: "
                         "$MANET_DATA_DIR, else the repository's data/, else ~/tensorflow_datasets)")
-    parser.add_argument("--skip_corrupt", action="store_true",
+    parser.add_argument("--skip-corrupt", action="store_true",
                         help="build without missing or undecodable images (they are listed)")
     args = parser.parse_args(argv)
-    try:
+
+    def work() -> None:
         prepare(args.dataset, args.manual_dir, args.data_dir, args.skip_corrupt)
-    except (ManualFilesError, BadImageFilesError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+
+    return cli.run(work)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ class RafDb(FerBuilder):
       EmoLabel/list_patition_label.txt        lines "train_00001.jpg 5" (codes 1-7)
       Image/aligned/train_00001_aligned.jpg   ... test_3068_aligned.jpg
     Then run:
-      python -m manet_jax.data.prepare --dataset raf_db --manual_dir DIR
+      python -m manet_jax.data.prepare --dataset raf_db --manual-dir DIR
     """
 
     def _source_examples(self, manual_dir: Path | None) -> dict[str, list[SourceExample]]:

@@ -6,6 +6,7 @@ import os
 
 from manet_jax.data.affectnet import Affectnet
 from manet_jax.data.caer_s import CaerS
+from manet_jax.data.errors import DatasetNameError
 from manet_jax.data.fer_builder import FerBuilder
 from manet_jax.data.ferplus import Ferplus
 from manet_jax.data.image_folder import ImageFolder
@@ -22,13 +23,13 @@ def split_name(name: str) -> tuple[str, str | None]:
     """'affectnet/7' -> ('affectnet', '7'); 'raf_db' -> ('raf_db', None)."""
     builder, _, config = name.partition("/")
     if builder not in BUILDERS:
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(sorted(BUILDERS))}")
+        raise DatasetNameError(f"unknown dataset {name!r}; known: {', '.join(sorted(BUILDERS))}")
     cls = BUILDERS[builder]
     if cls.BUILDER_CONFIGS and not config and cls is not SyntheticFaces:
         configs = ", ".join(f"{builder}/{c.name}" for c in cls.BUILDER_CONFIGS)
-        raise ValueError(f"dataset {name!r} needs a config: {configs}")
+        raise DatasetNameError(f"dataset {name!r} needs a config: {configs}")
     if config and not cls.BUILDER_CONFIGS:
-        raise ValueError(f"dataset {builder!r} has no configs, got {name!r}")
+        raise DatasetNameError(f"dataset {builder!r} has no configs, got {name!r}")
     return builder, config or None
 
 

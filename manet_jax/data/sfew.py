@@ -42,7 +42,7 @@ class Sfew(FerBuilder):
       Val/Val_Aligned_Faces_new/<Class>/*.png     (or Val/Val_Aligned_Faces/)
     with <Class> in Angry, Disgust, Fear, Happy, Neutral, Sad, Surprise. The unlabelled Test set
     is not used. Then run:
-      python -m manet_jax.data.prepare --dataset sfew --manual_dir DIR
+      python -m manet_jax.data.prepare --dataset sfew --manual-dir DIR
     """
 
     def _source_examples(self, manual_dir: Path | None) -> dict[str, list[SourceExample]]:

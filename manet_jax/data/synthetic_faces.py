@@ -15,6 +15,7 @@ from typing import ClassVar
 import numpy as np
 import tensorflow_datasets as tfds
 
+from manet_jax.data.errors import DatasetNameError
 from manet_jax.data.face_renderer import CLASSES, render_face
 from manet_jax.data.fer_builder import FerBuilder, SourceExample
 from manet_jax.data.image_files import encode_image
@@ -36,12 +37,12 @@ class SyntheticFacesConfig(tfds.core.BuilderConfig):
         """The config called `<size>` or `<size>_<num_train>_<num_test>`."""
         match = re.fullmatch(r"(\d+)(?:_(\d+)_(\d+))?", name)
         if not match:
-            raise ValueError(f"synthetic_faces config must be '<size>' or "
+            raise DatasetNameError(f"synthetic_faces config must be '<size>' or "
                              f"'<size>_<num_train>_<num_test>', got {name!r}")
         size, num_train, num_test = match.groups()
         counts = (int(num_train), int(num_test)) if num_train else tuple(DEFAULT_COUNTS.values())
         if int(size) < 16 or min(counts) < len(CLASSES):
-            raise ValueError(f"synthetic_faces/{name}: size must be >= 16 and each split needs at "
+            raise DatasetNameError(f"synthetic_faces/{name}: size must be >= 16 and each split needs at "
                              f"least {len(CLASSES)} images")
         return cls(name=name, size=int(size), num_train=counts[0], num_test=counts[1],
                    description=f"{size}x{size} px, {counts[0]} train / {counts[1]} test images.")

@@ -10,18 +10,18 @@ import tensorflow as tf
 from jax.experimental import jax2tf
 
 from manet_jax.data.augment import to_unit_range
-from manet_jax.inference.export import PLATFORMS, input_spec, serving_fn, write_metadata
-from manet_jax.inference.model import InferenceModel
+from manet_jax.bundle import Bundle
+from manet_jax.inference.stablehlo import PLATFORMS, input_spec, serving_fn, write_metadata
 
 
-def export_savedmodel(model: InferenceModel, directory: Path, platforms: Sequence[str] = PLATFORMS) -> Path:
+def export_savedmodel(bundle: Bundle, directory: Path, platforms: Sequence[str] = PLATFORMS) -> Path:
     """Writes a TensorFlow SavedModel with two signatures, each returning the OUTPUTS:
     `serving_default` takes uint8 images (batch, S, S, 3) and `serving_float` float32 ones in [0, 1].
     The variables are TF variables; the computation is one jax2tf (StableHLO) call."""
-    size = model.image_size
+    size = bundle.spec.image_size
     module = tf.Module()
-    module.manet_variables = jax.tree_util.tree_map(lambda v: tf.Variable(v, trainable=False), model.variables)
-    serve = jax2tf.convert(serving_fn(model), polymorphic_shapes=[None, f"(batch, {size}, {size}, 3)"],
+    module.manet_variables = jax.tree_util.tree_map(lambda v: tf.Variable(v, trainable=False), bundle.variables)
+    serve = jax2tf.convert(serving_fn(bundle), polymorphic_shapes=[None, f"(batch, {size}, {size}, 3)"],
                            with_gradient=False, native_serialization_platforms=tuple(platforms))
 
     @tf.function(autograph=False, input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32, name="images")])
@@ -34,6 +34,6 @@ def export_savedmodel(model: InferenceModel, directory: Path, platforms: Sequenc
 
     tf.saved_model.save(module, str(directory),
                         signatures={"serving_default": serving_uint8, "serving_float": serving_float})
-    inputs = {"serving_default": input_spec(model, "uint8"), "serving_float": input_spec(model, "float32")}
-    write_metadata(directory, model, "savedmodel", inputs, platforms)
+    inputs = {"serving_default": input_spec(bundle, "uint8"), "serving_float": input_spec(bundle, "float32")}
+    write_metadata(directory, bundle, "savedmodel", inputs, platforms)
     return directory

@@ -114,16 +114,24 @@ class BasicBlock(nn.Module):
         return nn.relu(out + _identity(x, self.features, self.stride, self.dtype, train))
 
 
-class MulScaleBlock(nn.Module):
-    """Multi-scale block: a strided 3x3 conv, then two opposite cascades over four channel chunks.
+# The official code's two wirings of cascade B (spec section 3.4), by the date it was introduced:
+# "2023" (923fa6c, 2023-04-15, the paper's Fig. 2) runs it chunk 4 -> 1; "2021" (aaf8788,
+# 2021-01-21 until 2023-04-15: the training logs and the MS-Celeb checkpoint) chunk 1 -> 4.
+MULTISCALE_WIRINGS = ("2023", "2021")
 
-    Cascade A (`conv1_2_k`/`bn1_2_k`) runs chunk 1 -> 4, cascade B (`conv2_2_k`/`bn2_2_k`) chunk
-    4 -> 1; each step adds the previous step's ReLU'd output to the next chunk. The concatenated
-    pre-ReLU BN outputs of both cascades and the identity are summed, then ReLU'd.
+
+class MulScaleBlock(nn.Module):
+    """Multi-scale block: a strided 3x3 conv, then two cascades over four channel chunks.
+
+    Cascade A (`conv1_2_k`/`bn1_2_k`) runs chunk 1 -> 4; cascade B (`conv2_2_k`/`bn2_2_k`, module
+    k always on chunk k) runs chunk 4 -> 1 with `wiring="2023"` and 1 -> 4 with "2021". Each step
+    adds the previous step's ReLU'd output to the next chunk. The concatenated pre-ReLU BN outputs
+    of both cascades and the identity are summed, then ReLU'd.
     """
 
     features: int
     stride: int = 1
+    wiring: str = "2023"
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -137,13 +145,15 @@ class MulScaleBlock(nn.Module):
             v = conv(width, 3, name=f"conv{cascade}_2_{k}", dtype=self.dtype)(v)
             return BatchNorm(dtype=self.dtype, name=f"bn{cascade}_2_{k}")(v, train)
 
-        a = [step(1, 1, chunks[0])]
-        for k in (2, 3, 4):
-            a.append(step(1, k, nn.relu(a[-1]) + chunks[k - 1]))
-        b = [step(2, 4, chunks[3])]
-        for k in (3, 2, 1):
-            b.append(step(2, k, nn.relu(b[-1]) + chunks[k - 1]))
-        cascades = jnp.concatenate(a, -1) + jnp.concatenate(b[::-1], -1)
+        def cascade(index: int, order: tuple[int, ...]) -> jax.Array:
+            out = {order[0]: step(index, order[0], chunks[order[0] - 1])}
+            for previous, k in zip(order, order[1:]):
+                out[k] = step(index, k, nn.relu(out[previous]) + chunks[k - 1])
+            return jnp.concatenate([out[k] for k in (1, 2, 3, 4)], -1)
+
+        if self.wiring not in MULTISCALE_WIRINGS:
+            raise ValueError(f"multiscale_wiring must be one of {MULTISCALE_WIRINGS}, not {self.wiring!r}")
+        cascades = cascade(1, (1, 2, 3, 4)) + cascade(2, (4, 3, 2, 1) if self.wiring == "2023" else (1, 2, 3, 4))
         return nn.relu(cascades + _identity(x, self.features, self.stride, self.dtype, train))
 
 

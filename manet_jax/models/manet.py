@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -9,7 +11,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from manet_jax.models.blocks import BasicBlock, MulScaleBlock, ResLayer
+from manet_jax.errors import ConfigError
+from manet_jax.models.blocks import MULTISCALE_WIRINGS, BasicBlock, MulScaleBlock, ResLayer
 from manet_jax.models.layers import BatchNorm, accum_dtype, conv, linear, max_pool_3x3_s2
 
 Dtype = Any
@@ -37,15 +40,19 @@ class LocalBranch(nn.Module):
 # the batched convolutions into grouped ones, which made CPU training 4x slower).
 _BRANCH_AXES = {"variable_axes": {"params": 0, "batch_stats": 0, "intermediates": 0},
                 "split_rngs": {"params": True}}
-BRANCH_EXECUTION = ("auto", "vmap", "unrolled")
+BRANCH_EXECUTION = ("vmap", "unrolled")
+
+
+def branch_execution_for(platform: str) -> str:
+    """The faster branch execution on devices of `platform` ('cpu', 'gpu', 'tpu'): the platform
+    the program is compiled for, which need not be the one tracing it."""
+    return "unrolled" if platform == "cpu" else "vmap"
 
 
 def run_local_branches(branch: LocalBranch, quadrants: jax.Array, train: bool, execution: str) -> jax.Array:
     """Apply `branch` (its variables stacked over a leading axis of 4) to `quadrants` (4, N, h, w, C)."""
     if execution not in BRANCH_EXECUTION:
         raise ValueError(f"branch_execution must be one of {BRANCH_EXECUTION}, not {execution!r}")
-    if execution == "auto":
-        execution = "unrolled" if jax.default_backend() == "cpu" else "vmap"
     if execution == "vmap":
         return nn.vmap(lambda mdl, q: mdl(q, train), in_axes=0, out_axes=0, axis_size=len(QUADRANTS),
                        **_BRANCH_AXES)(branch, quadrants)
@@ -64,7 +71,9 @@ class MANet(nn.Module):
 
     The four local branches are one lifted module, `local_branches`, whose variables carry a
     leading axis of 4 for the quadrants p1..p4 (`manet_jax.convert` maps the reference's
-    `layer3_1_pk`/`layer4_1_pk` names onto it); `branch_execution` picks how they run.
+    `layer3_1_pk`/`layer4_1_pk` names onto it); `branch_execution` picks how they run (see
+    `branch_execution_for`). `multiscale_wiring` is the official code's version of the
+    multi-scale blocks' second cascade (see `MULTISCALE_WIRINGS`); it changes no variable.
 
     Intermediates are sown into the `intermediates` collection (apply with
     `mutable=['intermediates']`): `stem` (max-pool output), `<layer>/output` for every layer,
@@ -76,7 +85,8 @@ class MANet(nn.Module):
 
     num_classes: int = 7
     dtype: Dtype = jnp.float32
-    branch_execution: str = "auto"  # "vmap", "unrolled", or "auto": unrolled on CPU, else vmap
+    branch_execution: str = "vmap"  # or "unrolled"; see branch_execution_for
+    multiscale_wiring: str = MULTISCALE_WIRINGS[0]
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
@@ -115,8 +125,9 @@ class MANet(nn.Module):
 
     def multi_scale(self, features: jax.Array, train: bool) -> jax.Array:
         """Global branch: two MulScaleBlock layers (`layer3_2`, `layer4_2`), pooled, `fc_2`."""
-        x = ResLayer(MulScaleBlock, 256, 2, dtype=self.dtype, name="layer3_2")(features, train)
-        x = ResLayer(MulScaleBlock, 512, 2, dtype=self.dtype, name="layer4_2")(x, train)
+        kwargs = {"wiring": self.multiscale_wiring}
+        x = ResLayer(MulScaleBlock, 256, 2, block_kwargs=kwargs, dtype=self.dtype, name="layer3_2")(features, train)
+        x = ResLayer(MulScaleBlock, 512, 2, block_kwargs=kwargs, dtype=self.dtype, name="layer4_2")(x, train)
         return self.head(x, "avgpool_global", "fc_2")
 
     def head(self, x: jax.Array, pool_name: str, fc_name: str) -> jax.Array:
@@ -125,6 +136,34 @@ class MANet(nn.Module):
         self.sow("intermediates", pool_name, pooled)
         logits = linear(self.num_classes, x.shape[-1], name=fc_name, dtype=self.dtype)(pooled)
         return logits.astype(accum_dtype(self.dtype))
+
+
+def check_image_size(size: int, key: str) -> None:
+    """Raises ConfigError naming `key` unless `size` suits MA-Net: a multiple of 16, so that the
+    local branch splits the layer2 map into four equal quadrants."""
+    if size < 16 or size % 16:
+        raise ConfigError(f"{key}={size}: MA-Net needs an input size that is a positive multiple of 16 "
+                          "(224 as in the paper)")
+
+
+INIT_SIZE = 64  # the input size models are initialised with: no parameter shape depends on it
+
+
+@functools.cache
+def _jitted_init(model: MANet) -> Callable:
+    return jax.jit(model.init)
+
+
+def init_variables(model: MANet, rng: jax.Array) -> dict[str, Any]:
+    """Freshly initialised variables of `model` (the reference's default initialisation), as NumPy
+    arrays; the same for every dtype, branch execution and wiring."""
+    model = model.clone(dtype=jnp.float32, branch_execution="vmap", multiscale_wiring=MULTISCALE_WIRINGS[0])
+    return jax.device_get(_jitted_init(model)(rng, jnp.zeros((1, INIT_SIZE, INIT_SIZE, 3))))
+
+
+def variable_shapes(num_classes: int) -> dict[str, Any]:
+    """MANet's variable tree as `jax.ShapeDtypeStruct`s (nothing is computed)."""
+    return jax.eval_shape(MANet(num_classes).init, jax.random.key(0), jnp.zeros((1, INIT_SIZE, INIT_SIZE, 3)))
 
 
 def fused_logits(logits_local: jax.Array, logits_global: jax.Array, beta: float = BETA) -> jax.Array:

@@ -1,15 +1,18 @@
 """Trainer checkpoints: an Orbax CheckpointManager in `<workdir>/checkpoints/<step>/`.
 
-Each checkpoint holds the whole train state (`state/`) and the host side of the run
-(`host_state/`, JSON: e.g. the best and last evaluation so far). Writes are asynchronous; the
-latest `keep` checkpoints are kept, plus the one with the best eval accuracy. A checkpoint that
-cannot be restored is moved to `<workdir>/checkpoints_corrupt/` when an older one restores, so the
-run goes on from there; one whose arrays differ from the config's is reported array by array.
+Each checkpoint is a model bundle (`variables/`, `header/`; see `manet_jax.bundle`) plus the run
+state it resumes from: `train_state/` (step and optimizer state) and `host_state/` (JSON: the
+best and last evaluation so far, ...). Writes are asynchronous; the latest `keep` checkpoints are
+kept, plus the best by eval accuracy (`bundle.best_step`). A checkpoint that cannot be restored
+is moved to `<workdir>/checkpoints_corrupt/` when an older one restores, so the run goes on from
+there; one whose arrays differ from the config's is reported array by array.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -17,17 +20,19 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
-from jax.sharding import SingleDeviceSharding
 from orbax.checkpoint import checkpoint_managers
 
-STATE, HOST_STATE = "state", "host_state"
-METRIC = "accuracy"  # eval accuracy of the fused prediction: what picks the best checkpoint
-CHECKPOINTS, CORRUPT = "checkpoints", "checkpoints_corrupt"
+from manet_jax.bundle import HEADER, HEADER_FILE, LEGACY_STATE, METRIC, VARIABLES, ModelSpec, absolute_path, best_step
+from manet_jax.errors import ManetError
+from manet_jax.training.state import TrainState
+
+TRAIN_STATE, HOST_STATE = "train_state", "host_state"
+CORRUPT = "checkpoints_corrupt"  # beside the checkpoints directory
 
 logger = logging.getLogger(__name__)
 
 
-class CheckpointRestoreError(RuntimeError):
+class CheckpointRestoreError(ManetError, RuntimeError):
     """No checkpoint in a directory can be restored; the message lists each one's error."""
 
 
@@ -35,51 +40,55 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint's arrays differ in shape or dtype from the state they would restore into."""
 
 
-def absolute_path(path: epath.PathLike) -> epath.Path:
-    """`path` made absolute, as Orbax requires; a URL such as `gs://bucket/run` stays as it is
-    (`Path.absolute()` would put the working directory in front of it)."""
-    path = epath.Path(path)
-    return path if "://" in str(path) else path.absolute()
+@dataclasses.dataclass
+class KeepBest(checkpoint_managers.PreservationPolicy):
+    """Preserves the best checkpoint by eval accuracy, as `bundle.best_step` picks it."""
 
-
-def _metric(metrics: dict[str, float]) -> float:
-    return metrics[METRIC]
+    def should_preserve(self, checkpoints: Sequence[Any], *, context: Any) -> Sequence[bool]:
+        best = best_step((c.step, (c.metrics or {}).get(METRIC)) for c in checkpoints)
+        return [c.step == best for c in checkpoints]
 
 
 class Checkpoints:
-    """Save and restore train states, with the run's host state, in `directory`."""
+    """Save and restore train states, with the model's spec and the run's host state, in `directory`."""
 
-    def __init__(self, directory: epath.PathLike, keep: int = 2, read_only: bool = False):
+    def __init__(self, directory: epath.PathLike, keep: int = 2):
         self.directory = absolute_path(directory)
-        policy = checkpoint_managers.AnyPreservationPolicy([
-            checkpoint_managers.LatestN(keep),
-            checkpoint_managers.BestN(get_metric_fn=_metric, n=1, keep_checkpoints_without_metrics=False)])
-        options = ocp.CheckpointManagerOptions(
-            best_fn=_metric, best_mode="max", preservation_policy=policy, read_only=read_only,
-            create=not read_only, cleanup_tmp_directories=not read_only, enable_async_checkpointing=True)
-        self.manager = ocp.CheckpointManager(
-            self.directory, options=options,
-            item_handlers={STATE: ocp.StandardCheckpointHandler(), HOST_STATE: ocp.JsonCheckpointHandler()})
+        policy = checkpoint_managers.AnyPreservationPolicy([checkpoint_managers.LatestN(keep), KeepBest()])
+        options = ocp.CheckpointManagerOptions(  # Orbax writes a step's metrics only with a best_fn
+            best_fn=lambda metrics: metrics[METRIC], best_mode="max", preservation_policy=policy,
+            enable_async_checkpointing=True)
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers={
+            VARIABLES: ocp.StandardCheckpointHandler(), HEADER: ocp.JsonCheckpointHandler(filename=HEADER_FILE),
+            TRAIN_STATE: ocp.StandardCheckpointHandler(), HOST_STATE: ocp.JsonCheckpointHandler()})
 
-    def save(self, step: int, state: Any, host_state: dict, accuracy: float | None = None) -> None:
+    def save(self, step: int, state: TrainState, spec: ModelSpec, host_state: dict,
+             accuracy: float | None = None) -> None:
         """Starts writing checkpoint `step` (returns once the arrays are copied off the devices)."""
-        self.manager.save(step, args=ocp.args.Composite(**{STATE: ocp.args.StandardSave(state),
-                                                           HOST_STATE: ocp.args.JsonSave(host_state)}),
-                          metrics=None if accuracy is None else {METRIC: accuracy})
+        self.manager.save(step, args=ocp.args.Composite(**{
+            VARIABLES: ocp.args.StandardSave(state.variables), HEADER: ocp.args.JsonSave(spec.to_json()),
+            TRAIN_STATE: ocp.args.StandardSave(state.run_state), HOST_STATE: ocp.args.JsonSave(host_state)}),
+            metrics=None if accuracy is None else {METRIC: accuracy})
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def restore_latest(self, target: Any) -> tuple[Any, dict] | None:
+    def restore_latest(self, target: TrainState) -> tuple[TrainState, dict] | None:
         """(state, host state) of the newest checkpoint that restores into `target` (abstract arrays
         with shardings), or None when there is none. Newer checkpoints that fail are reported and
         moved aside; if none restores, raises CheckpointRestoreError and moves nothing."""
         failures = []
         for step in reversed(self.manager.all_steps()):
+            if (self.directory / str(step) / LEGACY_STATE).is_dir():
+                raise CheckpointRestoreError(
+                    f"{self.directory / str(step)} was written by an older manet-jax (one `{LEGACY_STATE}` item) and "
+                    f"cannot be resumed; start a new workdir with --config.init_from={self.directory.parent}")
             try:
-                _check_matches(self.manager.item_metadata(step)[STATE].tree, target)
+                metadata = self.manager.item_metadata(step)
+                _check_matches(TrainState(**metadata[VARIABLES].tree, **metadata[TRAIN_STATE].tree), target)
                 restored = self.manager.restore(step, args=ocp.args.Composite(**{
-                    STATE: ocp.args.StandardRestore(target), HOST_STATE: ocp.args.JsonRestore()}))
+                    VARIABLES: ocp.args.StandardRestore(target.variables),
+                    TRAIN_STATE: ocp.args.StandardRestore(target.run_state), HOST_STATE: ocp.args.JsonRestore()}))
             except Exception as e:  # Orbax raises many types for damaged or incompatible trees
                 logger.warning("checkpoint %s cannot be restored (%s: %s); trying the previous one",
                                self.directory / str(step), type(e).__name__, str(e).splitlines()[0])
@@ -87,26 +96,14 @@ class Checkpoints:
                 continue
             if failures:
                 self._move_aside([s for s, _ in failures])
-            return restored[STATE], restored[HOST_STATE]
+            state = TrainState(**restored[VARIABLES], **restored[TRAIN_STATE])
+            return state, restored[HOST_STATE]
         if failures:
             lines = "\n".join(f"  {self.directory / str(s)}: {type(e).__name__}: {e}" for s, e in failures)
             raise CheckpointRestoreError(
                 f"no checkpoint in {self.directory} can be restored for this config (a different "
                 f"dataset, class count or optimizer?); use a new workdir or fix the checkpoints:\n{lines}")
         return None
-
-    def restore_variables(self, step: int | None = None) -> tuple[dict[str, Any], int]:
-        """({'params', 'batch_stats'} as NumPy arrays, step) of checkpoint `step` (default: the
-        best by eval accuracy, else the latest), restored on this host whatever the saving mesh."""
-        step = step if step is not None else self.manager.best_step() or self.manager.latest_step()
-        if step is None:
-            raise CheckpointRestoreError(f"{self.directory}: holds no checkpoint")
-        device = SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
-        metadata = self.manager.item_metadata(step)[STATE].tree
-        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)
-        state = self.manager.restore(step, args=ocp.args.Composite(**{STATE: ocp.args.StandardRestore(target)}))
-        state = state[STATE]
-        return jax.tree.map(np.asarray, {"params": state["params"], "batch_stats": state["batch_stats"]}), step
 
     def _move_aside(self, steps: list[int]) -> None:
         if jax.process_index() == 0:

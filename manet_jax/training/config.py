@@ -1,9 +1,9 @@
-"""Trainer configuration: the base config every `configs/*.py` extends, loading, checks, flag parsing.
+"""Trainer configuration: the base config every `configs/*.py` extends, loading and checks.
 
 Configs are `ml_collections.ConfigDict`s returned by a config file's `get_config()`. On the
-command line `--config=configs/raf.py --config.learning_rate=0.02` loads a file and overrides
-keys; the config is locked, so setting an unknown key, in a file or an override, is an error
-naming the key.
+command line `--config configs/raf.py --config.learning_rate=0.02` loads a file and overrides
+keys (`--config.input.flip_prob=0` for the input sub-config); the config is locked, so setting an
+unknown key, in a file or an override, is an error naming the key.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import importlib.util
 import json
 import os
 import re
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,14 +21,13 @@ from etils import epath
 from ml_collections import config_flags
 from ml_collections.config_dict import placeholder
 
+from manet_jax.bundle import ModelSpec
+from manet_jax.data.options import input_config
+from manet_jax.errors import ConfigError
+from manet_jax.models import MULTISCALE_WIRINGS
+
 CONFIG_FILE = "config.json"  # the resolved config, in every workdir
-
-DTYPES = ("float32", "bfloat16", "float64")  # float64 (with JAX_ENABLE_X64=1): for numerics checks
 REQUIRED = ("dataset", "num_epochs", "batch_size", "learning_rate", "lr_step_epochs")
-
-
-class ConfigError(ValueError):
-    """A config file, override or value that cannot be used; the message names the key."""
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -40,14 +38,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.data_dir = placeholder(str)  # None: $MANET_DATA_DIR, else the repository's data/, else ~/tensorflow_datasets
     c.eval_split = placeholder(str)  # None: the split the paper reports on (test, or validation)
     c.image_size = 224
-    c.balanced_sampling = False  # draw each class equally often (AffectNet's ImbalancedDatasetSampler)
-    c.crop_scale = (0.08, 1.0)  # RandomResizedCrop area range
-    c.crop_ratio = (3 / 4, 4 / 3)  # RandomResizedCrop aspect range
-    c.flip_prob = 0.5
+    c.input = input_config()  # sampling and augmentation of the training examples
     # Model and initialisation.
     c.init_from = ""  # '': from scratch; a converted checkpoint dir, trainer workdir or weight file
-    c.dtype = "float32"  # compute dtype: float32 or bfloat16 (parameters stay float32); see DTYPES
+    c.dtype = "float32"  # compute dtype: float32 or bfloat16 (parameters stay float32); float64 for checks
     c.beta = 0.6  # loss = beta CE(local) + (1 - beta) CE(global); prediction from the same mix
+    c.multiscale_wiring = MULTISCALE_WIRINGS[0]  # the official code's version of the multi-scale blocks
     # Optimisation: SGD with momentum, coupled weight decay, StepLR stepped once per epoch.
     c.num_epochs = placeholder(int)
     c.batch_size = placeholder(int)  # global, over all devices and processes
@@ -93,25 +89,23 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     for key in REQUIRED:
         if config[key] is None:
             raise ConfigError(f"config.{key} is not set; the config file or --config.{key}=... must set it")
-    if config.dtype not in DTYPES:
-        raise ConfigError(f"config.dtype must be one of {DTYPES}, got {config.dtype!r}")
+    try:
+        model_spec(config, ())
+    except ConfigError as e:
+        raise ConfigError(f"config.{e}") from None
     for key in ("num_epochs", "batch_size", "lr_step_epochs", "log_every_steps", "eval_every_epochs",
-                "checkpoint_every_epochs", "keep_checkpoints", "image_size"):
+                "checkpoint_every_epochs", "keep_checkpoints"):
         if config[key] < 1:
             raise ConfigError(f"config.{key} must be >= 1, got {config[key]}")
     if config.eval_batch_size is not None and config.eval_batch_size < 1:
         raise ConfigError(f"config.eval_batch_size must be >= 1, got {config.eval_batch_size}")
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl `flags_parser` for the entry points: a bad flag, config file or override exits with a
-    one-line error instead of a traceback."""
-    try:
-        remaining = _parse(flags.FLAGS, argv)
-        check_config(flags.FLAGS.config)
-    except ConfigError as e:
-        sys.exit(f"error: {e}\nRun with --helpshort for the flags.")
-    return remaining
+def model_spec(config: ml_collections.ConfigDict, class_names: Sequence[str]) -> ModelSpec:
+    """The header of the models a run of `config` writes, for a dataset of `class_names`."""
+    source = f"trained on {config.dataset} from {config.init_from or 'random initialisation'}"
+    return ModelSpec(tuple(class_names), image_size=config.image_size, beta=config.beta, dtype=config.dtype,
+                     multiscale_wiring=config.multiscale_wiring, source=source)
 
 
 def _parse(flag_values: flags.FlagValues, argv: list[str]) -> list[str]:

@@ -16,26 +16,24 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from etils import epath
-from jax.sharding import Mesh
 from matplotlib.figure import Figure
 
-from manet_jax import checkpoints
-from manet_jax.data import pipeline
-from manet_jax.models import MANet
-from manet_jax.training.metrics import HEADS, classification_metrics
-from manet_jax.training.sharding import check_batch_size, make_mesh, prefetch_to_device, replicate
-from manet_jax.training.steps import make_eval_step
+from manet_jax.bundle import BundleError, load_bundle
+from manet_jax.forward import HEADS
+from manet_jax.mesh import replicate
+from manet_jax.training.metrics import classification_metrics
+from manet_jax.training.setup import build
 
 METRICS_JSON, CONFUSION_PNG = "metrics.json", "confusion_matrix.png"
 
 logger = logging.getLogger(__name__)
 
 
-def evaluate(eval_step: Callable, variables: dict, batches: Iterator[dict[str, np.ndarray]], mesh: Mesh,
+def evaluate(eval_step: Callable, variables: dict, batches: Iterator[dict[str, jax.Array]],
              class_names: Sequence[str]) -> dict[str, Any]:
-    """Runs `eval_step` over every batch (sums stay on device) and returns the split's results."""
+    """Runs `eval_step` over every global batch (sums stay on device) and returns the split's results."""
     totals = None
-    for batch in prefetch_to_device(batches, mesh):
+    for batch in batches:
         sums = eval_step(variables, batch)
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = jax.device_get(totals)
@@ -83,26 +81,26 @@ def write_report(results: dict[str, Any], output_dir: epath.PathLike, class_name
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, checkpoint: str, split: str | None = None,
                         output_dir: str | None = None) -> dict[str, Any]:
-    """Evaluates a trainer workdir (its best checkpoint) or a converted checkpoint on `split`
-    (default: config.eval_split, else the dataset's eval split); process 0 writes the report to
-    `output_dir` (default: `<checkpoint>/eval/<dataset>_<split>`). Returns the results."""
-    info = pipeline.dataset_info(config.dataset, config.data_dir)
-    variables, header = checkpoints.load_variables(checkpoint)
-    if header["num_classes"] != info.num_classes:
-        raise checkpoints.CheckpointError(f"{checkpoint} has {header['num_classes']}-way heads but {config.dataset} has "
-                         f"{info.num_classes} classes; pass the config of the dataset it was trained on")
-    if header.get("class_names") and list(header["class_names"]) != list(info.class_names):
-        logger.warning("%s was trained on classes %s; %s has %s", checkpoint, header["class_names"],
+    """Evaluates a model (a bundle, or a trainer workdir's best checkpoint) on `split` of the
+    config's dataset (default: config.eval_split, else the dataset's eval split) as a run of
+    `config` would; process 0 writes the report to `output_dir` (default:
+    `<checkpoint>/eval/<dataset>_<split>`). Returns the results."""
+    setup = build(config)
+    bundle = load_bundle(checkpoint)
+    info = setup.info
+    if bundle.spec.num_classes != info.num_classes:
+        raise BundleError(f"{checkpoint} has {bundle.spec.num_classes}-way heads but {config.dataset} has "
+                          f"{info.num_classes} classes; pass the config of the dataset it was trained on")
+    if bundle.spec.multiscale_wiring != setup.spec.multiscale_wiring:
+        raise BundleError(f"{checkpoint} holds a model of the {bundle.spec.multiscale_wiring} multi-scale wiring; "
+                          f"evaluate it with --config.multiscale_wiring={bundle.spec.multiscale_wiring}")
+    if bundle.spec.class_names != info.class_names:
+        logger.warning("%s was trained on classes %s; %s has %s", checkpoint, list(bundle.spec.class_names),
                        config.dataset, list(info.class_names))
-    split = split or config.eval_split or info.eval_split
-    batch_size = config.eval_batch_size or config.batch_size
-    mesh = make_mesh()
-    check_batch_size(batch_size, mesh, "eval_batch_size")
-    eval_step = make_eval_step(MANet(info.num_classes, dtype=jnp.dtype(config.dtype)), mesh, config.beta)
-    batches = pipeline.eval_iterator(config.dataset, config.data_dir, split=split, image_size=config.image_size,
-                                     global_batch_size=batch_size)
-    results = evaluate(eval_step, replicate(variables, mesh), batches, mesh, info.class_names)
-    results = {"checkpoint": str(checkpoint), "step": header.get("step"), "dataset": config.dataset,
+    split = split or setup.eval_split
+    results = evaluate(setup.eval_step, replicate(bundle.variables, setup.mesh), setup.eval_batches(split),
+                       info.class_names)
+    results = {"checkpoint": str(checkpoint), "step": bundle.step, "dataset": config.dataset,
                "split": split, "image_size": config.image_size, **results}
     output_dir = output_dir or str(epath.Path(checkpoint) / "eval" / f"{config.dataset.replace('/', '_')}_{split}")
     if jax.process_index() == 0:

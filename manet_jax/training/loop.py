@@ -1,44 +1,41 @@
 """The training loop: train, evaluate each epoch, checkpoint, resume (`train_and_evaluate`).
 
-The workdir holds `config.json` (the resolved config), `manet.json` (classes and initialisation),
-`checkpoints/<step>/`, `metrics.jsonl`, `summary.json` (best and last evaluation) and
-`tensorboard/`. Running again in the same workdir resumes from its latest checkpoint with the same
-data order and rng, so the run continues exactly as an uninterrupted one would.
+The workdir holds `config.json` (the resolved config), `checkpoints/<step>/` (each a model bundle
+with the run state it resumes from), `metrics.jsonl`, `summary.json` (best and last evaluation)
+and `tensorboard/`. Running again in the same workdir resumes from its latest checkpoint with the
+same data order, so the run continues exactly as an uninterrupted one would.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from etils import epath
 
-from manet_jax import checkpoints
-from manet_jax.data import pipeline
-from manet_jax.models import MANet
-from manet_jax.optim import sgd, step_lr
-from manet_jax.training.checkpointing import CHECKPOINTS, Checkpoints
-from manet_jax.training.config import CONFIG_FILE, ConfigError, check_config, save_config
-from manet_jax.training.errors import NonFiniteLossError
+from manet_jax.bundle import CHECKPOINTS, best_step
+from manet_jax.errors import ManetError
+from manet_jax.training.checkpointing import Checkpoints
+from manet_jax.training.config import CONFIG_FILE, save_config
 from manet_jax.training.evaluation import confusion_figure, evaluate, figure_title
-from manet_jax.training.initialisation import initial_variables
 from manet_jax.training.metric_writer import MetricWriter
 from manet_jax.training.metrics import mean_train_metrics
 from manet_jax.training.preemption import PreemptionGuard
 from manet_jax.training.progress import Progress, format_duration
-from manet_jax.training.sharding import check_batch_size, make_mesh, prefetch_to_device
-from manet_jax.training.state import TrainState, abstract_train_state, create_train_state
-from manet_jax.training.steps import make_eval_step, make_train_step
+from manet_jax.training.setup import Setup, build
+from manet_jax.training.state import TrainState
 
 SUMMARY_FILE = "summary.json"
 
 logger = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(ManetError, FloatingPointError):
+    """The training loss became NaN or infinite; the message names the step."""
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -48,8 +45,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     the end); on SIGTERM saves a checkpoint and returns early. Raises NonFiniteLossError, naming
     the step, when the loss stops being finite (the checkpoints saved before stay as they are).
     """
-    check_config(config)
-    trainer = Trainer(config, epath.Path(workdir))
+    trainer = Trainer(build(config), epath.Path(workdir))
     try:
         return trainer.run()
     finally:
@@ -57,85 +53,60 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 
 class Trainer:
-    """One training run: its data, model, optimizer, steps, checkpoints and metric writer."""
+    """One training run: its setup, checkpoints, metric writer and progress."""
 
-    def __init__(self, config: ml_collections.ConfigDict, workdir: epath.Path):
-        self.config, self.workdir = config, workdir
+    def __init__(self, setup: Setup, workdir: epath.Path):
+        self.setup, self.config, self.workdir = setup, setup.config, workdir
         self.is_main = jax.process_index() == 0
-        self.info = pipeline.dataset_info(config.dataset, config.data_dir)
-        self.eval_split = config.eval_split or self.info.eval_split
-        self.mesh = make_mesh()
-        self.eval_batch_size = config.eval_batch_size or config.batch_size
-        check_batch_size(config.batch_size, self.mesh, "batch_size")
-        check_batch_size(self.eval_batch_size, self.mesh, "eval_batch_size")
-        self.steps_per_epoch = pipeline.steps_per_epoch(self.info, config.batch_size)
-        self.total_steps = config.num_epochs * self.steps_per_epoch
-        if config.dtype == "float64" and not jax.config.jax_enable_x64:
-            raise ConfigError("config.dtype=float64 needs 64-bit JAX: set JAX_ENABLE_X64=1")
-        self.model = MANet(self.info.num_classes, dtype=jnp.dtype(config.dtype))
-        self.schedule = step_lr(config.learning_rate, self.steps_per_epoch, config.lr_step_epochs, config.lr_gamma)
-        self.optimizer = sgd(self.schedule, config.momentum, config.weight_decay)
         if self.is_main:
             workdir.mkdir(parents=True, exist_ok=True)
-            changed = save_config(config, workdir / CONFIG_FILE)
+            changed = save_config(self.config, workdir / CONFIG_FILE)
             if changed:
                 logger.warning("config keys changed since this workdir's last run: %s", ", ".join(changed))
-        self.checkpoints = Checkpoints(workdir / CHECKPOINTS, config.keep_checkpoints)
+        self.checkpoints = Checkpoints(workdir / CHECKPOINTS, self.config.keep_checkpoints)
         self.writer = MetricWriter(workdir, enabled=self.is_main)
-        self.progress = Progress(self.total_steps, config.batch_size)
+        self.progress = Progress(setup.total_steps, self.config.batch_size)
         self.summary: dict[str, Any] = {"best": None, "last": None}  # evaluation entries
         self.epoch_metrics: list[dict[str, float]] = []  # host metrics of this epoch's steps so far
 
     def initial_state(self) -> TrainState:
         """The latest checkpoint's state (and host state), else a fresh one from config.init_from."""
-        restored = self.checkpoints.restore_latest(abstract_train_state(self.model, self.optimizer, self.mesh))
-        if restored is not None:
-            state, host_state = restored
-            self.summary, self.epoch_metrics = host_state["summary"], host_state["epoch_metrics"]
-            logger.info("resuming from checkpoint %d in %s", int(state.step), self.checkpoints.directory)
-            return state
-        init_rng, state_rng = jax.random.split(jax.random.key(self.config.seed))
-        variables, source = initial_variables(self.config.init_from, self.info.num_classes, init_rng)
-        if self.is_main:
-            checkpoints.write_header(self.workdir, num_classes=self.info.num_classes,
-                                     class_names=list(self.info.class_names),
-                                     source=f"trained on {self.config.dataset}, {source}")
-        return create_train_state(variables, self.optimizer, state_rng, self.mesh)
+        restored = self.checkpoints.restore_latest(self.setup.abstract_state())
+        if restored is None:
+            return self.setup.initial_state()
+        state, host_state = restored
+        self.summary, self.epoch_metrics = host_state["summary"], host_state["epoch_metrics"]
+        logger.info("resuming from checkpoint %d in %s", int(state.step), self.checkpoints.directory)
+        return state
 
     def run(self) -> dict[str, Any]:
-        config = self.config
+        setup = self.setup
         state = self.initial_state()
         start = int(state.step)
         self.writer.truncate(start)
-        if start >= self.total_steps:
+        if start >= setup.total_steps:
             logger.info("%s is already trained (step %d)", self.workdir, start)
             return self.summary
         self._log_plan(start)
-        batches = prefetch_to_device(pipeline.train_iterator(
-            config.dataset, config.data_dir, split=self.info.train_split, image_size=config.image_size,
-            global_batch_size=config.batch_size, seed=config.seed, start_step=start,
-            balanced=config.balanced_sampling, crop_scale=tuple(config.crop_scale),
-            crop_ratio=tuple(config.crop_ratio), flip_prob=config.flip_prob), self.mesh)
-        train_step = make_train_step(self.model, self.optimizer, self.mesh, config.beta)
-        eval_step = make_eval_step(self.model, self.mesh, config.beta)
+        batches = setup.train_batches(start)
         pending: list[dict[str, jax.Array]] = []  # device metrics since the last report
         with PreemptionGuard() as preemption:
-            for step in range(start, self.total_steps):
-                state, metrics = train_step(state, next(batches))
+            for step in range(start, setup.total_steps):
+                state, metrics = setup.train_step(state, next(batches))
                 pending.append(metrics)
                 if len(pending) > 1:  # at most two steps in flight: a prompt stop on SIGTERM, honest timings
                     pending[-2]["loss"].block_until_ready()
                 done = step + 1
-                epoch_done = done % self.steps_per_epoch == 0
+                epoch_done = done % setup.steps_per_epoch == 0
                 preempted = preemption.reached(done)
-                if done % config.log_every_steps == 0 or epoch_done or preempted:
+                if done % self.config.log_every_steps == 0 or epoch_done or preempted:
                     self.epoch_metrics += self._report_train(pending, done)
                     pending = []
                 if epoch_done:
-                    self._end_epoch(eval_step, state, done)
+                    self._end_epoch(state, done)
                 if preempted:
                     if self.checkpoints.latest_step() != done:
-                        self.checkpoints.save(done, state, self._host_state())
+                        self.checkpoints.save(done, state, setup.spec, self._host_state())
                     self.checkpoints.wait()
                     logger.warning("preempted at step %d: checkpoint saved in %s; run the same command to resume",
                                    done, self.checkpoints.directory)
@@ -160,15 +131,15 @@ class Trainer:
             if not np.isfinite(metrics["loss"]):
                 self._stop_non_finite(metrics["loss"], done - len(window) + i + 1)
         images_per_second, seconds_left = self.progress.update(done)
-        record = {"step": done, "epoch": done / self.steps_per_epoch,
+        record = {"step": done, "epoch": done / self.setup.steps_per_epoch,
                   "train": mean_train_metrics(window, self.config.batch_size),
-                  "learning_rate": float(self.schedule(done - 1)), "images_per_second": images_per_second}
+                  "learning_rate": float(self.setup.schedule(done - 1)), "images_per_second": images_per_second}
         self.writer.write(record)
         if self.is_main:
             train = record["train"]
             speed = "compiled" if images_per_second is None else f"{images_per_second:.1f} img/s"
             logger.info("step %d/%d (epoch %.2f/%d) loss %.4f (local %.4f, global %.4f) train acc %.2f%% lr %.3g "
-                        "| %s | ETA %s", done, self.total_steps, record["epoch"], self.config.num_epochs,
+                        "| %s | ETA %s", done, self.setup.total_steps, record["epoch"], self.config.num_epochs,
                         train["loss"], train["loss_local"], train["loss_global"], 100 * train["accuracy"],
                         record["learning_rate"], speed, format_duration(seconds_left))
         return window
@@ -181,28 +152,29 @@ class Trainer:
             f"the training loss is {loss} at step {step}; stopped without saving ({kept}). Try a lower "
             "config.learning_rate, or check config.init_from and the data.")
 
-    def _end_epoch(self, eval_step: Callable, state: TrainState, done: int) -> None:
+    def _end_epoch(self, state: TrainState, done: int) -> None:
         """Evaluates, writes the epoch's record and checkpoints, as often as the config says."""
-        epoch, last = done // self.steps_per_epoch, done == self.total_steps
+        epoch, last = done // self.setup.steps_per_epoch, done == self.setup.total_steps
         accuracy = None
         if epoch % self.config.eval_every_epochs == 0 or last:
-            accuracy = self._evaluate(eval_step, state, epoch, done)
+            accuracy = self._evaluate(state, epoch, done)
         self._report_epoch(epoch, done)
         self.epoch_metrics = []
         if epoch % self.config.checkpoint_every_epochs == 0 or last:
-            self.checkpoints.save(done, state, self._host_state(), accuracy)
+            self.checkpoints.save(done, state, self.setup.spec, self._host_state(), accuracy)
         self.progress.skip()
 
-    def _evaluate(self, eval_step: Callable, state: TrainState, epoch: int, done: int) -> float:
+    def _evaluate(self, state: TrainState, epoch: int, done: int) -> float:
         """Evaluates on the eval split, updates the best and last entries; returns the accuracy."""
-        config = self.config
-        batches = pipeline.eval_iterator(config.dataset, config.data_dir, split=self.eval_split,
-                                         image_size=config.image_size, global_batch_size=self.eval_batch_size)
-        results = {"split": self.eval_split,
-                   **evaluate(eval_step, state.variables, batches, self.mesh, self.info.class_names)}
+        setup = self.setup
+        results = {"split": setup.eval_split, **evaluate(setup.eval_step, state.variables, setup.eval_batches(),
+                                                          setup.info.class_names)}
         entry = {"epoch": epoch, "step": done, "eval": results}
         best = self.summary["best"]
-        if best is None or results["fused"]["accuracy"] >= best["eval"]["fused"]["accuracy"]:  # ties: the later, as Orbax
+        candidates = [(entry["step"], results["fused"]["accuracy"])]
+        if best is not None:
+            candidates.append((best["step"], best["eval"]["fused"]["accuracy"]))
+        if best_step(candidates) == done:
             self.summary["best"] = entry
         self.summary["last"] = entry
         return results["fused"]["accuracy"]
@@ -221,7 +193,7 @@ class Trainer:
             return
         results = last["eval"]
         self.writer.write_figure("eval/fused/confusion_matrix", confusion_figure(
-            results["fused"]["confusion_matrix"], self.info.class_names, figure_title(results)), done)
+            results["fused"]["confusion_matrix"], self.setup.info.class_names, figure_title(results)), done)
         (self.workdir / SUMMARY_FILE).write_text(json.dumps(self.summary, indent=2) + "\n")
         logger.info("epoch %d/%d %s accuracy %.2f%% (mean class %.2f%%; local %.2f%%, global %.2f%%), loss %.4f; "
                     "train accuracy %.2f%%; best %.2f%% at epoch %d", epoch, self.config.num_epochs, results["split"],
@@ -231,16 +203,16 @@ class Trainer:
 
     def _log_plan(self, start: int) -> None:
         if self.is_main:
-            info = self.info
+            setup, info = self.setup, self.setup.info
             logger.info("%s: %d train / %d %s examples, %d classes; steps %d..%d of batch %d (%d per epoch) on %d "
                         "device(s) in %d process(es)", self.config.dataset, info.splits[info.train_split],
-                        info.splits[self.eval_split], self.eval_split, info.num_classes, start + 1,
-                        self.total_steps, self.config.batch_size, self.steps_per_epoch, self.mesh.size,
+                        info.splits[setup.eval_split], setup.eval_split, info.num_classes, start + 1,
+                        setup.total_steps, self.config.batch_size, setup.steps_per_epoch, setup.mesh.size,
                         jax.process_count())
 
     def _log_done(self) -> None:
         best, last = self.summary["best"], self.summary["last"]
         if self.is_main and best is not None:
             logger.info("done: %s accuracy best %.2f%% (epoch %d), last %.2f%% (epoch %d); summary in %s",
-                        self.eval_split, 100 * best["eval"]["fused"]["accuracy"], best["epoch"],
+                        self.setup.eval_split, 100 * best["eval"]["fused"]["accuracy"], best["epoch"],
                         100 * last["eval"]["fused"]["accuracy"], last["epoch"], self.workdir / SUMMARY_FILE)

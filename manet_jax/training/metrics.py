@@ -14,8 +14,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-HEADS = ("fused", "local", "global")  # 0.6 local + 0.4 global (the prediction), then each branch
-
 
 def confusion_matrix(labels: jax.Array, predictions: jax.Array, num_classes: int,
                      weights: jax.Array | None = None) -> jax.Array:

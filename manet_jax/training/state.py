@@ -1,4 +1,4 @@
-"""The train state: parameters, BatchNorm statistics, optimizer state, step and rng."""
+"""The train state: parameters, BatchNorm statistics, optimizer state and step."""
 
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from manet_jax.convert.core import TEMPLATE_SIZE
-from manet_jax.models import MANet
-from manet_jax.training.sharding import replicate, replicated
+from manet_jax.mesh import replicate, replicated
+from manet_jax.models import INIT_SIZE, MANet
 
 Variables = dict[str, Any]
 
@@ -25,34 +24,36 @@ class TrainState(flax.struct.PyTreeNode):
     params: Any
     batch_stats: Any
     opt_state: optax.OptState
-    rng: jax.Array  # raw uint32 key data (checkpointable); folded with the step for stochastic layers
 
     @property
     def variables(self) -> Variables:
-        """`{'params', 'batch_stats'}` for `model.apply`."""
+        """`{'params', 'batch_stats'}`: the model's variables."""
         return {"params": self.params, "batch_stats": self.batch_stats}
 
+    @property
+    def run_state(self) -> dict[str, Any]:
+        """What the state holds besides the model's variables."""
+        return {"step": self.step, "opt_state": self.opt_state}
 
-def create_train_state(variables: Variables, optimizer: optax.GradientTransformation, rng: jax.Array,
-                       mesh: Mesh) -> TrainState:
+
+def create_train_state(variables: Variables, optimizer: optax.GradientTransformation, mesh: Mesh) -> TrainState:
     """The state at step 0 from host `variables` (identical on every process), replicated on `mesh`."""
-    host = (variables["params"], variables["batch_stats"], jax.random.key_data(rng))
+    host = (variables["params"], variables["batch_stats"])
     create = jax.jit(functools.partial(_initial_state, optimizer=optimizer), out_shardings=replicated(mesh))
     return create(*replicate(host, mesh))
 
 
 def abstract_train_state(model: MANet, optimizer: optax.GradientTransformation, mesh: Mesh) -> TrainState:
-    """Shapes, dtypes and (replicated) shardings of the state: the target for restoring a checkpoint."""
+    """Shapes, dtypes and (replicated) shardings of the state: the target for restoring a checkpoint
+    and the argument for compiling ahead of time."""
     def init() -> TrainState:
-        key = jax.random.key(0)
-        variables = model.init(key, jnp.zeros((1, TEMPLATE_SIZE, TEMPLATE_SIZE, 3)))
-        return _initial_state(variables["params"], variables["batch_stats"], jax.random.key_data(key), optimizer)
+        variables = model.init(jax.random.key(0), jnp.zeros((1, INIT_SIZE, INIT_SIZE, 3)))
+        return _initial_state(variables["params"], variables["batch_stats"], optimizer)
 
     sharding = replicated(mesh)
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), jax.eval_shape(init))
 
 
-def _initial_state(params: Any, batch_stats: Any, rng: jax.Array, optimizer: optax.GradientTransformation
-                   ) -> TrainState:
+def _initial_state(params: Any, batch_stats: Any, optimizer: optax.GradientTransformation) -> TrainState:
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                      opt_state=optimizer.init(params), rng=rng)
+                      opt_state=optimizer.init(params))

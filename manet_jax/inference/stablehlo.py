@@ -7,6 +7,7 @@ the input and output names. Exports take a batch of any size.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -15,46 +16,45 @@ import jax
 import jax.numpy as jnp
 from jax import export as jax_export
 
-from manet_jax.inference.model import InferenceModel, outputs
+from manet_jax.bundle import Bundle
+from manet_jax.inference.predictor import OUTPUTS, outputs
 
 PLATFORMS = ("cpu", "cuda", "tpu")
 METADATA = "manet_export.json"
 STABLEHLO_FILE = "manet.jax_export"
-OUTPUTS = ("logits_local", "logits_global", "probabilities", "probabilities_local", "probabilities_global")
 
 
-def serving_fn(model: InferenceModel) -> Callable[[dict, jax.Array], dict[str, jax.Array]]:
-    """`fn(variables, images) -> OUTPUTS`, the computation every export serves."""
-    # One program for every platform: the vmapped branches (what accelerators run, and what
-    # converts to TFLite), not the CPU's unrolled ones that "auto" would pick while tracing here.
-    module, beta = model.module.clone(branch_execution="vmap"), model.beta
-    return lambda variables, images: outputs(module, beta, variables, images)
+def serving_fn(bundle: Bundle) -> Callable[[dict, jax.Array], dict[str, jax.Array]]:
+    """`fn(variables, images) -> OUTPUTS`, the computation every export serves: the vmapped local
+    branches, what accelerators run and what converts to TFLite, for every platform."""
+    return functools.partial(outputs, bundle.spec.module("vmap"), bundle.spec.beta)
 
 
-def write_metadata(directory: Path, model: InferenceModel, fmt: str, inputs: dict[str, str],
+def write_metadata(directory: Path, bundle: Bundle, fmt: str, inputs: dict[str, str],
                    platforms: Sequence[str]) -> None:
     """Writes METADATA, describing an export of `fmt` with `inputs` (name -> `input_spec`)."""
-    metadata = {"format": fmt, "class_names": list(model.class_names), "image_size": model.image_size,
+    metadata = {"format": fmt, "class_names": list(bundle.spec.class_names), "image_size": bundle.spec.image_size,
                 "inputs": inputs, "outputs": list(OUTPUTS), "platforms": list(platforms)}
     (directory / METADATA).write_text(json.dumps(metadata, indent=2) + "\n")
 
 
-def input_spec(model: InferenceModel, dtype: str) -> str:
+def input_spec(bundle: Bundle, dtype: str) -> str:
     """The metadata's description of an input of `dtype`."""
-    size = model.image_size
+    size = bundle.spec.image_size
     scale = "in [0, 1]" if dtype == "float32" else "0-255"
     return f"{dtype}[batch, {size}, {size}, 3] RGB {scale}"
 
 
-def export_stablehlo(model: InferenceModel, directory: Path, platforms: Sequence[str] = PLATFORMS) -> Path:
+def export_stablehlo(bundle: Bundle, directory: Path, platforms: Sequence[str] = PLATFORMS) -> Path:
     """Writes `manet.jax_export`: `jax.export` of images float32 (batch, S, S, 3) in [0, 1] ->
     dict of OUTPUTS, with the variables embedded and the batch size symbolic. Load it with
     `jax.export.deserialize(path.read_bytes()).call(images)`."""
     batch, = jax_export.symbolic_shape("batch")
-    images = jax.ShapeDtypeStruct((batch, model.image_size, model.image_size, 3), jnp.float32)
-    serve, variables = serving_fn(model), model.variables
+    size = bundle.spec.image_size
+    images = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
+    serve, variables = serving_fn(bundle), bundle.variables
     exported = jax_export.export(jax.jit(lambda x: serve(variables, x)), platforms=platforms)(images)
     path = directory / STABLEHLO_FILE
     path.write_bytes(exported.serialize())
-    write_metadata(directory, model, "stablehlo", {"images": input_spec(model, "float32")}, platforms)
+    write_metadata(directory, bundle, "stablehlo", {"images": input_spec(bundle, "float32")}, platforms)
     return path

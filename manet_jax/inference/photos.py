@@ -9,9 +9,9 @@ import numpy as np
 
 from manet_jax.inference.faces import MARGIN, Box, detect_faces
 from manet_jax.inference.images import ImageLoadError, find_images, load_image
-from manet_jax.inference.model import Predictor
+from manet_jax.inference.predictor import Predictor
 from manet_jax.inference.preprocess import eval_view
-from manet_jax.inference.report import BRANCHES, ERROR, NO_FACE, OK, Record
+from manet_jax.inference.records import BRANCHES, ERROR, NO_FACE, OK, Record
 from manet_jax.inference.visualize import save_visualization
 
 _OUTPUT_KEYS = dict(zip(BRANCHES, ("probabilities", "probabilities_local", "probabilities_global")))
@@ -38,7 +38,7 @@ class _Batcher:
         records, views = zip(*self.pending)
         self.pending = []
         out = self.predictor(np.stack(views))
-        names = self.predictor.model.class_names
+        names = self.predictor.spec.class_names
         for i, (record, view) in enumerate(zip(records, views)):
             record.probabilities = {branch: dict(zip(names, out[key][i].tolist()))
                                     for branch, key in _OUTPUT_KEYS.items()}
@@ -85,6 +85,6 @@ def predict_paths(paths: Sequence[str], predictor: Predictor, *, detect: bool = 
         for face, box in enumerate(boxes):
             record = Record(str(path), OK, face=face, box=box.scaled(1 / image.scale))
             records.append(record)
-            batcher.add(record, eval_view(box.crop(image.pixels), predictor.model.image_size))
+            batcher.add(record, eval_view(box.crop(image.pixels), predictor.spec.image_size))
     batcher.flush()
     return records

@@ -1,0 +1,81 @@
+"""What every command-line tool shares: its parser, config overrides, start-up and how it fails.
+
+Tools take GNU-style options (`--batch-size 32` or `--batch-size=32`) and run as
+`python -m manet_jax.<tool>` or as the console script `manet-<tool>`. A tool's `main(argv)`
+returns its exit status: 0 on success; 1 when the work ran but did not succeed (predict found
+no readable input, compare found a difference); 2 when it cannot run as given: a malformed
+command line (argparse's usage message) or a `ManetError` (a problem with the user's input,
+printed as one `error:` line). Any other exception is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from manet_jax.errors import ManetError
+
+CONFIG_OVERRIDE = "--config."
+
+
+def parser(module: str, description: str) -> argparse.ArgumentParser:
+    """An argument parser named as the tool was invoked: `manet-<tool>` or `python -m <module>`."""
+    invoked = Path(sys.argv[0]).name
+    prog = invoked if invoked.startswith("manet-") else f"python -m {module}"
+    return argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def add_config_option(parser_: argparse.ArgumentParser) -> None:
+    """`--config FILE` plus any number of `--config.KEY=VALUE` overrides (see `parse_with_overrides`)."""
+    parser_.add_argument("--config", required=True, metavar="FILE",
+                         help="config file, e.g. configs/raf.py; override its keys with --config.KEY=VALUE "
+                              "(e.g. --config.learning_rate=0.02, --config.input.flip_prob=0)")
+
+
+def parse_with_overrides(parser_: argparse.ArgumentParser, argv: Sequence[str] | None
+                         ) -> tuple[argparse.Namespace, list[str]]:
+    """(parsed options, ['KEY=VALUE', ...]) from `--config.KEY=VALUE` or `--config.KEY VALUE`."""
+    args, rest = parser_.parse_known_args(argv)
+    overrides, rest = [], list(rest)
+    while rest:
+        arg = rest.pop(0)
+        if not arg.startswith(CONFIG_OVERRIDE):
+            parser_.error(f"unrecognized argument: {arg}")
+        key = arg.removeprefix(CONFIG_OVERRIDE)
+        if "=" not in key:
+            if not rest:
+                parser_.error(f"{arg} needs a value ({arg}=VALUE)")
+            key = f"{key}={rest.pop(0)}"
+        overrides.append(key)
+    return args, overrides
+
+
+def run(work: Callable[[], int | None]) -> int:
+    """Runs a tool's work: its status (None is 0), or 2 with one `error:` line for a ManetError."""
+    try:
+        return work() or 0
+    except ManetError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def start_runtime() -> None:
+    """Start-up shared by the tools that run the model or read datasets: manet_jax logs progress
+    at INFO (libraries at WARNING), and TensorFlow (tf.data, image decoding) stays off the
+    accelerators, which belong to JAX."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname).1s%(asctime)s %(message)s",
+                        datefmt="%m%d %H:%M:%S", force=True)
+    logging.getLogger("manet_jax").setLevel(logging.INFO)
+    logging.getLogger("absl").setLevel(logging.ERROR)  # Orbax and TFDS log each file operation
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:  # TensorFlow already initialised its devices
+        pass
