@@ -11,23 +11,26 @@ import json
 import re
 import shutil
 import signal
+import subprocess
 from pathlib import Path
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf
 from tensorflow.core.util import event_pb2
 
 from manet_jax.bundle import ModelSpec, absolute_path, load_bundle
-from manet_jax.data.errors import DatasetNotFoundError
+from manet_jax.data.errors import DatasetNameError, DatasetNotFoundError
 from manet_jax.errors import ConfigError
 from manet_jax.mesh import make_mesh
 from manet_jax.models import MANet
 from manet_jax.training.checkpointing import CORRUPT, CheckpointRestoreError, Checkpoints
-from manet_jax.training.config import load_config
+from manet_jax.training.config import RANGES, base_config, load_config
 from manet_jax.training.loop import train_and_evaluate
 from manet_jax.training.optim import sgd, step_lr
+from manet_jax.training.setup import build
 from manet_jax.training.state import TrainState, abstract_train_state
 from train_helpers import (EPOCHS, REPO, STEPS_PER_EPOCH, TEST_LABEL_COUNTS, environment, make_checkpoint,
                            make_dataset, run, run_and_signal, run_timing_exit, train_command)
@@ -156,8 +159,8 @@ def test_preempted_and_killed_run_resumes_exactly(setup, reference):
 
 def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(setup):
     workdir = setup["root"] / "diverging"
-    # The learning rate becomes infinite in epoch 2 (StepLR with gamma = inf after 1 epoch).
-    result = run(command(setup, workdir, "--config.lr_step_epochs=1", "--config.lr_gamma=inf"), setup["env"])
+    # The learning rate becomes 1e28 in epoch 2 (StepLR with gamma = 1e30 after 1 epoch).
+    result = run(command(setup, workdir, "--config.lr_step_epochs=1", "--config.lr_gamma=1e30"), setup["env"])
     assert result.returncode == 2
     match = re.search(r"error: the training loss is (nan|inf|-inf) at step (\d+)", result.stderr)
     assert match, result.stderr[-3000:]
@@ -222,6 +225,73 @@ def test_unknown_config_key_is_named(setup, tmp_path):
     assert result.returncode == 2
     assert "error: unknown config key 'lerning_rate'" in result.stderr
     assert not (tmp_path / "workdir").exists()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("learning_rate=-0.1", "config.learning_rate must be a positive finite number, got -0.1"),
+    ("learning_rate=nan", "config.learning_rate must be a positive finite number, got nan"),
+    ("lr_gamma=inf", "config.lr_gamma must be a positive finite number (StepLR's factor), got inf"),
+    ("momentum=1", "config.momentum must be in [0, 1), got 1.0"),
+    ("weight_decay=-1e-4", "config.weight_decay must be a finite number >= 0, got -0.0001"),
+    ("beta=1.5", "config.beta must be in [0, 1] (the local branch's weight), got 1.5"),
+    ("seed=-1", "config.seed must be an integer in [0, 2**32), got -1"),
+    ("num_epochs=0", "config.num_epochs must be an integer >= 1, got 0"),
+    ("checkpoint_every_epochs=0", "config.checkpoint_every_epochs must be an integer >= 1, got 0"),
+    ("eval_batch_size=-8", "config.eval_batch_size must be an integer >= 1 (or None: batch_size), got -8"),
+    ("image_size=50", "config.image_size=50: MA-Net needs an input size that is a positive multiple of 16"),
+    ("input.flip_prob=2", "config.input.flip_prob must be a probability in [0, 1], got 2.0"),
+    ("input.random_erasing=-0.5", "config.input.random_erasing must be a probability in [0, 1], got -0.5"),
+    ("input.crop_scale=(0.9,0.5)", "config.input.crop_scale must be (min, max) with 0 < min <= max <= 1, got (0.9, "),
+    ("input.crop_scale=(0.5,)", "config.input.crop_scale must be (min, max) with 0 < min <= max <= 1, got (0.5,)"),
+    ("input.crop_ratio=(0,1)", "config.input.crop_ratio must be (min, max) with 0 < min <= max, finite, got (0, 1)"),
+    ("input.erasing_scale=(0.1,2)", "config.input.erasing_scale must be (min, max) with 0 <= min <= max <= 1"),
+])
+def test_values_out_of_range_are_refused_naming_the_key(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(str(REPO / "configs/demo.py"), [override])
+
+
+def test_every_numeric_key_has_a_range():
+    def numeric_keys(config, prefix=""):
+        for key in config.keys():
+            kind = config.get_type(key)
+            if kind is ml_collections.ConfigDict:
+                yield from numeric_keys(config[key], f"{prefix}{key}.")
+            elif kind in (int, float, tuple):
+                yield prefix + key
+
+    assert set(numeric_keys(base_config())) == set(RANGES) | {"image_size"}  # image_size: ModelSpec checks it
+
+
+def test_bad_values_and_dataset_names_stop_with_one_line_before_any_workdir(setup, tmp_path):
+    cases = {  # --config.KEY=VALUE: the error line
+        "learning_rate=-0.1": "error: config.learning_rate must be a positive finite number, got -0.1",
+        "image_size=50": "error: config.image_size=50: MA-Net needs an input size that is a positive multiple of 16 "
+                         "(224 as in the paper)",
+        "dataset=synthetic_faces/33": "error: synthetic_faces/33: the sizes are 32, 48, 64, 96, 112, 224; another size "
+                                      "needs the split sizes too, e.g. synthetic_faces/33_4200_700",
+    }
+    processes = {override: subprocess.Popen(command(setup, tmp_path / str(i), f"--config.{override}"),
+                                            env=setup["env"], cwd=REPO, stdout=subprocess.PIPE,
+                                            stderr=subprocess.PIPE, text=True)
+                 for i, override in enumerate(cases)}  # at once: each spends its seconds starting up
+    for i, (override, process) in enumerate(processes.items()):
+        _, stderr = process.communicate(timeout=300)
+        assert (process.returncode, stderr.splitlines()) == (2, [cases[override]]), override
+        assert not (tmp_path / str(i)).exists()
+
+
+@pytest.mark.parametrize("override, error, message", [
+    ("dataset=faces", DatasetNameError, "unknown dataset 'faces'; known: affectnet, caer_s, ferplus, image_folder, "
+                                        "raf_db, sfew, synthetic_faces"),
+    ("dataset=affectnet/9", DatasetNameError, "unknown dataset 'affectnet/9'; affectnet has affectnet/7, affectnet/8"),
+    ("eval_split=validation", ConfigError, "config.eval_split='validation': synthetic_faces/64_32_20 has the splits "
+                                           "train, test"),
+])
+def test_datasets_and_splits_that_do_not_exist_are_named(setup, override, error, message):
+    overrides = [arg.removeprefix("--config.") for arg in command(setup, Path("unused")) if arg.startswith("--config.")]
+    with pytest.raises(error, match=f"^{re.escape(message)}$"):
+        build(load_config(str(REPO / "configs/demo.py"), [*overrides, override]))
 
 
 def test_missing_dataset_names_the_prepare_command(tmp_path):
