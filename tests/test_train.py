@@ -29,6 +29,7 @@ from manet_jax.models import MANet
 from manet_jax.training.checkpointing import CORRUPT, CheckpointRestoreError, Checkpoints
 from manet_jax.training.config import RANGES, base_config, load_config
 from manet_jax.training.loop import train_and_evaluate
+from manet_jax.training.metric_writer import MetricWriter, MetricsFileError
 from manet_jax.training.optim import sgd, step_lr
 from manet_jax.training.setup import build
 from manet_jax.training.state import TrainState, abstract_train_state
@@ -146,9 +147,13 @@ def test_preempted_and_killed_run_resumes_exactly(setup, reference):
     code, output = run_and_signal(command(setup, workdir), setup["env"], killed, signal.SIGKILL)
     assert code == -signal.SIGKILL, output[-3000:]
     assert f"resuming from checkpoint {preempted}" in output
+    with (workdir / "metrics.jsonl").open("a") as f:  # as a kill in the middle of an append leaves it
+        f.write('{"step": 9, "epoch": 2.25, "tr')
+    lines = len((workdir / "metrics.jsonl").read_text().splitlines())
     result = run(command(setup, workdir), setup["env"])
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resuming from checkpoint" in result.stderr
+    assert f"{workdir / 'metrics.jsonl'}: dropped line {lines}, cut short" in result.stderr
 
     expected, actual = final_params(reference), final_params(workdir)
     assert jax.tree.structure(expected) == jax.tree.structure(actual)
@@ -167,6 +172,19 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoin
     assert STEPS_PER_EPOCH < int(match.group(2)) <= STEPS_PER_EPOCH + 2
     assert "the last checkpoint, step 4" in result.stderr
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["4"]
+
+
+def test_a_metrics_line_cut_short_is_dropped_and_a_damaged_one_before_it_named(tmp_path, caplog):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1}\n{"step": 2}\n{"step": 3, "tr')
+    writer = MetricWriter(tmp_path)
+    writer.truncate(1)
+    assert path.read_text() == '{"step": 1}\n'
+    assert f"{path}: dropped line 3, cut short" in caplog.text
+    path.write_text('{"step": 1}\n{"step": 2, "tr\n{"step": 3}\n')
+    with pytest.raises(MetricsFileError, match=f"^{re.escape(str(path))}: line 2 is not a metric record"):
+        writer.truncate(3)
+    writer.close()
 
 
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(reference, tmp_path, caplog):
