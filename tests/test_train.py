@@ -8,6 +8,7 @@ killed by SIGKILL and resumed again. Runs are subprocesses sharing a compilation
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import signal
@@ -34,7 +35,7 @@ from manet_jax.training.optim import sgd, step_lr
 from manet_jax.training.setup import build
 from manet_jax.training.state import TrainState, abstract_train_state
 from train_helpers import (EPOCHS, REPO, STEPS_PER_EPOCH, TEST_LABEL_COUNTS, environment, make_checkpoint,
-                           make_dataset, run, run_and_signal, run_timing_exit, train_command)
+                           make_dataset, random_variables, run, run_and_signal, run_timing_exit, train_command)
 
 TOTAL = EPOCHS * STEPS_PER_EPOCH
 OPTIMIZER = sgd(step_lr(0.01, STEPS_PER_EPOCH, 2, 0.1))  # the runs' optimizer, for restoring their states
@@ -187,19 +188,84 @@ def test_a_metrics_line_cut_short_is_dropped_and_a_damaged_one_before_it_named(t
     writer.close()
 
 
-def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(reference, tmp_path, caplog):
-    workdir = tmp_path / "workdir"
-    shutil.copytree(reference, workdir)
-    for data in (workdir / "checkpoints" / "12" / "variables").rglob("*"):
-        if data.is_file() and data.stat().st_size > 1000:
-            data.write_bytes(b"corrupt")
+def linked_copy(workdir: Path, to: Path) -> Path:
+    """A copy of `workdir` whose files are hard links (damage them with `truncate`)."""
+    shutil.copytree(workdir, to, copy_function=os.link)
+    return to
+
+
+def truncate(path: Path) -> None:
+    """Cuts `path` to half its length in a new file (the linked original stays as it was)."""
+    content = path.read_bytes()
+    path.unlink()
+    path.write_bytes(content[:len(content) // 2])
+
+
+@pytest.mark.parametrize("damaged", ["variables data", "metrics/metrics", "host_state/metadata",
+                                     "header/manet.json", "_CHECKPOINT_METADATA"])
+def test_a_damaged_file_in_the_latest_checkpoint_falls_back_to_the_previous_one(reference, tmp_path, caplog,
+                                                                                 damaged):
+    workdir = linked_copy(reference, tmp_path / "workdir")
+    latest = workdir / "checkpoints" / "12"
+    truncate(max((latest / "variables").rglob("*"), key=lambda p: p.stat().st_size) if damaged == "variables data"
+             else latest / damaged)
+    (workdir / "checkpoints" / "16.orbax-checkpoint-tmp").mkdir()  # a write that never finished
     target = abstract_train_state(MANet(7), OPTIMIZER, make_mesh())
     checkpoints = Checkpoints(workdir / "checkpoints")
     state, host_state = checkpoints.restore_latest(target)
     assert int(state.step) == 8 and host_state["summary"]["last"]["epoch"] == 2
     assert "checkpoints/12 cannot be restored" in caplog.text
     assert (workdir / CORRUPT / "12").is_dir() and checkpoints.latest_step() == 8
+    assert not (workdir / "checkpoints" / "16.orbax-checkpoint-tmp").exists()
     checkpoints.close()
+
+
+def test_when_every_checkpoint_is_damaged_each_is_named_and_none_moved(reference, tmp_path):
+    workdir = linked_copy(reference, tmp_path / "workdir")
+    steps = sorted(p.name for p in (workdir / "checkpoints").iterdir())
+    for step in steps:
+        truncate(workdir / "checkpoints" / step / "_CHECKPOINT_METADATA")
+    with pytest.raises(CheckpointRestoreError, match="no checkpoint in .* can be restored") as error:
+        Checkpoints(workdir / "checkpoints")
+    for step in steps:
+        assert f"checkpoints/{step}: _CHECKPOINT_METADATA is damaged" in str(error.value)
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == steps and not (workdir / CORRUPT).exists()
+
+
+def checkpoint_bytes() -> int:
+    """The size of a checkpoint of the test runs: variables and SGD's momentum (one per parameter)."""
+    variables = random_variables()
+    return sum(x.nbytes for x in jax.tree.leaves((variables, variables["params"])))
+
+
+@pytest.fixture
+def small_disk(tmp_path) -> Path:
+    """A tmpfs mounted for the test that holds one checkpoint of the test runs but not two."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={int(1.3 * checkpoint_bytes())}", "tmpfs",
+                              str(disk)], capture_output=True, text=True, check=False)
+    if mounted.returncode:
+        pytest.skip(f"a small disk needs a tmpfs mounted as root: {mounted.stderr.strip()}")
+    yield disk
+    subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_full_disk_stops_the_run_when_the_save_fails_in_one_line(setup, small_disk):
+    workdir, size = small_disk / "workdir", f"{checkpoint_bytes() / 1e6:,.0f} MB"
+    result = run(command(setup, workdir), setup["env"])
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = result.stderr.splitlines()
+    checkpoints = re.escape(str(workdir / "checkpoints"))
+    assert re.fullmatch(rf"error: checkpoint 8 could not be written to {checkpoints}: no space left on device "
+                        rf"\(a checkpoint needs {size}; \d+ MB free now\); the last complete checkpoint is "
+                        rf"{checkpoints}/4: run the same command to resume from it once the cause is fixed",
+                        lines[-1]), lines[-1]
+    assert f"less than two checkpoints ({size} each)" in result.stderr  # warned before the first save
+    assert "step 12/12" not in result.stderr  # stopped when the save failed, not at the next one
+    assert len(lines) < 30  # no tracebacks from Orbax's threads
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["4"]  # the unfinished write removed
+    assert load_bundle(workdir / "checkpoints" / "4").step == 4
 
 
 def test_checkpoints_in_a_relative_directory(tmp_path, monkeypatch):

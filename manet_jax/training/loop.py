@@ -92,6 +92,7 @@ class Trainer:
         pending: list[dict[str, jax.Array]] = []  # device metrics since the last report
         with PreemptionGuard() as preemption:
             for step in range(start, setup.total_steps):
+                self.checkpoints.check()  # a failed background write stops the run at once
                 state, metrics = setup.train_step(state, next(batches))
                 pending.append(metrics)
                 if len(pending) > 1:  # at most two steps in flight: a prompt stop on SIGTERM, honest timings
