@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 from pathlib import Path
 
@@ -55,9 +56,15 @@ def command(setup: dict, workdir: Path, *overrides: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def reference_run(setup) -> tuple[Path, str, float]:
-    """The uninterrupted run: its workdir, output, and seconds from its last line to its exit."""
+    """The uninterrupted run: its workdir, output, and seconds from its last line to its exit. Once
+    it trains, the same command is run again (`second_trainer`)."""
     workdir = setup["root"] / "reference"
-    code, output, exit_delay = run_timing_exit(command(setup, workdir), setup["env"])
+
+    def start_second_trainer(line: str, process: subprocess.Popen) -> None:
+        if "step 1/12" in line:
+            setup["second_trainer"] = (process.pid, run(command(setup, workdir), setup["env"]))
+
+    code, output, exit_delay = run_timing_exit(command(setup, workdir), setup["env"], on_line=start_second_trainer)
     assert code == 0, output[-3000:]
     return workdir, output, exit_delay
 
@@ -65,6 +72,19 @@ def reference_run(setup) -> tuple[Path, str, float]:
 @pytest.fixture(scope="module")
 def reference(reference_run) -> Path:
     return reference_run[0]
+
+
+def test_a_second_trainer_on_a_workdir_stops_at_once_naming_the_first(setup, reference):
+    first_pid, second = setup["second_trainer"]
+    assert second.returncode == 2
+    assert re.fullmatch(
+        rf"error: {re.escape(str(reference))} is in use by another trainer \(pid {first_pid} on "
+        rf"{re.escape(socket.gethostname())}, started \S+; {re.escape(str(reference / 'lease.json'))}\)\. Wait for "
+        r"it to finish, stop it, or use another workdir; a lease whose trainer has gone is taken over \(from another "
+        r"machine 5 minutes after its last refresh\)\n", second.stderr), second.stderr[-3000:]
+    # Nothing of the second: one TensorBoard event file, each record once (tested below), the lease released.
+    assert len(list((reference / "tensorboard").iterdir())) == 1
+    assert not (reference / "lease.json").exists()
 
 
 def test_a_finished_run_exits_promptly(reference_run):
@@ -155,6 +175,7 @@ def test_preempted_and_killed_run_resumes_exactly(setup, reference):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resuming from checkpoint" in result.stderr
     assert f"{workdir / 'metrics.jsonl'}: dropped line {lines}, cut short" in result.stderr
+    assert f"taking over the lease {workdir / 'lease.json'} of a trainer that is gone (pid " in result.stderr
 
     expected, actual = final_params(reference), final_params(workdir)
     assert jax.tree.structure(expected) == jax.tree.structure(actual)
