@@ -71,7 +71,10 @@ def start_runtime() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname).1s%(asctime)s %(message)s",
                         datefmt="%m%d %H:%M:%S", force=True)
     logging.getLogger("manet_jax").setLevel(logging.INFO)
-    logging.getLogger("absl").setLevel(logging.ERROR)  # Orbax and TFDS log each file operation
+    absl = logging.getLogger("absl")
+    absl.setLevel(logging.ERROR)  # Orbax and TFDS log each file operation
+    absl.addFilter(_not_from_orbax)
+    sys.unraisablehook = _unraisable_unless_late_write
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
@@ -79,3 +82,19 @@ def start_runtime() -> None:
         tf.config.set_visible_devices([], "GPU")
     except RuntimeError:  # TensorFlow already initialised its devices
         pass
+
+
+def _not_from_orbax(record: logging.LogRecord) -> bool:
+    """Drops Orbax's log records: it logs a failed checkpoint write with tracebacks from each of its
+    threads (thousands of lines for a full disk), and the error reaches the tools, which report it
+    in one line."""
+    return f"{os.sep}orbax{os.sep}" not in record.pathname
+
+
+def _unraisable_unless_late_write(unraisable) -> None:
+    """Python's report of an exception nothing could catch, except one per write that tensorstore
+    completes after Orbax has given up on its failed checkpoint and closed the event loop it was
+    to report to ('Event loop is closed'; hundreds for a full disk)."""
+    error = unraisable.exc_value
+    if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+        sys.__unraisablehook__(unraisable)

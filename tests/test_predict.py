@@ -21,7 +21,7 @@ from manet_jax import predict
 from manet_jax.bundle import ModelSpec, default_class_names, load_bundle, save_bundle
 from manet_jax.data.prepare import prepare
 from manet_jax.inference.faces import Box, detect_faces
-from manet_jax.inference.images import MAX_SIDE, load_image
+from manet_jax.inference.images import MAX_SIDE, find_images, load_image
 from manet_jax.inference.photos import predict_paths
 from manet_jax.inference.predictor import Predictor
 from manet_jax.inference.records import ERROR, NO_FACE, OK
@@ -201,6 +201,24 @@ def test_very_large_image(records, photos):
 def test_bad_files_are_reported(records, photos, name, message):
     record, = records[name]
     assert record.status == ERROR and str(photos / name) in record.message and message in record.message
+
+
+def test_each_real_file_is_found_once_and_looping_links_are_reported(tmp_path):
+    """A link loop made a `**` glob decode one file many times; looping file links were dropped silently."""
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    for name in ["a.png", "b.jpg", "sub/c.png"]:
+        (tree / name).write_bytes(b"")
+    (tree / "sub" / "up").symlink_to("..")  # a folder loop
+    (tree / "sub_alias").symlink_to("sub")  # a second name of a folder, searched after it
+    (tree / "b_again.jpg").symlink_to("b.jpg")
+    (tree / "self.png").symlink_to("self.png")  # a file link that loops
+    (tree / "dangling.png").symlink_to("nowhere.png")
+    files, skipped = find_images([str(tree), str(tree / "**" / "*.*"), str(tree / "a.png")])
+    assert files == [tree / "a.png", tree / "b.jpg", tree / "sub" / "c.png"]
+    assert skipped == [(str(tree / "sub" / "up"), f"a symbolic link loop: it leads back to {tree}"),
+                       (str(tree / "dangling.png"), "a symbolic link that loops or leads nowhere"),
+                       (str(tree / "self.png"), "a symbolic link that loops or leads nowhere")]  # each once
 
 
 def test_trainer_workdir(tmp_path, bundle):

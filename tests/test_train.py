@@ -8,29 +8,35 @@ killed by SIGKILL and resumed again. Runs are subprocesses sharing a compilation
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import signal
+import socket
+import subprocess
 from pathlib import Path
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf
 from tensorflow.core.util import event_pb2
 
 from manet_jax.bundle import ModelSpec, absolute_path, load_bundle
-from manet_jax.data.errors import DatasetNotFoundError
+from manet_jax.data.errors import DatasetNameError, DatasetNotFoundError
 from manet_jax.errors import ConfigError
 from manet_jax.mesh import make_mesh
 from manet_jax.models import MANet
 from manet_jax.training.checkpointing import CORRUPT, CheckpointRestoreError, Checkpoints
-from manet_jax.training.config import load_config
+from manet_jax.training.config import RANGES, base_config, load_config
 from manet_jax.training.loop import train_and_evaluate
+from manet_jax.training.metric_writer import MetricWriter, MetricsFileError
 from manet_jax.training.optim import sgd, step_lr
+from manet_jax.training.setup import build
 from manet_jax.training.state import TrainState, abstract_train_state
 from train_helpers import (EPOCHS, REPO, STEPS_PER_EPOCH, TEST_LABEL_COUNTS, environment, make_checkpoint,
-                           make_dataset, run, run_and_signal, run_timing_exit, train_command)
+                           make_dataset, random_variables, run, run_and_signal, run_timing_exit, train_command)
 
 TOTAL = EPOCHS * STEPS_PER_EPOCH
 OPTIMIZER = sgd(step_lr(0.01, STEPS_PER_EPOCH, 2, 0.1))  # the runs' optimizer, for restoring their states
@@ -50,9 +56,15 @@ def command(setup: dict, workdir: Path, *overrides: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def reference_run(setup) -> tuple[Path, str, float]:
-    """The uninterrupted run: its workdir, output, and seconds from its last line to its exit."""
+    """The uninterrupted run: its workdir, output, and seconds from its last line to its exit. Once
+    it trains, the same command is run again (`second_trainer`)."""
     workdir = setup["root"] / "reference"
-    code, output, exit_delay = run_timing_exit(command(setup, workdir), setup["env"])
+
+    def start_second_trainer(line: str, process: subprocess.Popen) -> None:
+        if "step 1/12" in line:
+            setup["second_trainer"] = (process.pid, run(command(setup, workdir), setup["env"]))
+
+    code, output, exit_delay = run_timing_exit(command(setup, workdir), setup["env"], on_line=start_second_trainer)
     assert code == 0, output[-3000:]
     return workdir, output, exit_delay
 
@@ -60,6 +72,19 @@ def reference_run(setup) -> tuple[Path, str, float]:
 @pytest.fixture(scope="module")
 def reference(reference_run) -> Path:
     return reference_run[0]
+
+
+def test_a_second_trainer_on_a_workdir_stops_at_once_naming_the_first(setup, reference):
+    first_pid, second = setup["second_trainer"]
+    assert second.returncode == 2
+    assert re.fullmatch(
+        rf"error: {re.escape(str(reference))} is in use by another trainer \(pid {first_pid} on "
+        rf"{re.escape(socket.gethostname())}, started \S+; {re.escape(str(reference / 'lease.json'))}\)\. Wait for "
+        r"it to finish, stop it, or use another workdir; a lease whose trainer has gone is taken over \(from another "
+        r"machine 5 minutes after its last refresh\)\n", second.stderr), second.stderr[-3000:]
+    # Nothing of the second: one TensorBoard event file, each record once (tested below), the lease released.
+    assert len(list((reference / "tensorboard").iterdir())) == 1
+    assert not (reference / "lease.json").exists()
 
 
 def test_a_finished_run_exits_promptly(reference_run):
@@ -143,9 +168,14 @@ def test_preempted_and_killed_run_resumes_exactly(setup, reference):
     code, output = run_and_signal(command(setup, workdir), setup["env"], killed, signal.SIGKILL)
     assert code == -signal.SIGKILL, output[-3000:]
     assert f"resuming from checkpoint {preempted}" in output
+    with (workdir / "metrics.jsonl").open("a") as f:  # as a kill in the middle of an append leaves it
+        f.write('{"step": 9, "epoch": 2.25, "tr')
+    lines = len((workdir / "metrics.jsonl").read_text().splitlines())
     result = run(command(setup, workdir), setup["env"])
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resuming from checkpoint" in result.stderr
+    assert f"{workdir / 'metrics.jsonl'}: dropped line {lines}, cut short" in result.stderr
+    assert f"taking over the lease {workdir / 'lease.json'} of a trainer that is gone (pid " in result.stderr
 
     expected, actual = final_params(reference), final_params(workdir)
     assert jax.tree.structure(expected) == jax.tree.structure(actual)
@@ -156,29 +186,107 @@ def test_preempted_and_killed_run_resumes_exactly(setup, reference):
 
 def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(setup):
     workdir = setup["root"] / "diverging"
-    # The learning rate becomes infinite in epoch 2 (StepLR with gamma = inf after 1 epoch).
-    result = run(command(setup, workdir, "--config.lr_step_epochs=1", "--config.lr_gamma=inf"), setup["env"])
+    # The learning rate becomes 1e28 in epoch 2 (StepLR with gamma = 1e30 after 1 epoch).
+    result = run(command(setup, workdir, "--config.lr_step_epochs=1", "--config.lr_gamma=1e30"), setup["env"])
     assert result.returncode == 2
     match = re.search(r"error: the training loss is (nan|inf|-inf) at step (\d+)", result.stderr)
     assert match, result.stderr[-3000:]
-    assert STEPS_PER_EPOCH < int(match.group(2)) <= STEPS_PER_EPOCH + 2
+    assert STEPS_PER_EPOCH < int(match.group(2)) <= 2 * STEPS_PER_EPOCH  # in epoch 2 (measured: step 7)
     assert "the last checkpoint, step 4" in result.stderr
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["4"]
 
 
-def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(reference, tmp_path, caplog):
-    workdir = tmp_path / "workdir"
-    shutil.copytree(reference, workdir)
-    for data in (workdir / "checkpoints" / "12" / "variables").rglob("*"):
-        if data.is_file() and data.stat().st_size > 1000:
-            data.write_bytes(b"corrupt")
+def test_a_metrics_line_cut_short_is_dropped_and_a_damaged_one_before_it_named(tmp_path, caplog):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1}\n{"step": 2}\n{"step": 3, "tr')
+    writer = MetricWriter(tmp_path)
+    writer.truncate(1)
+    assert path.read_text() == '{"step": 1}\n'
+    assert f"{path}: dropped line 3, cut short" in caplog.text
+    path.write_text('{"step": 1}\n{"step": 2, "tr\n{"step": 3}\n')
+    with pytest.raises(MetricsFileError, match=f"^{re.escape(str(path))}: line 2 is not a metric record"):
+        writer.truncate(3)
+    writer.close()
+
+
+def linked_copy(workdir: Path, to: Path) -> Path:
+    """A copy of `workdir` whose files are hard links (damage them with `truncate`)."""
+    shutil.copytree(workdir, to, copy_function=os.link)
+    return to
+
+
+def truncate(path: Path) -> None:
+    """Cuts `path` to half its length in a new file (the linked original stays as it was)."""
+    content = path.read_bytes()
+    path.unlink()
+    path.write_bytes(content[:len(content) // 2])
+
+
+@pytest.mark.parametrize("damaged", ["variables data", "metrics/metrics", "host_state/metadata",
+                                     "header/manet.json", "_CHECKPOINT_METADATA"])
+def test_a_damaged_file_in_the_latest_checkpoint_falls_back_to_the_previous_one(reference, tmp_path, caplog,
+                                                                                 damaged):
+    workdir = linked_copy(reference, tmp_path / "workdir")
+    latest = workdir / "checkpoints" / "12"
+    truncate(max((latest / "variables").rglob("*"), key=lambda p: p.stat().st_size) if damaged == "variables data"
+             else latest / damaged)
+    (workdir / "checkpoints" / "16.orbax-checkpoint-tmp").mkdir()  # a write that never finished
     target = abstract_train_state(MANet(7), OPTIMIZER, make_mesh())
     checkpoints = Checkpoints(workdir / "checkpoints")
     state, host_state = checkpoints.restore_latest(target)
     assert int(state.step) == 8 and host_state["summary"]["last"]["epoch"] == 2
     assert "checkpoints/12 cannot be restored" in caplog.text
     assert (workdir / CORRUPT / "12").is_dir() and checkpoints.latest_step() == 8
+    assert not (workdir / "checkpoints" / "16.orbax-checkpoint-tmp").exists()
     checkpoints.close()
+
+
+def test_when_every_checkpoint_is_damaged_each_is_named_and_none_moved(reference, tmp_path):
+    workdir = linked_copy(reference, tmp_path / "workdir")
+    steps = sorted(p.name for p in (workdir / "checkpoints").iterdir())
+    for step in steps:
+        truncate(workdir / "checkpoints" / step / "_CHECKPOINT_METADATA")
+    with pytest.raises(CheckpointRestoreError, match="no checkpoint in .* can be restored") as error:
+        Checkpoints(workdir / "checkpoints")
+    for step in steps:
+        assert f"checkpoints/{step}: _CHECKPOINT_METADATA is damaged" in str(error.value)
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == steps and not (workdir / CORRUPT).exists()
+
+
+def checkpoint_bytes() -> int:
+    """The size of a checkpoint of the test runs: variables and SGD's momentum (one per parameter)."""
+    variables = random_variables()
+    return sum(x.nbytes for x in jax.tree.leaves((variables, variables["params"])))
+
+
+@pytest.fixture
+def small_disk(tmp_path) -> Path:
+    """A tmpfs mounted for the test that holds one checkpoint of the test runs but not two."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={int(1.3 * checkpoint_bytes())}", "tmpfs",
+                              str(disk)], capture_output=True, text=True, check=False)
+    if mounted.returncode:
+        pytest.skip(f"a small disk needs a tmpfs mounted as root: {mounted.stderr.strip()}")
+    yield disk
+    subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_full_disk_stops_the_run_when_the_save_fails_in_one_line(setup, small_disk):
+    workdir, size = small_disk / "workdir", f"{checkpoint_bytes() / 1e6:,.0f} MB"
+    result = run(command(setup, workdir), setup["env"])
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = result.stderr.splitlines()
+    checkpoints = re.escape(str(workdir / "checkpoints"))
+    assert re.fullmatch(rf"error: checkpoint 8 could not be written to {checkpoints}: no space left on device "
+                        rf"\(a checkpoint needs {size}; \d+ MB free now\); the last complete checkpoint is "
+                        rf"{checkpoints}/4: run the same command to resume from it once the cause is fixed",
+                        lines[-1]), lines[-1]
+    assert f"less than two checkpoints ({size} each)" in result.stderr  # warned before the first save
+    assert "step 12/12" not in result.stderr  # stopped when the save failed, not at the next one
+    assert len(lines) < 30  # no tracebacks from Orbax's threads
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["4"]  # the unfinished write removed
+    assert load_bundle(workdir / "checkpoints" / "4").step == 4
 
 
 def test_checkpoints_in_a_relative_directory(tmp_path, monkeypatch):
@@ -222,6 +330,73 @@ def test_unknown_config_key_is_named(setup, tmp_path):
     assert result.returncode == 2
     assert "error: unknown config key 'lerning_rate'" in result.stderr
     assert not (tmp_path / "workdir").exists()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("learning_rate=-0.1", "config.learning_rate must be a positive finite number, got -0.1"),
+    ("learning_rate=nan", "config.learning_rate must be a positive finite number, got nan"),
+    ("lr_gamma=inf", "config.lr_gamma must be a positive finite number (StepLR's factor), got inf"),
+    ("momentum=1", "config.momentum must be in [0, 1), got 1.0"),
+    ("weight_decay=-1e-4", "config.weight_decay must be a finite number >= 0, got -0.0001"),
+    ("beta=1.5", "config.beta must be in [0, 1] (the local branch's weight), got 1.5"),
+    ("seed=-1", "config.seed must be an integer in [0, 2**32), got -1"),
+    ("num_epochs=0", "config.num_epochs must be an integer >= 1, got 0"),
+    ("checkpoint_every_epochs=0", "config.checkpoint_every_epochs must be an integer >= 1, got 0"),
+    ("eval_batch_size=-8", "config.eval_batch_size must be an integer >= 1 (or None: batch_size), got -8"),
+    ("image_size=50", "config.image_size=50: MA-Net needs an input size that is a positive multiple of 16"),
+    ("input.flip_prob=2", "config.input.flip_prob must be a probability in [0, 1], got 2.0"),
+    ("input.random_erasing=-0.5", "config.input.random_erasing must be a probability in [0, 1], got -0.5"),
+    ("input.crop_scale=(0.9,0.5)", "config.input.crop_scale must be (min, max) with 0 < min <= max <= 1, got (0.9, "),
+    ("input.crop_scale=(0.5,)", "config.input.crop_scale must be (min, max) with 0 < min <= max <= 1, got (0.5,)"),
+    ("input.crop_ratio=(0,1)", "config.input.crop_ratio must be (min, max) with 0 < min <= max, finite, got (0, 1)"),
+    ("input.erasing_scale=(0.1,2)", "config.input.erasing_scale must be (min, max) with 0 <= min <= max <= 1"),
+])
+def test_values_out_of_range_are_refused_naming_the_key(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(str(REPO / "configs/demo.py"), [override])
+
+
+def test_every_numeric_key_has_a_range():
+    def numeric_keys(config, prefix=""):
+        for key in config.keys():
+            kind = config.get_type(key)
+            if kind is ml_collections.ConfigDict:
+                yield from numeric_keys(config[key], f"{prefix}{key}.")
+            elif kind in (int, float, tuple):
+                yield prefix + key
+
+    assert set(numeric_keys(base_config())) == set(RANGES) | {"image_size"}  # image_size: ModelSpec checks it
+
+
+def test_bad_values_and_dataset_names_stop_with_one_line_before_any_workdir(setup, tmp_path):
+    cases = {  # --config.KEY=VALUE: the error line
+        "learning_rate=-0.1": "error: config.learning_rate must be a positive finite number, got -0.1",
+        "image_size=50": "error: config.image_size=50: MA-Net needs an input size that is a positive multiple of 16 "
+                         "(224 as in the paper)",
+        "dataset=synthetic_faces/33": "error: synthetic_faces/33: the sizes are 32, 48, 64, 96, 112, 224; another size "
+                                      "needs the split sizes too, e.g. synthetic_faces/33_4200_700",
+    }
+    processes = {override: subprocess.Popen(command(setup, tmp_path / str(i), f"--config.{override}"),
+                                            env=setup["env"], cwd=REPO, stdout=subprocess.PIPE,
+                                            stderr=subprocess.PIPE, text=True)
+                 for i, override in enumerate(cases)}  # at once: each spends its seconds starting up
+    for i, (override, process) in enumerate(processes.items()):
+        _, stderr = process.communicate(timeout=300)
+        assert (process.returncode, stderr.splitlines()) == (2, [cases[override]]), override
+        assert not (tmp_path / str(i)).exists()
+
+
+@pytest.mark.parametrize("override, error, message", [
+    ("dataset=faces", DatasetNameError, "unknown dataset 'faces'; known: affectnet, caer_s, ferplus, image_folder, "
+                                        "raf_db, sfew, synthetic_faces"),
+    ("dataset=affectnet/9", DatasetNameError, "unknown dataset 'affectnet/9'; affectnet has affectnet/7, affectnet/8"),
+    ("eval_split=validation", ConfigError, "config.eval_split='validation': synthetic_faces/64_32_20 has the splits "
+                                           "train, test"),
+])
+def test_datasets_and_splits_that_do_not_exist_are_named(setup, override, error, message):
+    overrides = [arg.removeprefix("--config.") for arg in command(setup, Path("unused")) if arg.startswith("--config.")]
+    with pytest.raises(error, match=f"^{re.escape(message)}$"):
+        build(load_config(str(REPO / "configs/demo.py"), [*overrides, override]))
 
 
 def test_missing_dataset_names_the_prepare_command(tmp_path):

@@ -74,8 +74,10 @@ def run(command: list[str], env: dict[str, str], timeout: float = 600) -> subpro
     return subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False)
 
 
-def run_timing_exit(command: list[str], env: dict[str, str], timeout: float = 600) -> tuple[int, str, float]:
-    """Runs `command`; (exit code, output, seconds from its last output line to its exit)."""
+def run_timing_exit(command: list[str], env: dict[str, str], timeout: float = 600,
+                    on_line: Callable[[str, subprocess.Popen], None] | None = None) -> tuple[int, str, float]:
+    """Runs `command`, calling `on_line(line, process)` on each output line; (exit code, output,
+    seconds from its last output line to its exit)."""
     process = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True)
     lines, last = [], time.monotonic()
@@ -83,6 +85,8 @@ def run_timing_exit(command: list[str], env: dict[str, str], timeout: float = 60
         for line in process.stdout:
             lines.append(line)
             last = time.monotonic()
+            if on_line:
+                on_line(line, process)
         code = process.wait(timeout)
         return code, "".join(lines), time.monotonic() - last
     finally:

@@ -30,6 +30,9 @@ def split_name(name: str) -> tuple[str, str | None]:
         raise DatasetNameError(f"dataset {name!r} needs a config: {configs}")
     if config and not cls.BUILDER_CONFIGS:
         raise DatasetNameError(f"dataset {builder!r} has no configs, got {name!r}")
+    if config and cls is not SyntheticFaces and config not in cls.builder_configs:
+        configs = ", ".join(f"{builder}/{c.name}" for c in cls.BUILDER_CONFIGS)
+        raise DatasetNameError(f"unknown dataset {name!r}; {builder} has {configs}")
     return builder, config or None
 
 

@@ -1,8 +1,8 @@
 """synthetic_faces: generated cartoon faces of the first 7 expressions (no download needed).
 
-Config names are `<size>` (4,200 train and 700 test images, 600 / 100 per class) or
-`<size>_<num_train>_<num_test>`; images are `size` x `size` JPEGs drawn by `face_renderer`,
-deterministic in (config, split, index).
+Config names are `<size>`, one of DEFAULT_SIZES (4,200 train and 700 test images, 600 / 100
+per class), or `<size>_<num_train>_<num_test>` for any size from 16; images are `size` x `size`
+JPEGs drawn by `face_renderer`, deterministic in (config, split, index).
 """
 
 from __future__ import annotations
@@ -38,12 +38,16 @@ class SyntheticFacesConfig(tfds.core.BuilderConfig):
         match = re.fullmatch(r"(\d+)(?:_(\d+)_(\d+))?", name)
         if not match:
             raise DatasetNameError(f"synthetic_faces config must be '<size>' or "
-                             f"'<size>_<num_train>_<num_test>', got {name!r}")
+                                   f"'<size>_<num_train>_<num_test>', got {name!r}")
         size, num_train, num_test = match.groups()
+        if not num_train and int(size) not in DEFAULT_SIZES:
+            raise DatasetNameError(
+                f"synthetic_faces/{name}: the sizes are {', '.join(map(str, DEFAULT_SIZES))}; another size needs "
+                f"the split sizes too, e.g. synthetic_faces/{size}_{DEFAULT_COUNTS['train']}_{DEFAULT_COUNTS['test']}")
         counts = (int(num_train), int(num_test)) if num_train else tuple(DEFAULT_COUNTS.values())
         if int(size) < 16 or min(counts) < len(CLASSES):
             raise DatasetNameError(f"synthetic_faces/{name}: size must be >= 16 and each split needs at "
-                             f"least {len(CLASSES)} images")
+                                   f"least {len(CLASSES)} images")
         return cls(name=name, size=int(size), num_train=counts[0], num_test=counts[1],
                    description=f"{size}x{size} px, {counts[0]} train / {counts[1]} test images.")
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import glob
+import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,23 +36,64 @@ class LoadedImage:
 
 
 def find_images(paths: Sequence[str]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """The files named by `paths`, and (path, reason) for each path that names none.
+    """The files named by `paths`, each real file once (as the first path that names it), and
+    (path, reason) for each path that names none and each symbolic link that loops or leads nowhere.
 
     A path is a file (taken whatever its extension, so that non-images get reported), a folder
-    (searched recursively for image extensions) or a glob pattern (`**` recurses).
+    (searched recursively for image extensions, following links to folders; a link back to a folder
+    above it is reported, not followed) or a glob pattern (`**` recurses without following links to
+    folders, as bash's globstar).
     """
-    files: dict[Path, None] = {}
-    missing = []
+    found: dict[str, Path] = {}  # real path: the path it was found as
+    skipped: dict[str, str] = {}  # path: why it names no file, each path once
+    searched: set[str] = set()  # real paths of the folders searched
+
+    def add(path: Path) -> None:
+        try:
+            found.setdefault(str(path.resolve(strict=True)), path)
+        except (OSError, RuntimeError):  # Python 3.11 raises RuntimeError for a loop
+            skipped.setdefault(str(path), "a symbolic link that loops or leads nowhere")
+
     for path in paths:
-        matches = [Path(path)] if Path(path).exists() else [Path(p) for p in sorted(glob.glob(path, recursive=True))]
+        try:
+            matches = [Path(path)] if os.path.lexists(path) else _glob(path)
+        except ValueError as e:
+            skipped.setdefault(path, f"not a valid glob pattern ({e})")
+            continue
         if not matches:
-            missing.append((path, "no such file or folder, and no file matches it as a glob"))
+            skipped.setdefault(path, "no such file or folder, and no file matches it as a glob")
         for match in matches:
             if match.is_dir():
-                files.update(dict.fromkeys(sorted(p for p in match.rglob("*") if p.is_file() and is_image_file(p))))
+                for image in _search_folder(match, searched, skipped):
+                    add(image)
             else:
-                files[match] = None
-    return list(files), missing
+                add(match)
+    return list(found.values()), list(skipped.items())
+
+
+def _glob(pattern: str) -> list[Path]:
+    """The paths that match `pattern`, sorted; raises ValueError for a pattern pathlib refuses."""
+    path = Path(pattern)
+    if path.is_absolute():
+        return sorted(Path(path.anchor).glob(str(path.relative_to(path.anchor))))
+    return sorted(Path().glob(pattern))
+
+
+def _search_folder(folder: Path, searched: set[str], skipped: dict[str, str]) -> list[Path]:
+    """The image files below `folder` in folders not searched before (sub-folders in name order),
+    sorted; links to folders are followed, and a link back to a folder above it is added to `skipped`."""
+    images = []
+    for root, folders, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in searched:
+            if os.path.commonpath([real, os.path.realpath(os.path.dirname(root))]) == real:
+                skipped.setdefault(root, f"a symbolic link loop: it leads back to {real}")
+            folders.clear()
+            continue
+        searched.add(real)
+        folders.sort()
+        images += [Path(root, name) for name in names if is_image_file(Path(name))]
+    return sorted(images)
 
 
 def load_image(path: Path, max_side: int = MAX_SIDE) -> LoadedImage:

@@ -5,13 +5,19 @@ state it resumes from: `train_state/` (step and optimizer state) and `host_state
 best and last evaluation so far, ...). Writes are asynchronous; the latest `keep` checkpoints are
 kept, plus the best by eval accuracy (`bundle.best_step`). A checkpoint that cannot be restored
 is moved to `<workdir>/checkpoints_corrupt/` when an older one restores, so the run goes on from
-there; one whose arrays differ from the config's is reported array by array.
+there; one whose arrays differ from the config's is reported array by array. A write that fails
+(a full disk) is reported by the next `check`, `save` or `wait` as a CheckpointSaveError naming
+the cause and the last complete checkpoint, and its unfinished folder is removed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
+import itertools
+import json
 import logging
+import shutil
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,12 +34,21 @@ from manet_jax.training.state import TrainState
 
 TRAIN_STATE, HOST_STATE = "train_state", "host_state"
 CORRUPT = "checkpoints_corrupt"  # beside the checkpoints directory
+# A checkpoint's small JSON files, which Orbax reads outside any restore (the metrics as it opens
+# the directory), and whether every checkpoint has one.
+JSON_FILES = {"_CHECKPOINT_METADATA": True, f"{HEADER}/{HEADER_FILE}": True, f"{HOST_STATE}/metadata": True,
+              "metrics/metrics": False}
+UNFINISHED = f"*{ocp.path.atomicity.TMP_DIR_SUFFIX}*"  # a write in progress, or one that never finished
 
 logger = logging.getLogger(__name__)
 
 
 class CheckpointRestoreError(ManetError, RuntimeError):
     """No checkpoint in a directory can be restored; the message lists each one's error."""
+
+
+class CheckpointSaveError(ManetError, OSError):
+    """A checkpoint could not be written; the message names the cause and the last complete one."""
 
 
 class CheckpointMismatchError(ValueError):
@@ -53,7 +68,13 @@ class Checkpoints:
     """Save and restore train states, with the model's spec and the run's host state, in `directory`."""
 
     def __init__(self, directory: epath.PathLike, keep: int = 2):
+        """Opens `directory`, first removing unfinished writes and setting aside checkpoints with a
+        damaged JSON file (Orbax would fail to open the directory on a damaged metrics file)."""
         self.directory = absolute_path(directory)
+        self._saving: int | None = None  # the step being written, until `wait` has seen it done
+        self._size: int | None = None  # bytes of a checkpoint's arrays
+        self._remove_unfinished()
+        self._set_aside_damaged()
         policy = checkpoint_managers.AnyPreservationPolicy([checkpoint_managers.LatestN(keep), KeepBest()])
         options = ocp.CheckpointManagerOptions(  # Orbax writes a step's metrics only with a best_fn
             best_fn=lambda metrics: metrics[METRIC], best_mode="max", preservation_policy=policy,
@@ -64,11 +85,87 @@ class Checkpoints:
 
     def save(self, step: int, state: TrainState, spec: ModelSpec, host_state: dict,
              accuracy: float | None = None) -> None:
-        """Starts writing checkpoint `step` (returns once the arrays are copied off the devices)."""
-        self.manager.save(step, args=ocp.args.Composite(**{
-            VARIABLES: ocp.args.StandardSave(state.variables), HEADER: ocp.args.JsonSave(spec.to_json()),
-            TRAIN_STATE: ocp.args.StandardSave(state.run_state), HOST_STATE: ocp.args.JsonSave(host_state)}),
-            metrics=None if accuracy is None else {METRIC: accuracy})
+        """Starts writing checkpoint `step` (returns once the arrays are copied off the devices) after
+        the previous write has finished; raises CheckpointSaveError if that one failed."""
+        self.wait()
+        if self._size is None:
+            self._size = sum(leaf.nbytes for leaf in jax.tree.leaves(state))
+            free = self._free_bytes()
+            if free is not None and free < 2 * self._size:
+                logger.warning("%s has %s free, less than two checkpoints (%s each): saves may fail for lack of "
+                               "space", self.directory, _megabytes(free), _megabytes(self._size))
+        self._saving = step
+        try:
+            self.manager.save(step, args=ocp.args.Composite(**{
+                VARIABLES: ocp.args.StandardSave(state.variables), HEADER: ocp.args.JsonSave(spec.to_json()),
+                TRAIN_STATE: ocp.args.StandardSave(state.run_state), HOST_STATE: ocp.args.JsonSave(host_state)}),
+                metrics=None if accuracy is None else {METRIC: accuracy})
+        except Exception as e:  # the part written before save returns: directories, small files
+            raise self._save_failed(e) from e
+
+    def check(self) -> None:
+        """Raises CheckpointSaveError if the last write has failed; returns at once while it runs."""
+        if self._saving is not None and not self.manager.is_saving_in_progress():
+            self.wait()
+
+    def wait(self) -> None:
+        """Blocks until pending writes are done; raises CheckpointSaveError if one failed."""
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:  # Orbax re-raises the writer thread's error (tensorstore's, an OSError, ...)
+            raise self._save_failed(e) from e
+        self._saving = None
+
+    def _save_failed(self, error: Exception) -> CheckpointSaveError:
+        """The error that reports the failed write of step `_saving`, once its folder is removed."""
+        step, self._saving = self._saving, None
+        self._remove_unfinished()
+        causes = [error, error.__cause__, error.__context__]
+        if any(isinstance(e, OSError) and e.errno == errno.ENOSPC or "No space left on device" in str(e)
+               for e in causes if e is not None):
+            free = self._free_bytes()
+            cause = (f"no space left on device (a checkpoint needs {_megabytes(self._size)}"
+                     + ("" if free is None else f"; {_megabytes(free)} free now") + ")")
+        else:
+            cause = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+        latest = self.manager.latest_step()
+        resume = (f"the last complete checkpoint is {self.directory / str(latest)}: run the same command to resume "
+                  "from it" if latest is not None else "no checkpoint was saved: run the same command to start again")
+        return CheckpointSaveError(f"checkpoint {step} could not be written to {self.directory}: {cause}; {resume} "
+                                   "once the cause is fixed")
+
+    def _free_bytes(self) -> int | None:
+        """Free bytes on the directory's disk (None for a bucket)."""
+        if "://" in str(self.directory):
+            return None
+        existing = next(p for p in (self.directory, *self.directory.parents) if p.exists())
+        return shutil.disk_usage(existing).free
+
+    def _remove_unfinished(self) -> None:
+        """Deletes the folders of writes that did not finish (a killed run, a failed save)."""
+        if jax.process_index() == 0 and self.directory.is_dir():
+            for path in self.directory.glob(UNFINISHED):
+                logger.warning("removing %s, left by a checkpoint write that did not finish", path)
+                path.rmtree()
+
+    def _set_aside_damaged(self) -> None:
+        """Moves checkpoints whose JSON files are missing or damaged aside when an intact one remains;
+        raises CheckpointRestoreError, moving nothing, when none does."""
+        steps = sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit()) \
+            if self.directory.is_dir() else []
+        damaged = {}
+        for step in steps:
+            if not (self.directory / str(step) / LEGACY_STATE).is_dir():  # restore_latest explains those
+                problem = _json_problem(self.directory / str(step))
+                if problem:
+                    damaged[step] = problem
+        if damaged and len(damaged) == len(steps):
+            lines = "\n".join(f"  {self.directory / str(s)}: {problem}" for s, problem in damaged.items())
+            raise CheckpointRestoreError(f"no checkpoint in {self.directory} can be restored; use a new workdir or "
+                                         f"fix the checkpoints:\n{lines}")
+        for step, problem in damaged.items():
+            logger.warning("checkpoint %s cannot be restored: %s", self.directory / str(step), problem)
+        self._move_aside(list(damaged))
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -96,6 +193,7 @@ class Checkpoints:
                 continue
             if failures:
                 self._move_aside([s for s, _ in failures])
+                self.manager.reload()
             state = TrainState(**restored[VARIABLES], **restored[TRAIN_STATE])
             return state, restored[HOST_STATE]
         if failures:
@@ -106,21 +204,39 @@ class Checkpoints:
         return None
 
     def _move_aside(self, steps: list[int]) -> None:
-        if jax.process_index() == 0:
+        """Moves checkpoints `steps` to CORRUPT (as `<step>`, or `<step>-2`, ... beside an earlier one)."""
+        if jax.process_index() == 0 and steps:
             corrupt = self.directory.parent / CORRUPT
             corrupt.mkdir(parents=True, exist_ok=True)
             for step in steps:
-                self.directory.joinpath(str(step)).rename(corrupt / str(step))
-                logger.warning("moved unrestorable checkpoint %d to %s", step, corrupt / str(step))
-        multihost_utils.sync_global_devices("manet_jax.checkpoints_moved_aside")
-        self.manager.reload()
-
-    def wait(self) -> None:
-        """Blocks until pending writes are done."""
-        self.manager.wait_until_finished()
+                target = next(path for n in itertools.count(1)
+                              if not (path := corrupt / (str(step) if n == 1 else f"{step}-{n}")).exists())
+                self.directory.joinpath(str(step)).rename(target)
+                logger.warning("moved unrestorable checkpoint %d to %s", step, target)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("manet_jax.checkpoints_moved_aside")
 
     def close(self) -> None:
         self.manager.close()
+
+
+def _json_problem(step_directory: epath.Path) -> str | None:
+    """What is wrong with a checkpoint's JSON files (a missing one, one that does not parse), if anything."""
+    for name, required in JSON_FILES.items():
+        path = step_directory / name
+        if not path.exists():
+            if required:
+                return f"{name} is missing"
+            continue
+        try:
+            json.loads(path.read_text())
+        except ValueError as e:
+            return f"{name} is damaged: {e}"
+    return None
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:,.0f} MB"
 
 
 def _check_matches(saved: Any, target: Any, shown: int = 5) -> None:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import ml_collections
@@ -28,6 +29,45 @@ from manet_jax.models import MULTISCALE_WIRINGS
 
 CONFIG_FILE = "config.json"  # the resolved config, in every workdir
 REQUIRED = ("dataset", "num_epochs", "batch_size", "learning_rate", "lr_step_epochs")
+
+
+def _counts(value) -> bool:
+    return value >= 1
+
+
+def _positive(value) -> bool:  # False for NaN, as every check here
+    return 0 < value < math.inf
+
+
+def _fraction(value) -> bool:
+    return 0 <= value <= 1
+
+
+def _interval(low: float, high: float, open_low: bool) -> Callable[[Sequence[float]], bool]:
+    """Accepts (min, max) with low <= min <= max <= high (low < min if `open_low`)."""
+    def check(pair) -> bool:
+        return len(pair) == 2 and (low < pair[0] if open_low else low <= pair[0]) and pair[0] <= pair[1] <= high
+    return check
+
+
+# Every numeric key: (accepts its value, what it must be).
+RANGES: dict[str, tuple[Callable, str]] = {
+    **{key: (_counts, "an integer >= 1") for key in (
+        "num_epochs", "batch_size", "lr_step_epochs", "log_every_steps", "eval_every_epochs",
+        "checkpoint_every_epochs", "keep_checkpoints")},
+    "eval_batch_size": (lambda v: v is None or v >= 1, "an integer >= 1 (or None: batch_size)"),
+    "learning_rate": (_positive, "a positive finite number"),
+    "lr_gamma": (_positive, "a positive finite number (StepLR's factor)"),
+    "momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "weight_decay": (lambda v: 0 <= v < math.inf, "a finite number >= 0"),
+    "beta": (_fraction, "in [0, 1] (the local branch's weight)"),
+    "seed": (lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)"),
+    "input.flip_prob": (_fraction, "a probability in [0, 1]"),
+    "input.random_erasing": (_fraction, "a probability in [0, 1]"),
+    "input.crop_scale": (_interval(0, 1, open_low=True), "(min, max) with 0 < min <= max <= 1"),
+    "input.crop_ratio": (_interval(0, math.inf, open_low=True), "(min, max) with 0 < min <= max, finite"),
+    "input.erasing_scale": (_interval(0, 1, open_low=False), "(min, max) with 0 <= min <= max <= 1"),
+}
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -85,7 +125,8 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
-    """Raises ConfigError naming the first key that is unset or out of range."""
+    """Raises ConfigError naming the first key that is unset or out of range (see RANGES; the
+    image size, dtype and wiring as `ModelSpec` checks them)."""
     for key in REQUIRED:
         if config[key] is None:
             raise ConfigError(f"config.{key} is not set; the config file or --config.{key}=... must set it")
@@ -93,12 +134,12 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         model_spec(config, ())
     except ConfigError as e:
         raise ConfigError(f"config.{e}") from None
-    for key in ("num_epochs", "batch_size", "lr_step_epochs", "log_every_steps", "eval_every_epochs",
-                "checkpoint_every_epochs", "keep_checkpoints"):
-        if config[key] < 1:
-            raise ConfigError(f"config.{key} must be >= 1, got {config[key]}")
-    if config.eval_batch_size is not None and config.eval_batch_size < 1:
-        raise ConfigError(f"config.eval_batch_size must be >= 1, got {config.eval_batch_size}")
+    for key, (accepts, allowed) in RANGES.items():
+        value = config
+        for part in key.split("."):
+            value = value[part]
+        if not accepts(value):
+            raise ConfigError(f"config.{key} must be {allowed}, got {value!r}")
 
 
 def model_spec(config: ml_collections.ConfigDict, class_names: Sequence[str]) -> ModelSpec:

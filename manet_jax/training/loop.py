@@ -1,9 +1,10 @@
 """The training loop: train, evaluate each epoch, checkpoint, resume (`train_and_evaluate`).
 
 The workdir holds `config.json` (the resolved config), `checkpoints/<step>/` (each a model bundle
-with the run state it resumes from), `metrics.jsonl`, `summary.json` (best and last evaluation)
-and `tensorboard/`. Running again in the same workdir resumes from its latest checkpoint with the
-same data order, so the run continues exactly as an uninterrupted one would.
+with the run state it resumes from), `metrics.jsonl`, `summary.json` (best and last evaluation),
+`tensorboard/` and, while a trainer runs there, its `lease.json` (one trainer per workdir; see
+`lease`). Running again in the same workdir resumes from its latest checkpoint with the same data
+order, so the run continues exactly as an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from manet_jax.errors import ManetError
 from manet_jax.training.checkpointing import Checkpoints
 from manet_jax.training.config import CONFIG_FILE, save_config
 from manet_jax.training.evaluation import confusion_figure, evaluate, figure_title
+from manet_jax.training.lease import Lease, hold
 from manet_jax.training.metric_writer import MetricWriter
 from manet_jax.training.metrics import mean_train_metrics
 from manet_jax.training.preemption import PreemptionGuard
@@ -43,23 +45,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     Evaluates every `eval_every_epochs` and checkpoints every `checkpoint_every_epochs` (and at
     the end); on SIGTERM saves a checkpoint and returns early. Raises NonFiniteLossError, naming
-    the step, when the loss stops being finite (the checkpoints saved before stay as they are).
+    the step, when the loss stops being finite (the checkpoints saved before stay as they are),
+    and WorkdirBusyError, naming the other trainer, when one holds the workdir's lease.
     """
-    trainer = Trainer(build(config), epath.Path(workdir))
-    try:
-        return trainer.run()
-    finally:
-        trainer.close()
+    setup, workdir = build(config), epath.Path(workdir)
+    with hold(workdir) as lease:
+        trainer = Trainer(setup, workdir, lease)
+        try:
+            return trainer.run()
+        finally:
+            trainer.close()
 
 
 class Trainer:
-    """One training run: its setup, checkpoints, metric writer and progress."""
+    """One training run: its setup, checkpoints, metric writer and progress, in a workdir whose
+    `lease` process 0 holds (None on the other processes)."""
 
-    def __init__(self, setup: Setup, workdir: epath.Path):
-        self.setup, self.config, self.workdir = setup, setup.config, workdir
+    def __init__(self, setup: Setup, workdir: epath.Path, lease: Lease | None):
+        self.setup, self.config, self.workdir, self.lease = setup, setup.config, workdir, lease
         self.is_main = jax.process_index() == 0
         if self.is_main:
-            workdir.mkdir(parents=True, exist_ok=True)
             changed = save_config(self.config, workdir / CONFIG_FILE)
             if changed:
                 logger.warning("config keys changed since this workdir's last run: %s", ", ".join(changed))
@@ -83,6 +88,7 @@ class Trainer:
         setup = self.setup
         state = self.initial_state()
         start = int(state.step)
+        self._check_lease()
         self.writer.truncate(start)
         if start >= setup.total_steps:
             logger.info("%s is already trained (step %d)", self.workdir, start)
@@ -92,6 +98,7 @@ class Trainer:
         pending: list[dict[str, jax.Array]] = []  # device metrics since the last report
         with PreemptionGuard() as preemption:
             for step in range(start, setup.total_steps):
+                self.checkpoints.check()  # a failed background write stops the run at once
                 state, metrics = setup.train_step(state, next(batches))
                 pending.append(metrics)
                 if len(pending) > 1:  # at most two steps in flight: a prompt stop on SIGTERM, honest timings
@@ -106,6 +113,7 @@ class Trainer:
                     self._end_epoch(state, done)
                 if preempted:
                     if self.checkpoints.latest_step() != done:
+                        self._check_lease()
                         self.checkpoints.save(done, state, setup.spec, self._host_state())
                     self.checkpoints.wait()
                     logger.warning("preempted at step %d: checkpoint saved in %s; run the same command to resume",
@@ -119,6 +127,11 @@ class Trainer:
         """Waits for checkpoint writes and closes the writers."""
         self.checkpoints.close()
         self.writer.close()
+
+    def _check_lease(self) -> None:
+        """Raises LeaseLostError, before a write to the workdir, if another trainer took the lease."""
+        if self.lease is not None:
+            self.lease.check()
 
     def _host_state(self) -> dict[str, Any]:
         """What a checkpoint keeps besides the train state, so that a resumed run logs as this one."""
@@ -134,6 +147,7 @@ class Trainer:
         record = {"step": done, "epoch": done / self.setup.steps_per_epoch,
                   "train": mean_train_metrics(window, self.config.batch_size),
                   "learning_rate": float(self.setup.schedule(done - 1)), "images_per_second": images_per_second}
+        self._check_lease()
         self.writer.write(record)
         if self.is_main:
             train = record["train"]
@@ -161,6 +175,7 @@ class Trainer:
         self._report_epoch(epoch, done)
         self.epoch_metrics = []
         if epoch % self.config.checkpoint_every_epochs == 0 or last:
+            self._check_lease()
             self.checkpoints.save(done, state, self.setup.spec, self._host_state(), accuracy)
         self.progress.skip()
 
@@ -188,6 +203,7 @@ class Trainer:
         if evaluated:
             record["eval"] = last["eval"]
             record["best"] = {"epoch": best["epoch"], "accuracy": best["eval"]["fused"]["accuracy"]}
+        self._check_lease()
         self.writer.write(record)
         if not (self.is_main and evaluated):
             return

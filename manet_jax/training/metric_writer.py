@@ -10,6 +10,7 @@ images. TensorFlow's summary writer writes local paths and `gs://` buckets alike
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,15 @@ from etils import epath
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from manet_jax.errors import ManetError
+
 METRICS_FILE, TENSORBOARD_DIR = "metrics.jsonl", "tensorboard"
+
+logger = logging.getLogger(__name__)
+
+
+class MetricsFileError(ManetError, ValueError):
+    """A line of metrics.jsonl before its last is not a record; the message names the line."""
 
 
 class MetricWriter:
@@ -32,11 +41,27 @@ class MetricWriter:
             self._tensorboard = tf.summary.create_file_writer(str(epath.Path(workdir) / TENSORBOARD_DIR))
 
     def truncate(self, step: int) -> None:
-        """Drops records after `step`: a resumed run rewrites what followed its checkpoint."""
-        if self.enabled and self.path.exists():
-            lines = [line for line in self.path.read_text().splitlines()
-                     if line and json.loads(line)["step"] <= step]
-            self.path.write_text("".join(line + "\n" for line in lines))
+        """Drops records after `step`: a resumed run rewrites what followed its checkpoint. A last
+        line cut short (a run killed, or a disk full, while appending it) is dropped with a warning."""
+        if not (self.enabled and self.path.exists()):
+            return
+        lines = self.path.read_text().splitlines()
+        kept = []
+        for number, line in enumerate(lines, start=1):
+            if not line:
+                continue
+            try:
+                record_step = json.loads(line)["step"]
+            except (ValueError, TypeError, KeyError) as e:
+                if number < len(lines):
+                    raise MetricsFileError(f"{self.path}: line {number} is not a metric record ({type(e).__name__}: "
+                                           f"{e}); remove or repair it, then run the same command again") from None
+                logger.warning("%s: dropped line %d, cut short when the last run stopped while writing it",
+                               self.path, number)
+                continue
+            if record_step <= step:
+                kept.append(line)
+        self.path.write_text("".join(line + "\n" for line in kept))
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:

@@ -82,18 +82,23 @@ class Setup:
 def build(config: ml_collections.ConfigDict, mesh: Mesh | None = None,
           info: pipeline.DatasetInfo | None = None) -> Setup:
     """The run of `config` on `mesh` (default: every device) over `info` (default: the prepared
-    dataset's). Raises ConfigError before any JAX work when the config cannot run there."""
+    dataset's). Raises ConfigError, or a data error naming the dataset, before any JAX work when the
+    config cannot run there."""
     check_config(config)
-    mesh = make_mesh() if mesh is None else mesh
+    if config.dtype == "float64" and not jax.config.jax_enable_x64:
+        raise ConfigError("config.dtype=float64 needs 64-bit JAX: set JAX_ENABLE_X64=1")
     info = pipeline.dataset_info(config.dataset, config.data_dir) if info is None else info
+    eval_split = config.eval_split or info.eval_split
+    if eval_split not in info.splits:
+        raise ConfigError(f"config.eval_split={eval_split!r}: {config.dataset} has the splits "
+                          f"{', '.join(info.splits)}")
+    mesh = make_mesh() if mesh is None else mesh
     eval_batch_size = config.eval_batch_size or config.batch_size
     check_batch_size(config.batch_size, mesh, "config.batch_size")
     check_batch_size(eval_batch_size, mesh, "config.eval_batch_size")
-    if config.dtype == "float64" and not jax.config.jax_enable_x64:
-        raise ConfigError("config.dtype=float64 needs 64-bit JAX: set JAX_ENABLE_X64=1")
     spec = model_spec(config, info.class_names)
     steps_per_epoch = pipeline.steps_per_epoch(info, config.batch_size)
     schedule = step_lr(config.learning_rate, steps_per_epoch, config.lr_step_epochs, config.lr_gamma)
     return Setup(config=config, mesh=mesh, info=info, spec=spec, model=module_for(spec, mesh), schedule=schedule,
                  optimizer=sgd(schedule, config.momentum, config.weight_decay), steps_per_epoch=steps_per_epoch,
-                 eval_split=config.eval_split or info.eval_split, eval_batch_size=eval_batch_size)
+                 eval_split=eval_split, eval_batch_size=eval_batch_size)

@@ -1,0 +1,219 @@
+"""One trainer per workdir: the lease file `<workdir>/lease.json`, held while a trainer runs there.
+
+The lease names its holder (host, pid, start time) and carries a random token. The first trainer
+creates it (atomically on a local disk: a hard link to a complete file; on a bucket such as
+`gs://`, a check then a write) and rewrites it every REFRESH_SECONDS. A second trainer finds it
+and stops with WorkdirBusyError naming the holder. A lease whose holder is gone (its pid no longer
+runs on this machine; from another machine, no refresh for STALE_SECONDS) is taken over with a
+warning. The holder reads its token back before each write to the workdir (`check`), so that a
+trainer that lost the lease, e.g. to a simultaneous start on a bucket, stops before it writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import json
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import jax
+import numpy as np
+from etils import epath
+from jax.experimental import multihost_utils
+
+from manet_jax.errors import ManetError
+
+LEASE_FILE = "lease.json"
+REFRESH_SECONDS = 30
+STALE_SECONDS = 300  # a lease from another machine is taken over after this long without a refresh
+
+logger = logging.getLogger(__name__)
+
+
+class WorkdirBusyError(ManetError, RuntimeError):
+    """Another trainer holds the workdir's lease; the message names it."""
+
+
+class LeaseLostError(ManetError, RuntimeError):
+    """Another trainer took over this trainer's lease; the message names it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Holder:
+    """Who holds a lease: the contents of the lease file."""
+
+    host: str
+    pid: int
+    started: str  # local time, ISO 8601
+    token: str
+    machine: str | None  # the boot id (Linux): the same host name on another machine is another host
+    process: str | None  # the process's start time (Linux): a reused pid is another process
+    refreshed: float  # time.time() of the last refresh
+
+    @classmethod
+    def this_process(cls) -> Holder:
+        now = time.time()
+        return cls(host=socket.gethostname(), pid=os.getpid(),
+                   started=datetime.datetime.fromtimestamp(now).astimezone().isoformat(timespec="seconds"),
+                   token=secrets.token_hex(8), machine=_boot_id(), process=_process_start(os.getpid()),
+                   refreshed=now)
+
+    def describe(self) -> str:
+        return f"pid {self.pid} on {self.host}, started {self.started}"
+
+    def gone(self) -> bool:
+        """Whether the holder no longer runs: no process of its pid and start time runs on this
+        machine, or, seen from another machine, it has not refreshed for STALE_SECONDS."""
+        if self.host == socket.gethostname() and self.machine == _boot_id():
+            return not _running(self.pid, self.process)
+        return time.time() - self.refreshed > STALE_SECONDS
+
+
+class Lease:
+    """The lease of `workdir`, held by this process (see `acquire`)."""
+
+    def __init__(self, workdir: epath.PathLike):
+        self.workdir = epath.Path(workdir)
+        self.path = self.workdir / LEASE_FILE
+        self.holder = Holder.this_process()
+        self._stop = threading.Event()
+        self._refresher = threading.Thread(target=self._refresh, name="lease_refresh", daemon=True)
+
+    @classmethod
+    def acquire(cls, workdir: epath.PathLike) -> Lease:
+        """Takes the lease of an existing `workdir`, taking over one whose holder is gone; raises
+        WorkdirBusyError naming the holder if another trainer holds it."""
+        lease = cls(workdir)
+        text = json.dumps(dataclasses.asdict(lease.holder))
+        for _ in range(2):
+            if _create(lease.path, text):
+                lease._refresher.start()
+                return lease
+            holder = lease.read()
+            if holder is not None and not holder.gone():
+                raise WorkdirBusyError(
+                    f"{lease.workdir} is in use by another trainer ({holder.describe()}; {lease.path}). Wait for it "
+                    f"to finish, stop it, or use another workdir; a lease whose trainer has gone is taken over (from "
+                    f"another machine {STALE_SECONDS // 60} minutes after its last refresh)")
+            logger.warning("taking over the lease %s of a trainer that is gone (%s)", lease.path,
+                           holder.describe() if holder else "the file cannot be read")
+            lease.path.unlink(missing_ok=True)
+        raise WorkdirBusyError(f"{lease.workdir}: another trainer took the lease {lease.path} at the same time")
+
+    def read(self) -> Holder | None:
+        """The lease file's holder; None if there is no file or it cannot be read."""
+        try:
+            return Holder(**json.loads(self.path.read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def check(self) -> None:
+        """Raises LeaseLostError unless this process still holds the lease."""
+        holder = self.read()
+        if holder is None or holder.token != self.holder.token:
+            now = holder.describe() if holder else "nobody: the file is gone or damaged"
+            raise LeaseLostError(f"this trainer ({self.holder.describe()}) lost the lease {self.path}; it is now "
+                                 f"held by {now}. Stopped without writing to {self.workdir}: run one trainer per "
+                                 "workdir")
+
+    def release(self) -> None:
+        """Stops refreshing and deletes the lease file if it is still this process's."""
+        self._stop.set()
+        if self._refresher.is_alive():
+            self._refresher.join()
+        holder = self.read()
+        if holder is not None and holder.token == self.holder.token:
+            self.path.unlink(missing_ok=True)
+
+    def _refresh(self) -> None:
+        """Rewrites the lease with the time every REFRESH_SECONDS while it is this process's."""
+        while not self._stop.wait(REFRESH_SECONDS):
+            holder = self.read()
+            if holder is None or holder.token != self.holder.token:
+                return  # `check` reports it before the next write
+            try:
+                temporary = self.path.with_name(f".{LEASE_FILE}.{self.holder.token}")
+                temporary.write_text(json.dumps(dataclasses.asdict(
+                    dataclasses.replace(self.holder, refreshed=time.time()))))
+                temporary.replace(self.path)
+            except OSError as e:  # a full disk or a bucket's hiccup: the next refresh tries again
+                logger.warning("cannot refresh the lease %s: %s", self.path, e)
+
+
+@contextlib.contextmanager
+def hold(workdir: epath.PathLike) -> Iterator[Lease | None]:
+    """Creates `workdir` and holds its lease for the `with` block: process 0 takes it (the others
+    get None); every process raises WorkdirBusyError when process 0 could not take it."""
+    lease, error = None, None
+    if jax.process_index() == 0:
+        epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+        try:
+            lease = Lease.acquire(workdir)
+        except WorkdirBusyError as e:
+            error = e
+    if jax.process_count() > 1 and not multihost_utils.broadcast_one_to_all(np.int32(error is None)):
+        error = error or WorkdirBusyError(f"{workdir} is in use by another trainer (see process 0's error)")
+    if error is not None:
+        raise error
+    try:
+        yield lease
+    finally:
+        if lease is not None:
+            lease.release()
+
+
+def _create(path: epath.Path, text: str) -> bool:
+    """Writes `text` to a new file `path`; False if `path` exists. Atomic on a local disk (a hard
+    link to a complete temporary file); on a bucket (or a disk without hard links) a check then a
+    write: two trainers starting at the same moment may both write, and the later's token wins at
+    the first `check`."""
+    if "://" not in str(path):
+        temporary = Path(path).with_name(f".{path.name}.{os.getpid()}")
+        temporary.write_text(text)
+        try:
+            os.link(temporary, path)
+            return True
+        except FileExistsError:
+            return False
+        except OSError:  # no hard links here
+            pass
+        finally:
+            temporary.unlink()
+    if path.exists():
+        return False
+    path.write_text(text)
+    return True
+
+
+def _boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def _process_start(pid: int) -> str | None:
+    """When process `pid` started, in clock ticks since boot (field 22 of /proc/<pid>/stat)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _running(pid: int, process: str | None) -> bool:
+    """Whether `pid` runs on this machine, as the process that started at `process` if known."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        pass
+    return process is None or _process_start(pid) in (None, process)
