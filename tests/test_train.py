@@ -26,6 +26,7 @@ from manet_jax.data.errors import DatasetNotFoundError
 from manet_jax.errors import ConfigError
 from manet_jax.mesh import make_mesh
 from manet_jax.models import MANet
+from manet_jax.report import main as report
 from manet_jax.training.checkpointing import CORRUPT, CheckpointRestoreError, Checkpoints
 from manet_jax.training.config import eval_sets, load_config
 from manet_jax.training.loop import train_and_evaluate
@@ -188,6 +189,51 @@ def test_a_union_of_datasets_evaluated_on_others_side_by_side(union_runs):
             {r["step"]: r["eval"][name]["fused"]["accuracy"] for r in epochs})
         assert sorted(events[f"eval/{name}/fused/confusion_matrix"]) == [5, 10]
     assert events[f"eval/{CROSS}/left_out/Contempt"] == {5: 1, 10: 1}
+
+
+def test_report_of_two_seeds(union_runs, tmp_path, capsys):
+    workdirs = [workdir for workdir, _ in union_runs]
+    assert report([str(workdirs[0].parent / "union_seed*"), "--json", str(tmp_path / "report.json"),
+                   "--markdown", str(tmp_path / "report.md")]) == 0
+    table = json.loads((tmp_path / "report.json").read_text())
+    markdown = (tmp_path / "report.md").read_text()
+    assert capsys.readouterr().out == markdown
+    assert table["runs"] == [str(w) for w in workdirs] and table["ranked_by"] == CROSS
+    assert table["config_differences"] == {"seed": [0, 1]}
+    summaries = [json.loads((w / "summary.json").read_text()) for w in workdirs]
+    for key in ("best", "last"):
+        assert table[key]["epochs"] == [s[key]["epoch"] for s in summaries]
+        for name in (CROSS, TEST_SET):
+            for head in ("fused", "local", "global"):
+                got = table[key]["eval"][name][head]
+                for metric, values in [(m, [s[key]["eval"][name][head][m] for s in summaries])
+                                       for m in ("accuracy", "mean_class_accuracy")] + \
+                                      [(f"recall {c}", [s[key]["eval"][name][head]["recall"][c] for s in summaries])
+                                       for c in ("Neutral", "Anger")]:
+                    spread = got[metric] if metric in got else got["recall"][metric.split()[1]]
+                    assert spread["values"] == values and (spread["min"], spread["max"]) == (min(values), max(values))
+                    assert (spread["mean"], spread["std"]) == pytest.approx((np.mean(values), np.std(values, ddof=1)))
+                    assert f"{100 * np.mean(values):.2f} ± {100 * np.std(values, ddof=1):.2f} " \
+                           f"({100 * min(values):.2f}–{100 * max(values):.2f})" in markdown
+            assert "Contempt" not in table[key]["eval"][name]["fused"]["recall"]  # left out: no recall
+    assert f"## Best epoch (per run: {summaries[0]['best']['epoch']}, {summaries[1]['best']['epoch']})" in markdown
+
+
+def test_report_refuses_runs_of_other_recipes_and_reads_older_summaries(union_runs, reference, tmp_path, capsys):
+    assert report([str(reference), str(union_runs[0][0])]) == 2
+    assert f"error: {union_runs[0][0]} evaluated ['{CROSS}', '{TEST_SET}'] (ranked by {CROSS})" in capsys.readouterr().err
+    assert report([str(tmp_path / "nothing")]) == 2
+    assert "nothing: no summary.json" in capsys.readouterr().err
+    # A summary as the trainer wrote it before eval sets: one evaluation per entry, its split inside.
+    older = tmp_path / "older"
+    older.mkdir()
+    shutil.copy(reference / "config.json", older)
+    summary = json.loads((reference / "summary.json").read_text())
+    (older / "summary.json").write_text(json.dumps({key: {**summary[key], "eval": {
+        k: v for k, v in summary[key]["eval"][TEST_SET].items() if k != "dataset"}} for key in ("best", "last")}))
+    assert report([str(reference), str(older), "--json", str(tmp_path / "r.json")]) == 0
+    table = json.loads((tmp_path / "r.json").read_text())
+    assert table["ranked_by"] == TEST_SET and table["best"]["eval"][TEST_SET]["fused"]["accuracy"]["std"] == 0.0
 
 
 def test_preempted_and_killed_run_resumes_exactly(setup, reference):
