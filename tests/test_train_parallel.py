@@ -1,4 +1,4 @@
-"""Data parallelism: the same run on 1, 4 and 8 devices, and on 2 processes x 2 devices.
+"""Data parallelism: the same run on 1 and 8 devices, and on 2 processes x 2 devices.
 
 CPU devices are faked (JAX_NUM_CPU_DEVICES); the two processes talk through a local
 jax.distributed coordinator and gloo. Float32 tolerance for MA-Net: the first loss agrees to
@@ -33,9 +33,9 @@ def setup(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def mesh_runs(setup) -> dict[int, dict]:
-    """The first steps on meshes of 1, 4 and 8 devices of one process."""
+    """The first steps on meshes of 1 and 8 devices of one process."""
     code = (f"import json, train_helpers; print(json.dumps(train_helpers.mesh_runs("
-            f"{str(setup['data_dir'])!r}, {str(setup['init_from'])!r}, [1, 4, 8], {STEPS})))")
+            f"{str(setup['data_dir'])!r}, {str(setup['init_from'])!r}, [1, 8], {STEPS})))")
     env = {**environment(setup["cache"], num_devices=8), "PYTHONPATH": str(REPO / "tests")}
     result = run([sys.executable, "-c", code], env)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -73,7 +73,6 @@ def test_two_processes_match_one_process(setup, mesh_runs):
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     losses = [r["train"]["loss"] for r in records if "train" in r]
     assert len(losses) == STEPS_PER_EPOCH  # written once, by process 0
-    assert_same_losses(losses[:STEPS], mesh_runs[4]["losses"])
-    assert mesh_runs[4]["update_error"] < 1e-2
+    assert_same_losses(losses[:STEPS], mesh_runs[1]["losses"])
     assert [r["eval"]["fused"]["count"] for r in records if "eval" in r] == [20]
     assert (workdir / "checkpoints" / str(STEPS_PER_EPOCH)).is_dir()
