@@ -73,6 +73,9 @@ def make_class_folders(root: Path, splits: dict[str, str], folders: dict[str, in
     return expected
 
 
+# FED-RO's class folders as distributed (neutral spelt "neural") -> canonical labels.
+FED_RO_FOLDERS = {"anger": 6, "disgust": 5, "fear": 4, "happy": 1, "neural": 0, "sad": 2, "surprise": 3}
+
 RAF_CODES = {1: "Surprise", 2: "Fear", 3: "Disgust", 4: "Happiness", 5: "Sadness", 6: "Anger",
              7: "Neutral"}
 
@@ -147,18 +150,25 @@ FERPLUS_COLUMNS = ["neutral", "happiness", "surprise", "sadness", "anger", "disg
                    "contempt", "unknown", "NF"]
 
 
-def make_ferplus(root: Path, rows: list[tuple[str, str, list[int]]], seed: int = 0
-                 ) -> list[np.ndarray]:
-    """fer2013/fer2013.csv and fer2013new.csv with one row per (usage, ferplus name, votes).
-    Returns the 48x48 greyscale images in row order."""
+def make_fer2013(root: Path, rows: list[tuple[str, int | str]], seed: int = 0) -> list[np.ndarray]:
+    """fer2013/fer2013.csv with one row per (usage, emotion code). Returns the 48x48 greyscale
+    images in row order."""
     rng = np.random.default_rng(seed)
     images = [pixels(rng, 48, 48, grey=True) for _ in rows]
     (root / "fer2013").mkdir(parents=True, exist_ok=True)
     with open(root / "fer2013" / "fer2013.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["emotion", "pixels", "Usage"])
-        for (usage, _, _), image in zip(rows, images):
-            writer.writerow([3, " ".join(str(v) for v in image.ravel()), usage])
+        for (usage, emotion), image in zip(rows, images):
+            writer.writerow([emotion, " ".join(str(v) for v in image.ravel()), usage])
+    return images
+
+
+def make_ferplus(root: Path, rows: list[tuple[str, str, list[int]]], seed: int = 0
+                 ) -> list[np.ndarray]:
+    """fer2013/fer2013.csv and fer2013new.csv with one row per (usage, ferplus name, votes).
+    Returns the 48x48 greyscale images in row order."""
+    images = make_fer2013(root, [(usage, 3) for usage, _, _ in rows], seed)
     with open(root / "fer2013new.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["Usage", "Image name", *FERPLUS_COLUMNS])

@@ -128,6 +128,42 @@ def test_ferplus_majority_votes_and_splits(tmp_path):
     assert builder.info.features[LABEL].num_classes == 8
 
 
+def test_fer2013_original_labels_and_splits(tmp_path):
+    # FER2013 codes 0 Angry 1 Disgust 2 Fear 3 Happy 4 Sad 5 Surprise 6 Neutral.
+    rows = [("Training", code) for code in range(7)] + [("PublicTest", 6), ("PrivateTest", 0), ("PrivateTest", 3)]
+    images = fx.make_fer2013(tmp_path / "manual", rows)
+    builder = fx.build("fer2013", tmp_path / "data", tmp_path / "manual")
+    grey = [np.repeat(img[..., None], 3, axis=2) for img in images]
+    canonical = [6, 5, 4, 1, 2, 3, 0]
+    expected = {"train": {f"fer{row:07d}.png": (canonical[row], grey[row]) for row in range(7)},
+                "validation": {"fer0000007.png": (0, grey[7])},
+                "test": {"fer0000008.png": (6, grey[8]), "fer0000009.png": (1, grey[9])}}
+    for split, examples in expected.items():
+        check_split(builder, split, examples)
+    assert builder.info.features[LABEL].names == list(fx.CANONICAL)[:7]
+
+    fx.make_fer2013(tmp_path / "bad", [("Training", 0), ("Training", 7)])
+    with pytest.raises(ManualFilesError, match=r"fer2013.csv:3: expected an emotion code 0-6, got '7'"):
+        fx.build("fer2013", tmp_path / "data2", tmp_path / "bad")
+
+
+def test_fed_ro_class_folders_as_distributed(tmp_path):
+    # The archive's own top folder, "neural" for neutral, and a test split only.
+    expected = fx.make_class_folders(tmp_path / "manual", {"test": "FED_RO"}, fx.FED_RO_FOLDERS, ".jpg",
+                                     {"test": 2}, size=(40, 32))
+    builder = fx.build("fed_ro", tmp_path / "data", tmp_path / "manual")
+    assert set(builder.info.splits) == {"test"}
+    check_split(builder, "test", {name.removeprefix("FED_RO/"): value for name, value in expected["test"].items()},
+                exact_bytes_from=tmp_path / "manual/FED_RO")
+    assert builder.info.metadata["labels"]["test"].count(0) == 2  # the "neural" folder is Neutral
+
+    (tmp_path / "manual/FED_RO/neural").rename(tmp_path / "manual/FED_RO/neutral")
+    assert fx.build("fed_ro", tmp_path / "data2", tmp_path / "manual").info.splits["test"].num_examples == 14
+    (tmp_path / "manual/FED_RO/happy").rename(tmp_path / "manual/FED_RO/joy")
+    with pytest.raises(ManualFilesError, match=r"unexpected class folder\(s\) \['joy'\]"):
+        fx.build("fed_ro", tmp_path / "data3", tmp_path / "manual")
+
+
 def test_synthetic_faces_is_deterministic_and_balanced(tmp_path):
     a = fx.build("synthetic_faces/24_21_14", tmp_path / "a", None)
     b = fx.build("synthetic_faces/24_21_14", tmp_path / "b", None)

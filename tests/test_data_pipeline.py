@@ -15,11 +15,13 @@ from manet_jax.data.options import input_config
 from manet_jax.data.registry import make_builder, split_name
 
 SYNTH = "synthetic_faces/24_70_14"  # 70 train (10 per class) and 14 test images of 24 px
+UNION = f"{SYNTH}+image_folder/7"  # 70 + 20 train images
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    """A data dir holding SYNTH (generated on first use) and an imbalanced image_folder/7."""
+    """A data dir holding SYNTH (generated on first use), an imbalanced image_folder/7, an
+    image_folder/8 of one image per class and split, and a FED-RO of two images per class."""
     root = tmp_path_factory.mktemp("data")
     pipeline.dataset_info(SYNTH, str(root))
     fx.make_class_folders(root / "manual", {"train": "train", "test": "test"},
@@ -28,6 +30,11 @@ def data_dir(tmp_path_factory):
     fx.make_class_folders(root / "manual", {"train": "train"}, {"0": 0}, ".png",
                           {"train": 14}, seed=1, size=(16, 16))  # class 0: 14 of 20 train images
     fx.build("image_folder/7", root, root / "manual")
+    fx.make_class_folders(root / "manual8", {"train": "train", "test": "test"}, {str(k): k for k in range(8)},
+                          ".png", {"train": 1, "test": 1}, seed=2, size=(16, 16))
+    fx.build("image_folder/8", root, root / "manual8")
+    fx.make_class_folders(root / "manual_fed_ro", {"test": "FED_RO"}, fx.FED_RO_FOLDERS, ".jpg", {"test": 2})
+    fx.build("fed_ro", root, root / "manual_fed_ro")
     return str(root)
 
 
@@ -49,9 +56,9 @@ def test_dataset_info(data_dir):
     assert info.num_classes == 7 and info.class_names == tuple(fx.CANONICAL)[:7]
     assert info.splits == {"train": 70, "test": 14}
     assert (info.train_split, info.eval_split) == ("train", "test")
-    assert info.class_counts == [10] * 7
+    assert info.class_counts == {"train": [10] * 7, "test": [2] * 7}
     assert pipeline.steps_per_epoch(info, 8) == pipeline.steps_per_epoch(70, 8) == 9
-    assert pipeline.dataset_info("image_folder/7", data_dir).class_counts == [14, 1, 1, 1, 1, 1, 1]
+    assert pipeline.dataset_info("image_folder/7", data_dir).class_counts["train"] == [14, 1, 1, 1, 1, 1, 1]
 
 
 def test_missing_manual_dataset_says_how_to_prepare_it(tmp_path):
@@ -136,6 +143,72 @@ def test_train_stream_follows_the_seeded_epochs(data_dir):
     assert sorted(first_epoch) == list(range(70))
 
 
+def evaluated_train_images(data_dir, name, image_size):
+    """Every train image of dataset `name`, in order, as the eval pipeline resizes it."""
+    info = pipeline.dataset_info(name, data_dir)
+    return next(pipeline.eval_iterator(name, data_dir, split="train", image_size=image_size,
+                                       global_batch_size=info.splits["train"], process_index=0,
+                                       process_count=1))
+
+
+def test_union_info(data_dir):
+    info = pipeline.dataset_info(UNION, data_dir)
+    assert info.name == UNION and info.class_names == tuple(fx.CANONICAL)[:7] and len(info.dataset_dirs) == 2
+    assert info.splits == {"train": 90, "test": 21} and (info.train_split, info.eval_split) == ("train", "test")
+    assert info.class_counts["train"] == [24, 11, 11, 11, 11, 11, 11]
+    assert pipeline.steps_per_epoch(info, 10) == 9
+    with pytest.raises(ValueError, match=r"must have the same classes: synthetic_faces/24_70_14 has \[.*\], "
+                                         r"image_folder/8 \[.*'Contempt'\]"):
+        pipeline.dataset_info(f"{SYNTH}+image_folder/8", data_dir)
+    with pytest.raises(ValueError, match="fed_ro has no train split"):
+        pipeline.dataset_info(f"{SYNTH}+fed_ro", data_dir)
+    with pytest.raises(ValueError, match="names a dataset twice"):
+        pipeline.dataset_info(f"{SYNTH}+{SYNTH}", data_dir)
+
+
+def test_union_stream_shows_every_example_of_every_dataset_once_per_epoch(data_dir):
+    """As above: the train views identify the examples, here across the union's two datasets."""
+    evaluated = np.concatenate([evaluated_train_images(data_dir, name, 24)["image"]
+                                for name in (SYNTH, "image_folder/7")])
+    whole = {"crop_scale": (1, 1), "crop_ratio": (1, 1), "flip_prob": 0.0}
+    batches = take(train(data_dir, UNION, global_batch_size=10, balanced_sampling=False, **whole), 18)
+    labels = np.concatenate([np.asarray(make_builder(name, data_dir).info.metadata["labels"]["train"])
+                             for name in (SYNTH, "image_folder/7")])
+    order = sampling.TrainOrder(labels, seed=3)
+    shown = []
+    for step, batch in enumerate(batches):
+        indices, _, _ = order.lookup(np.arange(step * 10, step * 10 + 10))
+        np.testing.assert_array_equal(batch["image"], evaluated[indices])
+        np.testing.assert_array_equal(batch["label"], labels[indices])
+        shown.append(indices)
+    epochs = np.concatenate(shown).reshape(2, 90)
+    assert all(sorted(epoch) == list(range(90)) for epoch in epochs)  # both datasets, every example once
+    assert not np.array_equal(epochs[0], epochs[1])
+    # Any process count gives the same global batches, and a resumed stream continues exactly.
+    halves = [take(train(data_dir, UNION, global_batch_size=10, start_step=8, process_index=p, process_count=2),
+                   2) for p in range(2)]
+    resumed = take(train(data_dir, UNION, global_batch_size=10, start_step=8), 2)
+    full = take(train(data_dir, UNION, global_batch_size=10), 10)[8:]
+    for step in range(2):
+        np.testing.assert_array_equal(np.concatenate([h[step]["image"] for h in halves]), full[step]["image"])
+        np.testing.assert_array_equal(resumed[step]["image"], full[step]["image"])
+
+
+def test_eval_of_a_model_with_fewer_classes_leaves_the_others_out(data_dir):
+    """A 7-class model on an 8-class test split: the Contempt example is left out, the rest seen once."""
+    batches = list(pipeline.eval_iterator("image_folder/8", data_dir, image_size=16, global_batch_size=4,
+                                          num_classes=7, process_index=0, process_count=1))
+    assert len(batches) == 2
+    mask = np.concatenate([b["mask"] for b in batches])
+    assert mask.tolist() == [1.0] * 7 + [0.0]
+    assert np.concatenate([b["label"] for b in batches])[:7].tolist() == list(range(7))
+    everything = list(pipeline.eval_iterator("image_folder/8", data_dir, image_size=16, global_batch_size=4,
+                                             process_index=0, process_count=1))
+    assert np.concatenate([b["label"] for b in everything]).tolist() == list(range(8))
+    np.testing.assert_array_equal(np.concatenate([b["image"] for b in batches])[:7],
+                                  np.concatenate([b["image"] for b in everything])[:7])
+
+
 def test_train_order_epochs():
     labels = np.repeat(np.arange(3), [80, 15, 5])
     order = sampling.TrainOrder(labels, seed=0)
@@ -167,7 +240,7 @@ def test_balanced_pipeline(data_dir):
                          balanced_sampling=True), 40)
     labels = np.concatenate([b["label"] for b in batches])
     counts = np.bincount(labels, minlength=7)
-    assert info.class_counts[0] == 14 and counts[0] < 0.3 * len(labels)  # ~1/7, not 14/20
+    assert info.class_counts["train"][0] == 14 and counts[0] < 0.3 * len(labels)  # ~1/7, not 14/20
     plain = np.concatenate([b["label"] for b in take(
         train(data_dir, "image_folder/7", global_batch_size=10, image_size=16), 40)])
     assert np.bincount(plain, minlength=7)[0] == 14 * 20  # 20 epochs of 20 images

@@ -41,3 +41,5 @@ def test_prepare_skip_corrupt_reports_names(tmp_path, capsys):
 def test_prepare_unknown_dataset(capsys):
     assert prepare.main(["--dataset", "rafdb"]) == 2
     assert "unknown dataset 'rafdb'" in capsys.readouterr().err
+    assert prepare.main(["--dataset", "affectnet/7+raf_db"]) == 2
+    assert "'affectnet/7+raf_db' names several datasets; give one (affectnet/7, raf_db)" in capsys.readouterr().err

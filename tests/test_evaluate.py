@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 
+import data_fixtures as fx
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from manet_jax.bundle import BundleError
+from manet_jax.data.errors import DatasetNameError
+from manet_jax.errors import ConfigError
 from manet_jax.training.config import load_config
 from manet_jax.training.evaluation import evaluate_checkpoint
 from manet_jax.training.metrics import classification_metrics, confusion_matrix
@@ -23,7 +27,17 @@ OVERRIDES = {"dataset": DATASET, "image_size": 64, "eval_batch_size": 8}
 def setup(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("evaluate")
     make_dataset(root / "data")
+    fx.make_class_folders(root / "manual8", {"train": "train", "test": "test"}, {str(k): k for k in range(8)}, ".png",
+                          {"train": 1, "test": 2}, size=(40, 48))
+    fx.build("image_folder/8", root / "data", root / "manual8")
+    fx.make_class_folders(root / "manual_fed_ro", {"test": "."}, fx.FED_RO_FOLDERS, ".jpg", {"test": 1})
+    fx.build("fed_ro", root / "data", root / "manual_fed_ro")
     return {"root": root, "data_dir": root / "data", "checkpoint": make_checkpoint(root / "checkpoint")}
+
+
+def config_with(setup, **overrides):
+    return load_config(str(REPO / "configs/demo.py"), [
+        f"{key}={value}" for key, value in {**OVERRIDES, "data_dir": setup["data_dir"], **overrides}.items()])
 
 
 def test_evaluator_reports_every_test_example_once(setup):
@@ -43,9 +57,37 @@ def test_evaluator_reports_every_test_example_once(setup):
     assert (report / "confusion_matrix.png").read_bytes().startswith(b"\x89PNG")
 
 
+def test_cross_dataset_evaluation_in_one_command(setup, tmp_path):
+    """A 7-class model on an 8-class dataset (Contempt left out), FED-RO and its own test split."""
+    overrides = [f"--config.{key}={value}" for key, value in {**OVERRIDES, "data_dir": setup["data_dir"]}.items()]
+    result = run([sys.executable, "-m", "manet_jax.evaluate", "--config", "configs/demo.py", *overrides,
+                  f"--config.eval_dataset=image_folder/8,fed_ro,{DATASET}", "--checkpoint", str(setup["checkpoint"]),
+                  "--output-dir", str(tmp_path / "reports")], environment(setup["root"] / "compilation_cache"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected = {"image_folder_8_test": (14, [2] * 7, {"Contempt": 2}), "fed_ro_test": (7, [1] * 7, None),
+                "synthetic_faces_64_32_20_test": (20, TEST_LABEL_COUNTS, None)}
+    assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == sorted(expected)
+    for folder, (count, per_class, left_out) in expected.items():
+        metrics = json.loads((tmp_path / "reports" / folder / "metrics.json").read_text())
+        assert metrics["count"] == count and metrics.get("left_out") == left_out
+        assert np.array(metrics["fused"]["confusion_matrix"]).sum(1).tolist() == per_class
+        assert list(metrics["fused"]["recall"]) == list(CLASSES)
+        assert re.search(rf"{metrics['dataset']}/test accuracy .*, n={count}", result.stderr)
+
+
+def test_eval_sets_that_cannot_be_evaluated_are_named(setup):
+    with pytest.raises(ConfigError, match=r"config.eval_dataset: 'fed_ro\+sfew' is not NAME or NAME:SPLIT"):
+        config_with(setup, eval_dataset="fed_ro+sfew")
+    with pytest.raises(DatasetNameError, match=r"fed_ro has no split 'validation' to evaluate; splits: \['test'\]"):
+        evaluate_checkpoint(config_with(setup, eval_dataset="fed_ro:validation"), str(setup["checkpoint"]))
+    with pytest.raises(ConfigError, match=r"fed_ro/test is evaluated twice"):
+        evaluate_checkpoint(config_with(setup, eval_dataset="fed_ro,fed_ro:test"), str(setup["checkpoint"]))
+    with pytest.raises(ConfigError, match=r"config.dataset: fed_ro has no train split; it is for evaluation only"):
+        evaluate_checkpoint(config_with(setup, dataset="fed_ro"), str(setup["checkpoint"]))
+
+
 def test_checkpoint_of_another_class_count_or_wiring_is_refused(setup, tmp_path):
-    config = load_config(str(REPO / "configs/demo.py"),
-                         [f"{key}={value}" for key, value in {**OVERRIDES, "data_dir": setup["data_dir"]}.items()])
+    config = config_with(setup)
     checkpoint = make_checkpoint(tmp_path / "eight", num_classes=8)
     with pytest.raises(BundleError, match="8-way heads but synthetic_faces/64_32_20 has 7 classes"):
         evaluate_checkpoint(config, str(checkpoint))

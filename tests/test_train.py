@@ -16,6 +16,7 @@ import socket
 import subprocess
 from pathlib import Path
 
+import data_fixtures as fx
 import jax
 import ml_collections
 import numpy as np
@@ -28,17 +29,21 @@ from manet_jax.data.errors import DatasetNameError, DatasetNotFoundError
 from manet_jax.errors import ConfigError
 from manet_jax.mesh import make_mesh
 from manet_jax.models import MANet
+from manet_jax.report import main as report
 from manet_jax.training.checkpointing import CORRUPT, CheckpointRestoreError, Checkpoints
-from manet_jax.training.config import RANGES, base_config, load_config
+from manet_jax.training.config import RANGES, base_config, eval_sets, load_config
 from manet_jax.training.loop import train_and_evaluate
 from manet_jax.training.metric_writer import MetricWriter, MetricsFileError
 from manet_jax.training.optim import sgd, step_lr
 from manet_jax.training.setup import build
 from manet_jax.training.state import TrainState, abstract_train_state
-from train_helpers import (EPOCHS, REPO, STEPS_PER_EPOCH, TEST_LABEL_COUNTS, environment, make_checkpoint,
+from train_helpers import (DATASET, EPOCHS, REPO, STEPS_PER_EPOCH, TEST_LABEL_COUNTS, environment, make_checkpoint,
                            make_dataset, random_variables, run, run_and_signal, run_timing_exit, train_command)
 
 TOTAL = EPOCHS * STEPS_PER_EPOCH
+TEST_SET = f"{DATASET}/test"  # the eval set of the runs on DATASET
+UNION = f"{DATASET}+image_folder/7"  # 32 + 7 train images: 5 steps of 8 an epoch
+CROSS = "image_folder/8/test"  # one test image per class: a 7-class model leaves out Contempt's
 OPTIMIZER = sgd(step_lr(0.01, STEPS_PER_EPOCH, 2, 0.1))  # the runs' optimizer, for restoring their states
 
 
@@ -126,21 +131,27 @@ def test_trains_logs_checkpoints_and_evaluates_every_example_once(reference):
     assert [r["epoch"] for r in epochs] == [1, 2, 3]
     assert epochs[-1]["train_epoch"]["loss"] < epochs[0]["train_epoch"]["loss"]
     for record in epochs:
+        assert list(record["eval"]) == [TEST_SET]
+        results = record["eval"][TEST_SET]
+        assert (results["dataset"], results["split"]) == (DATASET, "test") and "left_out" not in results
         for head in ("fused", "local", "global"):
-            confusion = np.array(record["eval"][head]["confusion_matrix"])
-            assert record["eval"][head]["count"] == confusion.sum() == 20
+            confusion = np.array(results[head]["confusion_matrix"])
+            assert results[head]["count"] == confusion.sum() == 20
             assert confusion.sum(1).tolist() == TEST_LABEL_COUNTS
     assert all(r["images_per_second"] > 0 for r in train[1:])
     assert json.loads((reference / "config.json").read_text())["batch_size"] == 8
     summary = json.loads((reference / "summary.json").read_text())
-    assert summary["last"]["epoch"] == 3 and summary["best"]["eval"]["fused"]["accuracy"] == max(
-        r["eval"]["fused"]["accuracy"] for r in epochs)
+    assert summary["ranked_by"] == TEST_SET and summary["last"]["epoch"] == 3
+    assert summary["best"]["eval"][TEST_SET]["fused"]["accuracy"] == max(
+        r["eval"][TEST_SET]["fused"]["accuracy"] for r in epochs)
     events = tensorboard_events(reference)
     assert events["train/loss"] == pytest.approx({r["step"]: r["train"]["loss"] for r in train})
-    assert events["eval/fused/accuracy"] == pytest.approx({r["step"]: r["eval"]["fused"]["accuracy"] for r in epochs})
-    for step, (width, height, png) in events["eval/fused/confusion_matrix"].items():  # the images plugin's format
+    assert events[f"eval/{TEST_SET}/fused/accuracy"] == pytest.approx(
+        {r["step"]: r["eval"][TEST_SET]["fused"]["accuracy"] for r in epochs})
+    images = events[f"eval/{TEST_SET}/fused/confusion_matrix"]
+    for step, (width, height, png) in images.items():  # the images plugin's format
         assert step in (4, 8, 12) and tf.io.decode_png(png).shape == (int(height), int(width), 3)
-    assert len(events["eval/fused/confusion_matrix"]) == 3
+    assert len(images) == 3
     # The latest two checkpoints and the best one.
     steps = {int(p.name) for p in (reference / "checkpoints").iterdir() if p.name.isdigit()}
     assert {8, 12, summary["best"]["step"]} == steps
@@ -149,6 +160,104 @@ def test_trains_logs_checkpoints_and_evaluates_every_example_once(reference):
     assert bundle.spec.class_names[:2] == ("Neutral", "Happiness")
     assert (bundle.spec.image_size, bundle.spec.beta, bundle.spec.multiscale_wiring) == (64, 0.6, "2023")
     assert bundle.variables["params"]["fc_1"]["kernel"].shape == (512, 7)
+
+
+@pytest.fixture(scope="module")
+def union_runs(setup) -> list[tuple[Path, str]]:
+    """Two seeds of a run trained on the union of DATASET and an image_folder/7, evaluated on an
+    image_folder/8 (the first eval set, which ranks the checkpoints) and on DATASET's test split,
+    for 2 epochs: (workdir, output) of each."""
+    root, data_dir = setup["root"], setup["data_dir"]
+    folders = {str(k): k for k in range(8)}
+    fx.make_class_folders(root / "manual7", {"train": "train", "test": "test"}, dict(list(folders.items())[:7]),
+                          ".png", {"train": 1, "test": 1}, size=(64, 64))
+    fx.build("image_folder/7", data_dir, root / "manual7")
+    fx.make_class_folders(root / "manual8", {"train": "train", "test": "test"}, folders, ".jpg",
+                          {"train": 1, "test": 1}, seed=1, size=(48, 40))
+    fx.build("image_folder/8", data_dir, root / "manual8")
+    runs = []
+    for seed in (0, 1):
+        workdir = root / f"union_seed{seed}"
+        result = run(command(setup, workdir, f"--config.dataset={UNION}", f"--config.eval_dataset=image_folder/8,{DATASET}",
+                             "--config.num_epochs=2", f"--config.seed={seed}", "--config.log_every_steps=5"),
+                     setup["env"])
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs.append((workdir, result.stderr))
+    return runs
+
+
+def test_a_union_of_datasets_evaluated_on_others_side_by_side(union_runs):
+    workdir, output = union_runs[0]
+    assert (f"{UNION}: 39 train examples, 7 classes, evaluated on {CROSS} (7), {TEST_SET} (20); steps 1..10 of "
+            "batch 8 (5 per epoch)") in output
+    epochs = [r for r in records(workdir) if "train_epoch" in r]
+    assert [r["step"] for r in epochs] == [5, 10]
+    for record in epochs:
+        assert list(record["eval"]) == [CROSS, TEST_SET]
+        cross, own = record["eval"][CROSS], record["eval"][TEST_SET]
+        assert cross["left_out"] == {"Contempt": 1} and cross["count"] == 7 and "left_out" not in own
+        assert np.array(cross["fused"]["confusion_matrix"]).sum(1).tolist() == [1] * 7
+        assert np.array(own["fused"]["confusion_matrix"]).sum(1).tolist() == TEST_LABEL_COUNTS
+        assert re.search(rf"epoch {record['epoch']}/2 {CROSS} accuracy .*, n=7, Contempt 1 left out; train accuracy "
+                         rf".*\n  epoch {record['epoch']}/2 {TEST_SET} accuracy .*, n=20\n", output)
+    # The first eval set ranks the epochs (the earlier on ties) and the checkpoints.
+    accuracies = [r["eval"][CROSS]["fused"]["accuracy"] for r in epochs]
+    best_epoch = accuracies.index(max(accuracies)) + 1
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["ranked_by"] == CROSS and summary["best"]["epoch"] == best_epoch
+    assert list(summary["best"]["eval"]) == [CROSS, TEST_SET]
+    assert load_bundle(workdir).step == 5 * best_epoch
+    events = tensorboard_events(workdir)
+    for name in (CROSS, TEST_SET):
+        assert events[f"eval/{name}/fused/accuracy"] == pytest.approx(
+            {r["step"]: r["eval"][name]["fused"]["accuracy"] for r in epochs})
+        assert sorted(events[f"eval/{name}/fused/confusion_matrix"]) == [5, 10]
+    assert events[f"eval/{CROSS}/left_out/Contempt"] == {5: 1, 10: 1}
+
+
+def test_report_of_two_seeds(union_runs, tmp_path, capsys):
+    workdirs = [workdir for workdir, _ in union_runs]
+    assert report([str(workdirs[0].parent / "union_seed*"), "--json", str(tmp_path / "report.json"),
+                   "--markdown", str(tmp_path / "report.md")]) == 0
+    table = json.loads((tmp_path / "report.json").read_text())
+    markdown = (tmp_path / "report.md").read_text()
+    assert capsys.readouterr().out == markdown
+    assert table["runs"] == [str(w) for w in workdirs] and table["ranked_by"] == CROSS
+    assert table["config_differences"] == {"seed": [0, 1]}
+    summaries = [json.loads((w / "summary.json").read_text()) for w in workdirs]
+    for key in ("best", "last"):
+        assert table[key]["epochs"] == [s[key]["epoch"] for s in summaries]
+        for name in (CROSS, TEST_SET):
+            for head in ("fused", "local", "global"):
+                got = table[key]["eval"][name][head]
+                for metric, values in [(m, [s[key]["eval"][name][head][m] for s in summaries])
+                                       for m in ("accuracy", "mean_class_accuracy")] + \
+                                      [(f"recall {c}", [s[key]["eval"][name][head]["recall"][c] for s in summaries])
+                                       for c in ("Neutral", "Anger")]:
+                    spread = got[metric] if metric in got else got["recall"][metric.split()[1]]
+                    assert spread["values"] == values and (spread["min"], spread["max"]) == (min(values), max(values))
+                    assert (spread["mean"], spread["std"]) == pytest.approx((np.mean(values), np.std(values, ddof=1)))
+                    assert f"{100 * np.mean(values):.2f} ± {100 * np.std(values, ddof=1):.2f} " \
+                           f"({100 * min(values):.2f}–{100 * max(values):.2f})" in markdown
+            assert "Contempt" not in table[key]["eval"][name]["fused"]["recall"]  # left out: no recall
+    assert f"## Best epoch (per run: {summaries[0]['best']['epoch']}, {summaries[1]['best']['epoch']})" in markdown
+
+
+def test_report_refuses_runs_of_other_recipes_and_reads_older_summaries(union_runs, reference, tmp_path, capsys):
+    assert report([str(reference), str(union_runs[0][0])]) == 2
+    assert f"error: {union_runs[0][0]} evaluated ['{CROSS}', '{TEST_SET}'] (ranked by {CROSS})" in capsys.readouterr().err
+    assert report([str(tmp_path / "nothing")]) == 2
+    assert "nothing: no summary.json" in capsys.readouterr().err
+    # A summary as the trainer wrote it before eval sets: one evaluation per entry, its split inside.
+    older = tmp_path / "older"
+    older.mkdir()
+    shutil.copy(reference / "config.json", older)
+    summary = json.loads((reference / "summary.json").read_text())
+    (older / "summary.json").write_text(json.dumps({key: {**summary[key], "eval": {
+        k: v for k, v in summary[key]["eval"][TEST_SET].items() if k != "dataset"}} for key in ("best", "last")}))
+    assert report([str(reference), str(older), "--json", str(tmp_path / "r.json")]) == 0
+    table = json.loads((tmp_path / "r.json").read_text())
+    assert table["ranked_by"] == TEST_SET and table["best"]["eval"][TEST_SET]["fused"]["accuracy"]["std"] == 0.0
 
 
 def test_preempted_and_killed_run_resumes_exactly(setup, reference):
@@ -387,11 +496,11 @@ def test_bad_values_and_dataset_names_stop_with_one_line_before_any_workdir(setu
 
 
 @pytest.mark.parametrize("override, error, message", [
-    ("dataset=faces", DatasetNameError, "unknown dataset 'faces'; known: affectnet, caer_s, ferplus, image_folder, "
-                                        "raf_db, sfew, synthetic_faces"),
+    ("dataset=faces", DatasetNameError, "unknown dataset 'faces'; known: affectnet, caer_s, fed_ro, fer2013, ferplus, "
+                                        "image_folder, raf_db, sfew, synthetic_faces"),
     ("dataset=affectnet/9", DatasetNameError, "unknown dataset 'affectnet/9'; affectnet has affectnet/7, affectnet/8"),
-    ("eval_split=validation", ConfigError, "config.eval_split='validation': synthetic_faces/64_32_20 has the splits "
-                                           "train, test"),
+    ("eval_split=validation", DatasetNameError, "synthetic_faces/64_32_20 has no split 'validation' to evaluate; "
+                                                "splits: ['train', 'test']"),
 ])
 def test_datasets_and_splits_that_do_not_exist_are_named(setup, override, error, message):
     overrides = [arg.removeprefix("--config.") for arg in command(setup, Path("unused")) if arg.startswith("--config.")]
@@ -411,9 +520,12 @@ RECIPES = {  # dataset, epochs, batch, lr, StepLR step and gamma, balanced sampl
     "affectnet7": ("affectnet/7", 20, 256, 0.01, 5, 0.1, True, "weights/Pretrained_on_MSCeleb.pth.tar"),
     "affectnet8": ("affectnet/8", 20, 256, 0.01, 5, 0.1, True, "weights/Pretrained_on_MSCeleb.pth.tar"),
     "caer_s": ("caer_s", 400, 128, 0.1, 50, 0.5, False, ""),
-    "sfew": ("sfew", 100, 128, 0.001, 10, 0.1, False, "workdirs/ferplus"),
+    "sfew": ("sfew", 100, 128, 0.001, 10, 0.1, False, "workdirs/fer2013"),
+    "fer2013": ("fer2013", 40, 128, 0.01, 15, 0.1, False, "weights/Pretrained_on_MSCeleb.pth.tar"),
     "ferplus": ("ferplus", 40, 128, 0.01, 15, 0.1, False, "weights/Pretrained_on_MSCeleb.pth.tar"),
+    "fed_ro": ("affectnet/7+raf_db", 20, 256, 0.01, 5, 0.1, True, "weights/Pretrained_on_MSCeleb.pth.tar"),
 }
+EVAL_SETS = {"fed_ro": [("fed_ro", None)]}  # the others evaluate their own dataset
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))
@@ -424,3 +536,4 @@ def test_configs_hold_the_reference_recipes(name):
     assert (config.momentum, config.weight_decay, config.beta, config.image_size) == (0.9, 1e-4, 0.6, 224)
     assert (config.input.crop_scale, config.input.flip_prob, config.dtype) == ((0.08, 1.0), 0.5, "float32")
     assert (config.input.random_erasing, config.multiscale_wiring) == (0.0, "2023")
+    assert eval_sets(config) == EVAL_SETS.get(name, [(config.dataset, None)])

@@ -18,7 +18,7 @@ import sys
 import numpy as np
 import pytest
 
-from train_helpers import REPO, STEPS_PER_EPOCH, environment, make_checkpoint, make_dataset, run, train_command
+from train_helpers import DATASET, REPO, STEPS_PER_EPOCH, environment, make_checkpoint, make_dataset, run, train_command
 
 STEPS = 2
 
@@ -74,5 +74,5 @@ def test_two_processes_match_one_process(setup, mesh_runs):
     losses = [r["train"]["loss"] for r in records if "train" in r]
     assert len(losses) == STEPS_PER_EPOCH  # written once, by process 0
     assert_same_losses(losses[:STEPS], mesh_runs[1]["losses"])
-    assert [r["eval"]["fused"]["count"] for r in records if "eval" in r] == [20]
+    assert [r["eval"][f"{DATASET}/test"]["fused"]["count"] for r in records if "eval" in r] == [20]
     assert (workdir / "checkpoints" / str(STEPS_PER_EPOCH)).is_dir()

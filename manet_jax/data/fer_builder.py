@@ -67,7 +67,7 @@ class FerBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES: ClassVar[dict[str, str]] = {"1.0.0": "Initial release."}
     NUM_CLASSES: ClassVar[int] = 7  # unless the builder config has a `num_classes`
-    TRAIN_SPLIT: ClassVar[str] = "train"
+    TRAIN_SPLIT: ClassVar[str | None] = "train"  # None: a dataset for evaluation only
     EVAL_SPLIT: ClassVar[str] = "test"  # the split papers report on
     HOMEPAGE: ClassVar[str] = ""
 

@@ -8,15 +8,14 @@ FER2013's Usage column: Training -> train, PublicTest -> validation, PrivateTest
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from manet_jax.data.errors import ManualFilesError
-from manet_jax.data.fer_builder import FerBuilder, SourceExample, first_existing
-from manet_jax.data.image_files import encode_image
+from manet_jax.data.fer2013 import FER2013_CSV, USAGE_SPLITS, pixels_png, read_csv, read_fer2013
+from manet_jax.data.fer_builder import FerBuilder, SourceExample
 from manet_jax.data.labels import canonical_indices
 
 # fer2013new.csv vote columns (in file order) -> canonical class.
@@ -31,11 +30,8 @@ FERPLUS_LABELS = canonical_indices({
     "contempt": "Contempt",
 })
 VOTE_COLUMNS = (*FERPLUS_LABELS, "unknown", "NF")
-USAGE_SPLITS = {"Training": "train", "PublicTest": "validation", "PrivateTest": "test"}
-FER2013_CSV, FERPLUS_CSV = "fer2013.csv", "fer2013new.csv"
-FER2013_HEADER = ["emotion", "pixels", "Usage"]
+FERPLUS_CSV = "fer2013new.csv"
 FERPLUS_HEADER = ["Usage", "Image name", *VOTE_COLUMNS]
-IMAGE_SIZE = 48
 
 
 def majority_vote(votes: Sequence[float]) -> int | None:
@@ -65,15 +61,14 @@ class Ferplus(FerBuilder):
     """
 
     def _source_examples(self, manual_dir: Path | None) -> dict[str, list[SourceExample]]:
-        fer_rows = _read_csv(manual_dir, FER2013_CSV, FER2013_HEADER)
-        plus_rows = _read_csv(manual_dir, FERPLUS_CSV, FERPLUS_HEADER)
+        fer_rows = read_fer2013(manual_dir)
+        plus_rows = read_csv(manual_dir, FERPLUS_CSV, FERPLUS_HEADER)
         if len(fer_rows) != len(plus_rows):
             raise ManualFilesError(f"{FER2013_CSV} has {len(fer_rows)} rows but {FERPLUS_CSV} has "
                                    f"{len(plus_rows)}; they must match line by line.")
         splits: dict[str, list[SourceExample]] = {split: [] for split in USAGE_SPLITS.values()}
         for line_no, (fer, plus) in enumerate(zip(fer_rows, plus_rows), 2):
-            if len(fer) != 3 or len(plus) != len(FERPLUS_HEADER) or fer[2] != plus[0] \
-                    or fer[2] not in USAGE_SPLITS:
+            if len(plus) != len(FERPLUS_HEADER) or fer[2] != plus[0]:
                 raise ManualFilesError(f"line {line_no} of {FER2013_CSV} and {FERPLUS_CSV} do not "
                                        "hold the same image (Usage differs or fields are missing).")
             name = plus[1].strip()
@@ -85,21 +80,6 @@ class Ferplus(FerBuilder):
             if name and winner is not None:
                 label = FERPLUS_LABELS[VOTE_COLUMNS[winner]]
                 splits[USAGE_SPLITS[fer[2]]].append(
-                    SourceExample(name, label, lambda pixels=fer[1]: _pixels_png(pixels)))
+                    SourceExample(name, label, lambda pixels=fer[1]: pixels_png(pixels)))
         return splits
 
-
-def _read_csv(manual_dir: Path, name: str, header: list[str]) -> list[list[str]]:
-    path = first_existing([manual_dir / name, manual_dir / "fer2013" / name], name)
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    if not rows or [c.strip() for c in rows[0]] != header:
-        raise ManualFilesError(f"{path}: expected the header {','.join(header)}.")
-    return rows[1:]
-
-
-def _pixels_png(pixels: str) -> bytes:
-    values = np.array(pixels.split(), np.int64)
-    if values.size != IMAGE_SIZE * IMAGE_SIZE or values.min() < 0 or values.max() > 255:
-        raise ValueError(f"expected {IMAGE_SIZE * IMAGE_SIZE} pixel values in 0-255")
-    return encode_image(values.astype(np.uint8).reshape(IMAGE_SIZE, IMAGE_SIZE), "PNG")

@@ -1,5 +1,8 @@
 """Host input pipelines: dataset info, the infinite training iterator and the eval iterator.
 
+The training data may be the union of several datasets with the same classes ('affectnet/7+raf_db'),
+sampled as one; evaluation reads one dataset's split.
+
 Batches are dicts of NumPy arrays sized per process: 'image' float32 (B / P, size, size, 3) and
 'label' int32 (B / P,), plus 'mask' float32 for evaluation. Examples are read by random access
 from the prepared ArrayRecord files (see `sampling` for which examples a step holds) and decoded
@@ -28,7 +31,7 @@ from manet_jax.data import augment, sampling
 from manet_jax.data.errors import DatasetNameError, DatasetNotFoundError
 from manet_jax.data.fer_builder import IMAGE, LABEL, LABELS_METADATA, SKIPPED_METADATA, FerBuilder
 from manet_jax.data.locations import default_manual_dir, resolve_data_dir
-from manet_jax.data.registry import make_builder, split_name
+from manet_jax.data.registry import make_builder, split_name, union_members
 from manet_jax.data.synthetic_faces import SyntheticFaces
 from manet_jax.mesh import pad_batch
 
@@ -37,38 +40,65 @@ Batch = dict[str, np.ndarray]
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
-    """What the trainer needs to know about a prepared dataset."""
+    """What the trainer needs to know about a prepared dataset, or a union of datasets ('a+b')."""
 
     name: str
-    dataset_dir: str  # the prepared dataset's own folder, <data_dir>/<name>/<config>/<version>
+    dataset_dirs: tuple[str, ...]  # each prepared dataset's own folder, <data_dir>/<name>/<config>/<version>
     num_classes: int
     class_names: tuple[str, ...]
     splits: dict[str, int]  # split -> number of examples
-    train_split: str
-    eval_split: str
-    class_counts: list[int]  # per class, in the train split
+    train_split: str | None  # None: a dataset for evaluation only
+    eval_split: str | None  # the split papers report on; a union has one only if all its datasets agree
+    class_counts: dict[str, list[int]]  # split -> number of examples per class
     skipped_files: dict[str, list[tuple[str, str]]]  # split -> (file, reason) left out at build
 
 
 def dataset_info(name: str, data_dir: str | None = None) -> DatasetInfo:
-    """Info on dataset `name` (e.g. 'raf_db', 'affectnet/8', 'synthetic_faces/64').
+    """Info on dataset `name` (e.g. 'raf_db', 'affectnet/8', 'synthetic_faces/64'), or on the union
+    of several joined by '+' ('affectnet/7+raf_db': the splits all of them have, in that order;
+    they must have the same classes and a train split).
 
     synthetic_faces is generated on first use. Raises DatasetNotFoundError, with the command that
     prepares it, when another dataset has not been prepared in `data_dir`.
     """
+    infos = [_single_info(member, data_dir) for member in union_members(name)]
+    if len(infos) == 1:
+        return infos[0]
+    for info in infos:
+        if info.class_names != infos[0].class_names:
+            raise DatasetNameError(f"the datasets of {name} must have the same classes: {infos[0].name} has "
+                                   f"{list(infos[0].class_names)}, {info.name} {list(info.class_names)}")
+        if info.train_split is None:
+            raise DatasetNameError(f"{info.name} has no train split (it is for evaluation only), so it cannot be "
+                                   f"part of {name}")
+    splits = [split for split in infos[0].splits if all(split in info.splits for info in infos)]
+    return DatasetInfo(
+        name=name,
+        dataset_dirs=tuple(d for info in infos for d in info.dataset_dirs),
+        num_classes=infos[0].num_classes,
+        class_names=infos[0].class_names,
+        splits={split: sum(info.splits[split] for info in infos) for split in splits},
+        train_split=infos[0].train_split,
+        eval_split=infos[0].eval_split if len({info.eval_split for info in infos}) == 1 else None,
+        class_counts={split: np.sum([info.class_counts[split] for info in infos], 0).tolist() for split in splits},
+        skipped_files={split: [(f"{info.name}:{file}", reason) for info in infos
+                               for file, reason in info.skipped_files.get(split, [])] for split in splits},
+    )
+
+
+def _single_info(name: str, data_dir: str | None) -> DatasetInfo:
     builder = _prepared_builder(name, data_dir)
-    labels = _split_labels(builder, builder.TRAIN_SPLIT)
-    counts = np.bincount(labels, minlength=builder.num_classes)
     metadata = builder.info.metadata
     return DatasetInfo(
         name=name,
-        dataset_dir=os.fspath(builder.data_dir),
+        dataset_dirs=(os.fspath(builder.data_dir),),
         num_classes=builder.num_classes,
         class_names=tuple(builder.info.features[LABEL].names),
         splits={split: info.num_examples for split, info in builder.info.splits.items()},
         train_split=builder.TRAIN_SPLIT,
         eval_split=builder.EVAL_SPLIT,
-        class_counts=counts.tolist(),
+        class_counts={split: np.bincount(_split_labels(builder, split), minlength=builder.num_classes).tolist()
+                      for split in builder.info.splits},
         skipped_files={s: [tuple(b) for b in bad] for s, bad in metadata[SKIPPED_METADATA].items()},
     )
 
@@ -85,9 +115,12 @@ def train_iterator(name: str, data_dir: str | None = None, *, split: str = "trai
                    num_steps: int | None = None, process_index: int | None = None,
                    process_count: int | None = None, num_threads: int | None = None,
                    prefetch: int = 2) -> Iterator[Batch]:
-    """This process's share of the training batches from `start_step`: `num_steps` of them, or
-    without end. A run passes its number of steps: a pipeline left producing batches nobody takes
-    holds the process at exit while its threads finish them.
+    """This process's share of the training batches of dataset `name` from `start_step`:
+    `num_steps` of them, or without end. A run passes its number of steps: a pipeline left
+    producing batches nobody takes holds the process at exit while its threads finish them.
+
+    A union ('affectnet/7+raf_db') samples its datasets' `split` as one: an epoch shows each of
+    their examples once (or draws as many, with balanced_sampling over the union's classes).
 
     `options` (see `options.input_config`): RandomResizedCrop(image_size, crop_scale,
     crop_ratio), horizontal flip with flip_prob, [0, 1] scaling, RandomErasing with probability
@@ -95,17 +128,18 @@ def train_iterator(name: str, data_dir: str | None = None, *, split: str = "trai
     `num_threads` caps the tf.data threads (default: all cores); `prefetch` batches are prepared
     ahead.
     """
-    builder = _prepared_builder(name, data_dir)
+    builders = [_prepared_builder(member, data_dir) for member in union_members(name)]
     process_index, process_count = _process(process_index, process_count)
     local = sampling.local_batch_size(global_batch_size, process_count)
-    order = sampling.TrainOrder(_split_labels(builder, split), seed, options["balanced_sampling"])
-    records = _records(builder, split)
+    labels = np.concatenate([_split_labels(builder, split) for builder in builders])
+    order = sampling.TrainOrder(labels, seed, options["balanced_sampling"])
+    records = _Records([_records(builder, split) for builder in builders])
 
     def read_step(step: np.int64) -> tuple[np.ndarray, np.ndarray]:
         rows = sampling.local_rows(int(step), global_batch_size, process_index, process_count)
         indices, epochs, positions = order.lookup(rows)
         keys = sampling.augmentation_keys(seed, epochs, positions)
-        return np.array(_get(records, indices), object), keys
+        return np.array(records.get(indices), object), keys
 
     def augment_example(example: dict[str, tf.Tensor], key: tf.Tensor):
         image = augment.train_image(
@@ -125,24 +159,25 @@ def train_iterator(name: str, data_dir: str | None = None, *, split: str = "trai
 
 
 def eval_iterator(name: str, data_dir: str | None = None, *, split: str | None = None,
-                  image_size: int, global_batch_size: int, process_index: int | None = None,
-                  process_count: int | None = None, num_threads: int | None = None,
-                  prefetch: int = 2) -> Iterator[Batch]:
+                  image_size: int, global_batch_size: int, num_classes: int | None = None,
+                  process_index: int | None = None, process_count: int | None = None,
+                  num_threads: int | None = None, prefetch: int = 2) -> Iterator[Batch]:
     """This process's share of every batch of `split` (default: the dataset's eval split), resized
-    to `image_size`. Every process yields ceil(n / B) batches; across processes each example
+    to `image_size`: its examples of the first `num_classes` classes (default: all), for a model
+    that has only those. Every process yields ceil(n / B) batches; across processes each example
     appears exactly once with mask 1, and the padding of the last batch has mask 0."""
     builder = _prepared_builder(name, data_dir)
     split = _check_split(builder, split or builder.EVAL_SPLIT)
     process_index, process_count = _process(process_index, process_count)
     local = sampling.local_batch_size(global_batch_size, process_count)
-    num_examples = builder.info.splits[split].num_examples
-    num_batches = sampling.steps_per_epoch(num_examples, global_batch_size)
+    kept = np.flatnonzero(_split_labels(builder, split) < (num_classes or builder.num_classes))
+    num_batches = sampling.steps_per_epoch(len(kept), global_batch_size)
     records = _records(builder, split)
 
     def rows(batch: int) -> np.ndarray:  # only the last batch can hold fewer than `local`
         indices, valid = sampling.eval_rows(batch, global_batch_size, process_index, process_count,
-                                            num_examples)
-        return indices[valid]
+                                            len(kept))
+        return kept[indices[valid]]
 
     def read(batch: tf.Tensor) -> dict[str, tf.Tensor]:
         serialized = tf.numpy_function(lambda b: np.array(_get(records, rows(int(b))), object), [batch],
@@ -170,6 +205,24 @@ def _parse(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
 def _get(records, indices: np.ndarray) -> list[bytes]:
     """The serialized records at `indices` (a NumPy array of bytes would drop trailing zeros)."""
     return records.__getitems__(indices.tolist()) if len(indices) else []
+
+
+class _Records:
+    """Random access to the serialized examples of several datasets' splits, one after another."""
+
+    def __init__(self, sources: list):
+        self.sources = sources
+        self.starts = np.cumsum([0] + [len(source) for source in sources])
+
+    def get(self, indices: np.ndarray) -> list[bytes]:
+        """The records at `indices` into the concatenation, in that order."""
+        source = np.searchsorted(self.starts, indices, side="right") - 1
+        found: list[bytes] = [b""] * len(indices)
+        for k in np.unique(source):
+            rows = np.flatnonzero(source == k)
+            for row, record in zip(rows, _get(self.sources[k], indices[rows] - self.starts[k])):
+                found[row] = record
+        return found
 
 
 def _numpy_batches(examples: tf.data.Dataset, prepare: Callable, batch_size: int, num_threads: int | None,

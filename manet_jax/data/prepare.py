@@ -2,8 +2,8 @@
 
   python -m manet_jax.data.prepare --dataset NAME [--manual-dir DIR] [--data-dir DIR] [--skip-corrupt]
 
-NAME is one of raf_db, affectnet/7, affectnet/8, caer_s, sfew, ferplus, image_folder/7,
-image_folder/8 or synthetic_faces/<size> (no download). The manual dir defaults to
+NAME is one of raf_db, affectnet/7, affectnet/8, caer_s, sfew, fer2013, ferplus, fed_ro,
+image_folder/7, image_folder/8 or synthetic_faces/<size> (no download). The manual dir defaults to
 <data_dir>/downloads/manual/<dataset>; the data dir to `locations.default_data_dir()`.
 """
 

@@ -1,4 +1,5 @@
-"""Dataset names (`<builder>` or `<builder>/<config>`) -> TFDS builders."""
+"""Dataset names (`<builder>` or `<builder>/<config>`) -> TFDS builders; several names joined by
+`+` (`affectnet/7+raf_db`) are the union of those datasets."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import os
 from manet_jax.data.affectnet import Affectnet
 from manet_jax.data.caer_s import CaerS
 from manet_jax.data.errors import DatasetNameError
+from manet_jax.data.fed_ro import FedRo
+from manet_jax.data.fer2013 import Fer2013
 from manet_jax.data.fer_builder import FerBuilder
 from manet_jax.data.ferplus import Ferplus
 from manet_jax.data.image_folder import ImageFolder
@@ -16,11 +19,24 @@ from manet_jax.data.sfew import Sfew
 from manet_jax.data.synthetic_faces import SyntheticFaces, SyntheticFacesConfig
 
 BUILDERS: dict[str, type[FerBuilder]] = {
-    cls.name: cls for cls in (RafDb, Affectnet, CaerS, Sfew, Ferplus, ImageFolder, SyntheticFaces)}
+    cls.name: cls for cls in (RafDb, Affectnet, CaerS, Sfew, Fer2013, Ferplus, FedRo, ImageFolder, SyntheticFaces)}
+UNION = "+"
+
+
+def union_members(name: str) -> list[str]:
+    """'affectnet/7+raf_db' -> ['affectnet/7', 'raf_db']; 'raf_db' -> ['raf_db']. Each is checked."""
+    members = name.split(UNION)
+    if len(set(members)) != len(members):
+        raise DatasetNameError(f"dataset {name!r} names a dataset twice")
+    for member in members:
+        split_name(member)
+    return members
 
 
 def split_name(name: str) -> tuple[str, str | None]:
     """'affectnet/7' -> ('affectnet', '7'); 'raf_db' -> ('raf_db', None)."""
+    if UNION in name:
+        raise DatasetNameError(f"{name!r} names several datasets; give one ({', '.join(name.split(UNION))})")
     builder, _, config = name.partition("/")
     if builder not in BUILDERS:
         raise DatasetNameError(f"unknown dataset {name!r}; known: {', '.join(sorted(BUILDERS))}")

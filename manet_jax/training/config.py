@@ -27,7 +27,6 @@ from manet_jax.data.options import input_config
 from manet_jax.errors import ConfigError
 from manet_jax.models import MULTISCALE_WIRINGS
 
-CONFIG_FILE = "config.json"  # the resolved config, in every workdir
 REQUIRED = ("dataset", "num_epochs", "batch_size", "learning_rate", "lr_step_epochs")
 
 
@@ -73,10 +72,14 @@ RANGES: dict[str, tuple[Callable, str]] = {
 def base_config() -> ml_collections.ConfigDict:
     """Every key the trainer reads, with the reference's common settings (MA-Net `main.py`)."""
     c = ml_collections.ConfigDict()
-    # Data (manet_jax.data): a dataset name such as 'raf_db', 'affectnet/7', 'synthetic_faces/96'.
+    # Data (manet_jax.data): a dataset name such as 'raf_db', 'affectnet/7', 'synthetic_faces/96', or
+    # several joined by '+' ('affectnet/7+raf_db'): the union of their train splits, each example once an epoch.
     c.dataset = placeholder(str)
     c.data_dir = placeholder(str)  # None: $MANET_DATA_DIR, else the repository's data/, else ~/tensorflow_datasets
-    c.eval_split = placeholder(str)  # None: the split the paper reports on (test, or validation)
+    # Evaluated every epoch, side by side: 'NAME[:SPLIT],...' (e.g. 'sfew,ferplus:test,fed_ro'); None: each
+    # dataset of `dataset`. The first one ranks the checkpoints (the best is the highest fused accuracy on it).
+    c.eval_dataset = placeholder(str)
+    c.eval_split = placeholder(str)  # the split of eval sets that name none; None: the one the paper reports on
     c.image_size = 224
     c.input = input_config()  # sampling and augmentation of the training examples
     # Model and initialisation.
@@ -140,6 +143,23 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             value = value[part]
         if not accepts(value):
             raise ConfigError(f"config.{key} must be {allowed}, got {value!r}")
+    eval_sets(config)
+
+
+def eval_sets(config: ml_collections.ConfigDict) -> list[tuple[str, str | None]]:
+    """(dataset, split) of each set a run of `config` evaluates, in order: the entries
+    'NAME[:SPLIT]' of config.eval_dataset, else each dataset of config.dataset. A split left out
+    is config.eval_split (None: the dataset's own, the one the paper reports on)."""
+    if config.eval_dataset is None:
+        return [(name, config.eval_split) for name in config.dataset.split("+")]
+    sets = []
+    for entry in config.eval_dataset.split(","):
+        name, _, split = entry.strip().partition(":")
+        if not name or "+" in name or (":" in entry and not split):
+            raise ConfigError(f"config.eval_dataset: {entry.strip()!r} is not NAME or NAME:SPLIT of one dataset "
+                              f"(separate several with ',', e.g. 'sfew,ferplus:test,fed_ro')")
+        sets.append((name, split or config.eval_split))
+    return sets
 
 
 def model_spec(config: ml_collections.ConfigDict, class_names: Sequence[str]) -> ModelSpec:

@@ -1,7 +1,9 @@
 """Evaluation over a whole split, its report (metrics.json, confusion-matrix PNG) and the evaluator.
 
 Results are `{'loss', 'count', 'fused', 'local', 'global'}`, each head's entry as in
-`metrics.classification_metrics`; every example counts exactly once (padding is masked out).
+`metrics.classification_metrics`; every example counts exactly once (padding is masked out). Those
+of an eval set (`evaluate_set`) add its `dataset` and `split`, and `left_out`, the examples per
+class the model has no head for, when there are any.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from manet_jax.bundle import BundleError, load_bundle
 from manet_jax.forward import HEADS
 from manet_jax.mesh import replicate
 from manet_jax.training.metrics import classification_metrics
-from manet_jax.training.setup import build
+from manet_jax.training.setup import EvalSet, Setup, build
 
 METRICS_JSON, CONFUSION_PNG = "metrics.json", "confusion_matrix.png"
 
@@ -42,6 +44,22 @@ def evaluate(eval_step: Callable, variables: dict, batches: Iterator[dict[str, j
     for head in HEADS:
         results[head] = classification_metrics(totals["confusion"][head], class_names)
     return results
+
+
+def evaluate_set(setup: Setup, variables: dict, eval_set: EvalSet) -> dict[str, Any]:
+    """The results of `variables` (on the mesh) on `eval_set`, as a run of `setup` evaluates it."""
+    results = evaluate(setup.eval_step, variables, setup.eval_batches(eval_set), setup.info.class_names)
+    left_out = {"left_out": eval_set.left_out} if eval_set.left_out else {}
+    return {"dataset": eval_set.info.name, "split": eval_set.split, **results, **left_out}
+
+
+def describe(name: str, results: dict[str, Any]) -> str:
+    """One line on an eval set's results: accuracy, mean class and branch accuracies, loss, count."""
+    fused = results["fused"]
+    left_out = "".join(f", {n} {c} left out" for n, c in results.get("left_out", {}).items())
+    return (f"{name} accuracy {fused['accuracy']:.2%} (mean class {fused['mean_class_accuracy']:.2%}; local "
+            f"{results['local']['accuracy']:.2%}, global {results['global']['accuracy']:.2%}), loss "
+            f"{results['loss']:.4f}, n={results['count']}{left_out}")
 
 
 def confusion_figure(confusion: Sequence[Sequence[int]], class_names: Sequence[str], title: str) -> Figure:
@@ -79,12 +97,12 @@ def write_report(results: dict[str, Any], output_dir: epath.PathLike, class_name
         figure.savefig(f, format="png", dpi=120)
 
 
-def evaluate_checkpoint(config: ml_collections.ConfigDict, checkpoint: str, split: str | None = None,
-                        output_dir: str | None = None) -> dict[str, Any]:
-    """Evaluates a model (a bundle, or a trainer workdir's best checkpoint) on `split` of the
-    config's dataset (default: config.eval_split, else the dataset's eval split) as a run of
-    `config` would; process 0 writes the report to `output_dir` (default:
-    `<checkpoint>/eval/<dataset>_<split>`). Returns the results."""
+def evaluate_checkpoint(config: ml_collections.ConfigDict, checkpoint: str, output_dir: str | None = None
+                        ) -> dict[str, dict[str, Any]]:
+    """Evaluates a model (a bundle, or a trainer workdir's best checkpoint) on every eval set of
+    `config` (config.eval_dataset, else the splits of config.dataset) as a run of `config` would;
+    process 0 writes a report per set to `<output_dir>/<dataset>_<split>` (default output_dir:
+    `<checkpoint>/eval`). Returns the results per eval set."""
     setup = build(config)
     bundle = load_bundle(checkpoint)
     info = setup.info
@@ -97,13 +115,15 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, checkpoint: str, spli
     if bundle.spec.class_names != info.class_names:
         logger.warning("%s was trained on classes %s; %s has %s", checkpoint, list(bundle.spec.class_names),
                        config.dataset, list(info.class_names))
-    split = split or setup.eval_split
-    results = evaluate(setup.eval_step, replicate(bundle.variables, setup.mesh), setup.eval_batches(split),
-                       info.class_names)
-    results = {"checkpoint": str(checkpoint), "step": bundle.step, "dataset": config.dataset,
-               "split": split, "image_size": config.image_size, **results}
-    output_dir = output_dir or str(epath.Path(checkpoint) / "eval" / f"{config.dataset.replace('/', '_')}_{split}")
-    if jax.process_index() == 0:
-        write_report(results, output_dir, info.class_names)
-        logger.info("%s; report in %s", figure_title(results), output_dir)
-    return results
+    variables = replicate(bundle.variables, setup.mesh)
+    output_dir = epath.Path(output_dir or epath.Path(checkpoint) / "eval")
+    evaluations = {}
+    for eval_set in setup.eval_sets:
+        results = {"checkpoint": str(checkpoint), "step": bundle.step, "image_size": config.image_size,
+                   **evaluate_set(setup, variables, eval_set)}
+        evaluations[eval_set.name] = results
+        report_dir = output_dir / eval_set.name.replace("/", "_")
+        if jax.process_index() == 0:
+            write_report(results, report_dir, info.class_names)
+            logger.info("%s; report in %s", describe(eval_set.name, results), report_dir)
+    return evaluations

@@ -1,10 +1,10 @@
 """The training loop: train, evaluate each epoch, checkpoint, resume (`train_and_evaluate`).
 
 The workdir holds `config.json` (the resolved config), `checkpoints/<step>/` (each a model bundle
-with the run state it resumes from), `metrics.jsonl`, `summary.json` (best and last evaluation),
-`tensorboard/` and, while a trainer runs there, its `lease.json` (one trainer per workdir; see
-`lease`). Running again in the same workdir resumes from its latest checkpoint with the same data
-order, so the run continues exactly as an uninterrupted one would.
+with the run state it resumes from), `metrics.jsonl`, `summary.json` (best and last evaluation of
+every eval set; see `workdir`), `tensorboard/` and, while a trainer runs there, its `lease.json`
+(one trainer per workdir; see `lease`). Running again in the same workdir resumes from its latest
+checkpoint with the same data order, so the run continues exactly as an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ import numpy as np
 from etils import epath
 
 from manet_jax.bundle import CHECKPOINTS, best_step
-from manet_jax.errors import ManetError
+from manet_jax.errors import ConfigError, ManetError
 from manet_jax.training.checkpointing import Checkpoints
-from manet_jax.training.config import CONFIG_FILE, save_config
-from manet_jax.training.evaluation import confusion_figure, evaluate, figure_title
+from manet_jax.training.config import save_config
+from manet_jax.training.evaluation import confusion_figure, describe, evaluate_set, figure_title
 from manet_jax.training.lease import Lease, hold
 from manet_jax.training.metric_writer import MetricWriter
 from manet_jax.training.metrics import mean_train_metrics
@@ -30,8 +30,7 @@ from manet_jax.training.preemption import PreemptionGuard
 from manet_jax.training.progress import Progress, format_duration
 from manet_jax.training.setup import Setup, build
 from manet_jax.training.state import TrainState
-
-SUMMARY_FILE = "summary.json"
+from manet_jax.training.workdir import CONFIG_FILE, SUMMARY_FILE, upgraded
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +40,7 @@ class NonFiniteLossError(ManetError, FloatingPointError):
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Trains per `config` in `workdir`; returns the run summary `{'best', 'last'}` (evaluations).
+    """Trains per `config` in `workdir`; returns the run summary `{'ranked_by', 'best', 'last'}`.
 
     Evaluates every `eval_every_epochs` and checkpoints every `checkpoint_every_epochs` (and at
     the end); on SIGTERM saves a checkpoint and returns early. Raises NonFiniteLossError, naming
@@ -71,7 +70,7 @@ class Trainer:
         self.checkpoints = Checkpoints(workdir / CHECKPOINTS, self.config.keep_checkpoints)
         self.writer = MetricWriter(workdir, enabled=self.is_main)
         self.progress = Progress(setup.total_steps, self.config.batch_size)
-        self.summary: dict[str, Any] = {"best": None, "last": None}  # evaluation entries
+        self.summary: dict[str, Any] = {"ranked_by": setup.eval_sets[0].name, "best": None, "last": None}
         self.epoch_metrics: list[dict[str, float]] = []  # host metrics of this epoch's steps so far
 
     def initial_state(self) -> TrainState:
@@ -80,7 +79,13 @@ class Trainer:
         if restored is None:
             return self.setup.initial_state()
         state, host_state = restored
-        self.summary, self.epoch_metrics = host_state["summary"], host_state["epoch_metrics"]
+        summary = upgraded(host_state["summary"], self.config.dataset)
+        if summary["ranked_by"] not in (None, self.summary["ranked_by"]):
+            raise ConfigError(f"{self.workdir} ranks its checkpoints by {summary['ranked_by']}, this config by "
+                              f"{self.summary['ranked_by']} (its first eval set); resume with the eval sets it was "
+                              "started with (config.eval_dataset), or use a new workdir")
+        self.summary.update(best=summary["best"], last=summary["last"])
+        self.epoch_metrics = host_state["epoch_metrics"]
         logger.info("resuming from checkpoint %d in %s", int(state.step), self.checkpoints.directory)
         return state
 
@@ -180,55 +185,56 @@ class Trainer:
         self.progress.skip()
 
     def _evaluate(self, state: TrainState, epoch: int, done: int) -> float:
-        """Evaluates on the eval split, updates the best and last entries; returns the accuracy."""
+        """Evaluates every eval set, updates the best and last entries; returns the accuracy that
+        ranks the checkpoints (the first eval set's)."""
         setup = self.setup
-        results = {"split": setup.eval_split, **evaluate(setup.eval_step, state.variables, setup.eval_batches(),
-                                                          setup.info.class_names)}
+        results = {s.name: evaluate_set(setup, state.variables, s) for s in setup.eval_sets}
         entry = {"epoch": epoch, "step": done, "eval": results}
-        best = self.summary["best"]
-        candidates = [(entry["step"], results["fused"]["accuracy"])]
+        best, ranked_by = self.summary["best"], self.summary["ranked_by"]
+        candidates = [(entry["step"], results[ranked_by]["fused"]["accuracy"])]
         if best is not None:
-            candidates.append((best["step"], best["eval"]["fused"]["accuracy"]))
+            candidates.append((best["step"], best["eval"][ranked_by]["fused"]["accuracy"]))
         if best_step(candidates) == done:
             self.summary["best"] = entry
         self.summary["last"] = entry
-        return results["fused"]["accuracy"]
+        return results[ranked_by]["fused"]["accuracy"]
 
     def _report_epoch(self, epoch: int, done: int) -> None:
         """Writes the epoch's record (train means, and the evaluation if there was one at this step)."""
         record: dict[str, Any] = {"step": done, "epoch": epoch,
                                   "train_epoch": mean_train_metrics(self.epoch_metrics, self.config.batch_size)}
-        last, best = self.summary["last"], self.summary["best"]
+        last, best, ranked_by = self.summary["last"], self.summary["best"], self.summary["ranked_by"]
         evaluated = last is not None and last["step"] == done
         if evaluated:
             record["eval"] = last["eval"]
-            record["best"] = {"epoch": best["epoch"], "accuracy": best["eval"]["fused"]["accuracy"]}
+            record["best"] = {"epoch": best["epoch"], "accuracy": best["eval"][ranked_by]["fused"]["accuracy"]}
         self._check_lease()
         self.writer.write(record)
         if not (self.is_main and evaluated):
             return
-        results = last["eval"]
-        self.writer.write_figure("eval/fused/confusion_matrix", confusion_figure(
-            results["fused"]["confusion_matrix"], self.setup.info.class_names, figure_title(results)), done)
+        for name, results in last["eval"].items():
+            self.writer.write_figure(f"eval/{name}/fused/confusion_matrix", confusion_figure(
+                results["fused"]["confusion_matrix"], self.setup.info.class_names, figure_title(results)), done)
         (self.workdir / SUMMARY_FILE).write_text(json.dumps(self.summary, indent=2) + "\n")
-        logger.info("epoch %d/%d %s accuracy %.2f%% (mean class %.2f%%; local %.2f%%, global %.2f%%), loss %.4f; "
-                    "train accuracy %.2f%%; best %.2f%% at epoch %d", epoch, self.config.num_epochs, results["split"],
-                    100 * results["fused"]["accuracy"], 100 * results["fused"]["mean_class_accuracy"],
-                    100 * results["local"]["accuracy"], 100 * results["global"]["accuracy"], results["loss"],
-                    100 * record["train_epoch"]["accuracy"], 100 * record["best"]["accuracy"], best["epoch"])
+        lines = [f"epoch {epoch}/{self.config.num_epochs} {describe(name, results)}"
+                 for name, results in last["eval"].items()]
+        logger.info("%s; train accuracy %.2f%%; best %.2f%% at epoch %d%s", lines[0],
+                    100 * record["train_epoch"]["accuracy"], 100 * record["best"]["accuracy"], best["epoch"],
+                    "".join(f"\n  {line}" for line in lines[1:]))
 
     def _log_plan(self, start: int) -> None:
         if self.is_main:
             setup, info = self.setup, self.setup.info
-            logger.info("%s: %d train / %d %s examples, %d classes; steps %d..%d of batch %d (%d per epoch) on %d "
-                        "device(s) in %d process(es)", self.config.dataset, info.splits[info.train_split],
-                        info.splits[setup.eval_split], setup.eval_split, info.num_classes, start + 1,
-                        setup.total_steps, self.config.batch_size, setup.steps_per_epoch, setup.mesh.size,
-                        jax.process_count())
+            evaluated = ", ".join(f"{s.name} ({s.num_examples})" for s in setup.eval_sets)
+            logger.info("%s: %d train examples, %d classes, evaluated on %s; steps %d..%d of batch %d (%d per "
+                        "epoch) on %d device(s) in %d process(es)", self.config.dataset, info.splits[info.train_split],
+                        info.num_classes, evaluated, start + 1, setup.total_steps, self.config.batch_size,
+                        setup.steps_per_epoch, setup.mesh.size, jax.process_count())
 
     def _log_done(self) -> None:
-        best, last = self.summary["best"], self.summary["last"]
+        best, last, ranked_by = self.summary["best"], self.summary["last"], self.summary["ranked_by"]
         if self.is_main and best is not None:
             logger.info("done: %s accuracy best %.2f%% (epoch %d), last %.2f%% (epoch %d); summary in %s",
-                        self.setup.eval_split, 100 * best["eval"]["fused"]["accuracy"], best["epoch"],
-                        100 * last["eval"]["fused"]["accuracy"], last["epoch"], self.workdir / SUMMARY_FILE)
+                        ranked_by, 100 * best["eval"][ranked_by]["fused"]["accuracy"], best["epoch"],
+                        100 * last["eval"][ranked_by]["fused"]["accuracy"], last["epoch"],
+                        self.workdir / SUMMARY_FILE)

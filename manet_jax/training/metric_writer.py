@@ -1,9 +1,9 @@
 """Metric records to `<workdir>/metrics.jsonl` and TensorBoard (`<workdir>/tensorboard/`), process 0 only.
 
 A record is a JSON object with `step` (optimizer steps done), `epoch` and nested metric dicts,
-e.g. `{"step": 96, "epoch": 1, "train": {"loss": ...}, "eval": {"fused": {"accuracy": ...}}}`.
-TensorBoard gets every number as a scalar tagged by its path (`eval/fused/accuracy`,
-`eval/fused/recall/Happiness`); lists (confusion matrices) stay in the JSON, and are drawn as
+e.g. `{"step": 96, "epoch": 1, "train": {"loss": ...}, "eval": {"raf_db/test": {"fused": {"accuracy":
+...}}}}`. TensorBoard gets every number as a scalar tagged by its path (`eval/raf_db/test/fused/accuracy`,
+`eval/raf_db/test/fused/recall/Happiness`); lists (confusion matrices) stay in the JSON, and are drawn as
 images. TensorFlow's summary writer writes local paths and `gs://` buckets alike.
 """
 

@@ -14,11 +14,12 @@ from jax.sharding import Mesh
 
 from manet_jax.bundle import ModelSpec
 from manet_jax.data import pipeline
+from manet_jax.data.errors import DatasetNameError
 from manet_jax.errors import ConfigError
 from manet_jax.forward import module_for
 from manet_jax.mesh import check_batch_size, make_mesh, prefetch_to_device
 from manet_jax.models import MANet
-from manet_jax.training.config import check_config, model_spec
+from manet_jax.training.config import check_config, eval_sets, model_spec
 from manet_jax.training.initialisation import initial_variables
 from manet_jax.training.optim import sgd, step_lr
 from manet_jax.training.state import TrainState, abstract_train_state, create_train_state
@@ -28,18 +29,44 @@ GlobalBatches = Iterator[dict[str, jax.Array]]
 
 
 @dataclasses.dataclass(frozen=True)
+class EvalSet:
+    """A split a run evaluates: its examples of the model's classes, the first `num_classes`
+    (every dataset uses MA-Net's class order)."""
+
+    info: pipeline.DatasetInfo
+    split: str
+    num_classes: int
+
+    @property
+    def name(self) -> str:
+        """'<dataset>/<split>' (e.g. 'fed_ro/test'): its key in metrics and summaries, and in TensorBoard tags."""
+        return f"{self.info.name}/{self.split}"
+
+    @property
+    def num_examples(self) -> int:
+        return sum(self.info.class_counts[self.split][:self.num_classes])
+
+    @property
+    def left_out(self) -> dict[str, int]:
+        """The examples of classes the model lacks, per class: not evaluated."""
+        counts = self.info.class_counts[self.split]
+        return {name: count for name, count in zip(self.info.class_names[self.num_classes:], counts[self.num_classes:])
+                if count}
+
+
+@dataclasses.dataclass(frozen=True)
 class Setup:
     """The model, optimizer, schedule, steps, state and data of a run of `config` on `mesh`."""
 
     config: ml_collections.ConfigDict
     mesh: Mesh
-    info: pipeline.DatasetInfo
+    info: pipeline.DatasetInfo  # the training data: config.dataset, one dataset or a union
     spec: ModelSpec  # the header of the models the run writes
     model: MANet
     schedule: optax.Schedule
     optimizer: optax.GradientTransformation
     steps_per_epoch: int
-    eval_split: str
+    eval_sets: tuple[EvalSet, ...]  # evaluated side by side; the first ranks the checkpoints
     eval_batch_size: int
 
     @property
@@ -71,27 +98,27 @@ class Setup:
             global_batch_size=config.batch_size, seed=config.seed, options=config.input, start_step=start_step,
             num_steps=self.total_steps - start_step), self.mesh)
 
-    def eval_batches(self, split: str | None = None) -> GlobalBatches:
-        """Every example of `split` (default: the eval split) once, padding masked, on the mesh."""
+    def eval_batches(self, eval_set: EvalSet) -> GlobalBatches:
+        """Every example `eval_set` evaluates once, padding masked, on the mesh."""
         config = self.config
         return prefetch_to_device(pipeline.eval_iterator(
-            config.dataset, config.data_dir, split=split or self.eval_split, image_size=config.image_size,
-            global_batch_size=self.eval_batch_size), self.mesh)
+            eval_set.info.name, config.data_dir, split=eval_set.split, image_size=config.image_size,
+            global_batch_size=self.eval_batch_size, num_classes=eval_set.num_classes), self.mesh)
 
 
 def build(config: ml_collections.ConfigDict, mesh: Mesh | None = None,
-          info: pipeline.DatasetInfo | None = None) -> Setup:
-    """The run of `config` on `mesh` (default: every device) over `info` (default: the prepared
-    dataset's). Raises ConfigError, or a data error naming the dataset, before any JAX work when the
-    config cannot run there."""
+          dataset_info: Callable[[str, str | None], pipeline.DatasetInfo] = pipeline.dataset_info) -> Setup:
+    """The run of `config` on `mesh` (default: every device), with `dataset_info(name, data_dir)`
+    describing its datasets (default: the prepared data's). Raises ConfigError (or a dataset error)
+    before any JAX work when the config cannot run there."""
     check_config(config)
     if config.dtype == "float64" and not jax.config.jax_enable_x64:
         raise ConfigError("config.dtype=float64 needs 64-bit JAX: set JAX_ENABLE_X64=1")
-    info = pipeline.dataset_info(config.dataset, config.data_dir) if info is None else info
-    eval_split = config.eval_split or info.eval_split
-    if eval_split not in info.splits:
-        raise ConfigError(f"config.eval_split={eval_split!r}: {config.dataset} has the splits "
-                          f"{', '.join(info.splits)}")
+    info = dataset_info(config.dataset, config.data_dir)
+    if info.train_split is None:
+        raise ConfigError(f"config.dataset: {config.dataset} has no train split; it is for evaluation only "
+                          f"(config.eval_dataset={config.dataset})")
+    sets = _eval_sets(config, info.num_classes, dataset_info)
     mesh = make_mesh() if mesh is None else mesh
     eval_batch_size = config.eval_batch_size or config.batch_size
     check_batch_size(config.batch_size, mesh, "config.batch_size")
@@ -101,4 +128,21 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh | None = None,
     schedule = step_lr(config.learning_rate, steps_per_epoch, config.lr_step_epochs, config.lr_gamma)
     return Setup(config=config, mesh=mesh, info=info, spec=spec, model=module_for(spec, mesh), schedule=schedule,
                  optimizer=sgd(schedule, config.momentum, config.weight_decay), steps_per_epoch=steps_per_epoch,
-                 eval_split=eval_split, eval_batch_size=eval_batch_size)
+                 eval_sets=sets, eval_batch_size=eval_batch_size)
+
+
+def _eval_sets(config: ml_collections.ConfigDict, num_classes: int,
+               dataset_info: Callable[[str, str | None], pipeline.DatasetInfo]) -> tuple[EvalSet, ...]:
+    """The config's eval sets, each checked to hold examples of the model's `num_classes` classes."""
+    found = []
+    for name, split in eval_sets(config):
+        info = dataset_info(name, config.data_dir)
+        eval_set = EvalSet(info, split or info.eval_split, num_classes)
+        if eval_set.split not in info.splits:
+            raise DatasetNameError(f"{name} has no split {eval_set.split!r} to evaluate; splits: {list(info.splits)}")
+        if not eval_set.num_examples:
+            raise ConfigError(f"{eval_set.name} has no examples of the model's {num_classes} classes to evaluate")
+        if eval_set.name in {s.name for s in found}:
+            raise ConfigError(f"{eval_set.name} is evaluated twice; config.eval_dataset={config.eval_dataset!r}")
+        found.append(eval_set)
+    return tuple(found)

@@ -1,0 +1,59 @@
+"""Report the spread of several runs of one recipe (e.g. seeds): mean ± std, min and max per metric.
+
+  python -m manet_jax.report runs/raf_seed0 runs/raf_seed1 runs/raf_seed2 [--json FILE] [--markdown FILE]
+  python -m manet_jax.report "runs/raf_seed*"
+
+Each RUN is a trainer workdir or a glob of them (quoted, so that the tool expands it). For the best
+and the last epoch of each run (`summary.json`) it prints, per eval set and head, the mean ± sample
+standard deviation, minimum and maximum of the accuracy, the mean class accuracy and the recall of
+each class, as Markdown; --json and --markdown also write the table to files.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import sys
+from collections.abc import Sequence
+
+from manet_jax import cli
+from manet_jax.training.spreads import RunsError, markdown, spreads
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = cli.parser("manet_jax.report", __doc__)
+    parser.add_argument("runs", nargs="+", metavar="RUN", help="trainer workdir, or a quoted glob of them")
+    parser.add_argument("--json", metavar="FILE", help="also write the table as JSON")
+    parser.add_argument("--markdown", metavar="FILE", help="also write the table as Markdown")
+    args = parser.parse_args(argv)
+
+    def work() -> None:
+        table = spreads(expand(args.runs))
+        text = markdown(table)
+        print(text, end="")
+        if args.json:
+            with open(args.json, "w") as f:
+                f.write(json.dumps(table, indent=2) + "\n")
+        if args.markdown:
+            with open(args.markdown, "w") as f:
+                f.write(text)
+
+    return cli.run(work)
+
+
+def expand(patterns: Sequence[str]) -> list[str]:
+    """The workdirs named by `patterns`: each a path, or a glob matching at least one."""
+    runs = []
+    for pattern in patterns:
+        if glob.has_magic(pattern):
+            matches = sorted(glob.glob(pattern))
+            if not matches:
+                raise RunsError(f"{pattern}: matches no run")
+            runs += matches
+        else:
+            runs.append(pattern)
+    return runs
+
+
+if __name__ == "__main__":
+    sys.exit(main())

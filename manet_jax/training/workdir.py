@@ -1,0 +1,51 @@
+"""A trainer workdir's own files, and its summary as tools read it.
+
+`config.json` is the run's resolved config. `summary.json` holds its best and its last evaluation:
+`{"ranked_by": "fed_ro/test", "best": entry, "last": entry}`, where an entry is `{"epoch", "step",
+"eval": {eval set: results}}` with the results of every eval set (`evaluation.evaluate_set`); the
+best is the entry with the highest fused accuracy on the `ranked_by` set (the first eval set), the
+earliest on ties. Light to import: the report tool reads summaries without starting JAX.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from etils import epath
+
+from manet_jax.errors import ManetError
+
+CONFIG_FILE, SUMMARY_FILE = "config.json", "summary.json"
+
+
+class SummaryError(ManetError, ValueError):
+    """A workdir without a readable summary; the message names the file."""
+
+
+def read_summary(workdir: epath.PathLike) -> dict[str, Any]:
+    """The summary of the run in `workdir` (also one written before eval sets)."""
+    workdir = epath.Path(workdir)
+    path = workdir / SUMMARY_FILE
+    if not path.is_file():
+        raise SummaryError(f"{workdir}: no {SUMMARY_FILE}; not a trainer workdir, or no epoch evaluated yet")
+    try:
+        summary = json.loads(path.read_text())
+        return upgraded(summary, json.loads((workdir / CONFIG_FILE).read_text())["dataset"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SummaryError(f"{path}: cannot be read ({type(e).__name__}: {e})") from e
+
+
+def upgraded(summary: dict[str, Any], dataset: str) -> dict[str, Any]:
+    """`summary` in the current format. Summaries written before eval sets hold one evaluation per
+    entry, of `dataset` (the run's config.dataset) and the split it names."""
+    if "ranked_by" in summary:
+        return summary
+    current: dict[str, Any] = {"ranked_by": None}
+    for key in ("best", "last"):
+        entry = summary.get(key)
+        if entry is not None:
+            current["ranked_by"] = f"{dataset}/{entry['eval']['split']}"
+            entry = {**entry, "eval": {current["ranked_by"]: {"dataset": dataset, **entry["eval"]}}}
+        current[key] = entry
+    return current
