@@ -2,6 +2,10 @@
 
 Run by hand from the repository root when the golden files change:
         python scripts/extract_golden.py ../shared/golden
+and, for the 2021 multi-scale wiring, on the full file `scripts/make_golden.py` wrote from a
+clone of the official code checked out at aaf8788:
+        python scripts/extract_golden.py --wiring-2021 manet_2021_seed0_7cls.npz
+which keeps only the extracted arrays that differ from the 2023 wiring's (golden_seed0_7cls.npz).
 
 Parameters and inputs are not copied: the tests regenerate them from the golden formula
 (tests/golden.py). Large arrays (activations, full gradients, parameters after the step) are
@@ -31,7 +35,8 @@ def subsample_index(size: int) -> np.ndarray:
     return np.unique(np.linspace(0, size - 1, MAX_ELEMENTS).round().astype(np.int64))
 
 
-def extract(src: Path, dst: Path) -> None:
+def extract(src: Path) -> dict[str, np.ndarray]:
+    """The arrays the tests read from the full golden file `src`."""
     golden = np.load(src)
     out = {}
     for key in golden.files:
@@ -44,17 +49,28 @@ def extract(src: Path, dst: Path) -> None:
             out[f"{key}@values"] = value.reshape(-1)[index]
             out[f"{key}@shape"] = np.asarray(value.shape, np.int64)
             out[f"{key}@max_abs"] = np.abs(value).max()
-    np.savez_compressed(dst, **out)
-    print(f"{dst}: {len(out)} arrays, {dst.stat().st_size / 1024:.0f} KiB")
+    return out
 
 
-def main(golden_dir: str) -> None:
+def save(arrays: dict[str, np.ndarray], dst: Path) -> None:
+    np.savez_compressed(dst, **arrays)
+    print(f"{dst}: {len(arrays)} arrays, {dst.stat().st_size / 1024:.0f} KiB")
+
+
+def main(argv: list[str]) -> None:
     data = Path(__file__).resolve().parents[1] / "tests" / "data"
     data.mkdir(parents=True, exist_ok=True)
+    if argv[:1] == ["--wiring-2021"]:
+        with np.load(data / "golden_seed0_7cls.npz") as base:
+            variant = {key: value for key, value in extract(Path(argv[1])).items()
+                       if not (value.shape == base[key].shape and np.array_equal(value, base[key]))}
+        save(variant, data / "golden_seed0_7cls_wiring2021.npz")
+        return
+    golden_dir = Path(argv[0] if argv else "../shared/golden")
     for name in ("manet_rng_seed0_7cls", "manet_rng_seed1_8cls"):
-        extract(Path(golden_dir) / f"{name}.npz", data / f"golden_{name.removeprefix('manet_rng_')}.npz")
-    (data / "manet_keys_7cls.txt").write_text((Path(golden_dir) / "manet_keys_7cls.txt").read_text())
+        save(extract(golden_dir / f"{name}.npz"), data / f"golden_{name.removeprefix('manet_rng_')}.npz")
+    (data / "manet_keys_7cls.txt").write_text((golden_dir / "manet_keys_7cls.txt").read_text())
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "../shared/golden")
+    main(sys.argv[1:])

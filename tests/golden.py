@@ -14,6 +14,9 @@ import numpy as np
 
 DATA = Path(__file__).parent / "data"
 GOLDEN_FILES = {7: DATA / "golden_seed0_7cls.npz", 8: DATA / "golden_seed1_8cls.npz"}
+# The official code of the 2021 multi-scale wiring (aaf8788) on the 7-class set: only the arrays
+# that differ from the 2023 wiring's are stored.
+WIRING_2021_FILE = DATA / "golden_seed0_7cls_wiring2021.npz"
 
 
 @functools.cache
@@ -63,9 +66,18 @@ def inputs(seed: int, batch: int, num_classes: int) -> tuple[np.ndarray, np.ndar
 
 
 @functools.cache
-def load(num_classes: int) -> dict[str, np.ndarray]:
+def load(num_classes: int, wiring: str = "2023") -> dict[str, np.ndarray]:
+    """The golden figures of the official model of `wiring` ("2021": the 7-class set only)."""
     with np.load(GOLDEN_FILES[num_classes]) as f:
-        return dict(f)
+        figures = dict(f)
+    if wiring == "2021":
+        if num_classes != 7:
+            raise ValueError("the 2021 wiring's goldens are of the 7-class set")
+        with np.load(WIRING_2021_FILE) as f:
+            figures |= dict(f)
+    elif wiring != "2023":
+        raise ValueError(f"no goldens of the multi-scale wiring {wiring!r}")
+    return figures
 
 
 def subsampled(golden: dict[str, np.ndarray], key: str) -> tuple[np.ndarray, np.ndarray, tuple, float]:

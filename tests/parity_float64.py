@@ -1,4 +1,5 @@
-"""Float64 parity against the golden float64 replica; run in its own process by test_model_parity.
+"""Float64 parity against the golden float64 replicas (2023 and 2021 wirings); run in its own process
+by test_model_parity.
 
 Exits non-zero (with the failing quantities) when any check fails; prints the measured errors.
 """
@@ -20,14 +21,16 @@ from manet_jax.convert import flax_to_torch, torch_to_flax  # noqa: E402
 from manet_jax.models import MANet, fused_logits, manet_loss  # noqa: E402
 
 
-def check(g: dict, execution: str) -> bool:
-    """Compare one branch execution with the replica; print the errors; True when all pass."""
+def check(execution: str, wiring: str) -> bool:
+    """Compare one branch execution and multi-scale wiring with the replica; print the errors;
+    True when all pass."""
+    g = golden.load(7, wiring)
     variables = jax.tree_util.tree_map(
         lambda a: np.asarray(a, np.float64) if np.issubdtype(a.dtype, np.floating) else a,
         torch_to_flax(golden.state_dict(0, 7)))
     x, y = golden.inputs(0, 4, 7)
     x = jnp.asarray(x.transpose(0, 2, 3, 1), jnp.float64)
-    model = MANet(7, dtype=jnp.float64, branch_execution=execution)
+    model = MANet(7, dtype=jnp.float64, branch_execution=execution, multiscale_wiring=wiring)
     eval_logits = fused_logits(*jax.jit(lambda v, x: model.apply(v, x))(variables, x))
 
     def loss_fn(params):
@@ -51,14 +54,15 @@ def check(g: dict, execution: str) -> bool:
         errors[f"grad_f64/{key} (rel L2)"] = (golden.rel_l2(grads[key].reshape(-1)[index], values), 1e-8)
     passed = True
     for name, (error, limit) in errors.items():
-        print(f"{execution:<9} {name:<70} {error:.3e}  (limit {limit:.0e})")
+        print(f"{wiring} {execution:<9} {name:<70} {error:.3e}  (limit {limit:.0e})")
         passed &= bool(error <= limit)
     return passed
 
 
 def main() -> int:
-    g = golden.load(7)
-    results = [check(g, execution) for execution in ("vmap", "unrolled")]
+    # Two runs cover both branch executions and both wirings: the local branch's figures are the
+    # same in both wirings' goldens.
+    results = [check(execution, wiring) for execution, wiring in (("vmap", "2023"), ("unrolled", "2021"))]
     return 0 if all(results) else 1
 
 

@@ -19,6 +19,8 @@ from reference import manet_torch  # noqa: E402
 
 REFERENCE_SOURCE = Path(manet_torch.__file__)
 SPATIAL_POOL = "torch.cat([x.amax(1, keepdim=True), x.mean(1, keepdim=True)], dim=1)"
+WIRING_DEFAULT = 'multiscale_wiring: str = "2023"'
+GLOBAL_HEAD = "logits_global = self.fc_2(torch.flatten(self.avgpool(glob), 1))"
 
 
 def make_repo(root: Path, source: str) -> Path:
@@ -40,7 +42,7 @@ def test_passes_on_spec_reference(tmp_path: Path, capsys) -> None:
                          "--output", str(report)])
     out = capsys.readouterr().out
     assert code == 0, out
-    assert "PASS" in out
+    assert "PASS" in out and "wiring:    2023 " in out
     rows = json.loads(report.read_text())["rows"]
     names = {(row["mode"], row["name"]) for row in rows}
     for mode in ("eval", "train"):
@@ -111,3 +113,61 @@ def test_load_checkpoint_keeps_heads_of_another_size() -> None:
     del state["layer2.0.conv1.weight"]
     with pytest.raises(compare.CompareError, match="layer2.0.conv1.weight"):
         compare.load_checkpoint(model, state, "golden.pth")
+
+
+def trained_looking_checkpoint(path: Path) -> Path:
+    """An official-format checkpoint (`state_dict`, `module.` keys) of the reference's seeded default
+    initialisation with BatchNorm weights and statistics perturbed and heads scaled like trained
+    ones: logits in the tens to hundreds."""
+    torch.manual_seed(0)
+    state = manet_torch.MANet(7).state_dict()
+    rng = np.random.default_rng(0)
+    for key, value in state.items():
+        if key.startswith(("fc_1.", "fc_2.")):
+            value.mul_(40)
+        elif key.endswith(".running_var") or (key.endswith(".weight") and value.ndim == 1):  # BatchNorm
+            value.mul_(torch.from_numpy(rng.uniform(0.5, 1.5, value.shape).astype(np.float32)))
+        elif key.endswith(".running_mean"):
+            value.add_(torch.from_numpy(rng.uniform(-0.1, 0.1, value.shape).astype(np.float32)))
+    torch.save({"state_dict": {f"module.{key}": value for key, value in state.items()}}, path)
+    return path
+
+
+def judged(report: Path) -> dict[tuple[str, str], dict]:
+    return {(row["mode"], row["name"]): row for row in json.loads(report.read_text())["rows"] if row["ok"] is not None}
+
+
+def test_a_2021_clone_with_large_logits_passes_and_a_small_head_error_fails(tmp_path: Path, capsys) -> None:
+    """The wiring of a clone at the 2021 code is found, and logits are judged relative to their size."""
+    source = REFERENCE_SOURCE.read_text()
+    assert WIRING_DEFAULT in source and GLOBAL_HEAD in source
+    source = source.replace(WIRING_DEFAULT, WIRING_DEFAULT.replace("2023", "2021"))
+    checkpoint = trained_looking_checkpoint(tmp_path / "trained.pth.tar")
+    report = tmp_path / "report.json"
+    arguments = ["--checkpoint", str(checkpoint), "--random", "2", "--output", str(report)]
+    code = compare.main(["--reference-repo", str(make_repo(tmp_path / "2021", source)), *arguments])
+    out = capsys.readouterr().out
+    assert code == 0 and "wiring:    2021 " in out, out
+    assert json.loads(report.read_text())["multiscale_wiring"] == "2021"
+    logits = judged(report)[("eval", "logits_global")]
+    assert logits["max_abs_ref"] > 50 and logits["tolerance"] == pytest.approx(1e-5 * logits["max_abs_ref"])
+
+    off = source.replace(GLOBAL_HEAD, GLOBAL_HEAD + " * (1 + 5e-5)")  # numerics that do not agree
+    code = compare.main(["--reference-repo", str(make_repo(tmp_path / "off", off)), *arguments])
+    out = capsys.readouterr().out
+    failed = {name for name, row in judged(report).items() if not row["ok"]}
+    assert code == 1 and "wiring:    2021 " in out, out
+    assert {("eval", "logits_global"), ("train", "logits_global")} <= failed
+    assert not {name for name in failed if name[1] in compare.STAGES or name[1].startswith("bn stats")}
+
+
+def test_detect_wiring_names_neither_for_another_order() -> None:
+    """Like bb33471, which ran cascade B's first step on the wrong chunk for a few hours."""
+    torch.manual_seed(0)
+    reference = manet_torch.MANet(7, multiscale_wiring="2021")
+    variables = compare.reference_variables(reference)
+    wiring, differences = compare.detect_wiring(reference, variables)
+    assert wiring == "2021" and differences["2021"] < 1e-5 < 0.1 < differences["2023"]
+    reference.layer3_2[0].cascade_b_order = (4, 2, 3, 1)
+    wiring, differences = compare.detect_wiring(reference, variables)
+    assert wiring is None and min(differences.values()) > 0.1, differences

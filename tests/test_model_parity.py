@@ -1,7 +1,9 @@
 """Numerics parity of MANet with the official PyTorch model (golden files in tests/data/).
 
-Tolerances are the golden README's recommendations for a float32 port (tests/data/README.md).
-Gradients and parameters are compared in the reference layout through `flax_to_torch`.
+Tolerances are the golden README's recommendations for a float32 port (tests/data/README.md),
+the same for both multi-scale wirings: the 2023 one on the 7- and 8-class sets, the 2021 one
+(the official code at aaf8788) on the 7-class set. Gradients and parameters are compared in the
+reference layout through `flax_to_torch`.
 """
 
 import functools
@@ -22,6 +24,7 @@ from manet_jax.training.optim import sgd
 
 LR = 0.01
 SETS = {7: (0, 4), 8: (1, 2)}  # num_classes -> (seed, batch)
+CASES = [(7, "2023"), (8, "2023"), (7, "2021")]  # (num_classes, multi-scale wiring) of the golden sets
 STAGES = ["layer2"] + [f"layer{j}_1_p{k}" for k in range(1, 5) for j in (3, 4)] + ["layer3_2", "layer4_2"]
 
 
@@ -42,13 +45,13 @@ def as_reference(params, batch_stats):
 
 
 @functools.cache
-def compute(num_classes: int) -> dict:
+def compute(num_classes: int, wiring: str) -> dict:
     """Every quantity the tests compare, for one golden set (one compile per function)."""
     seed, batch = SETS[num_classes]
     variables = torch_to_flax(golden.state_dict(seed, num_classes))
     x, y = golden.inputs(seed, batch, num_classes)
     x = jnp.asarray(x.transpose(0, 2, 3, 1))
-    model = MANet(num_classes)
+    model = MANet(num_classes, multiscale_wiring=wiring)
     with jax.default_matmul_precision("highest"):
         (local, glob), state = jax.jit(
             lambda v, x: model.apply(v, x, train=False, mutable=["intermediates"]))(variables, x)
@@ -67,14 +70,27 @@ def compute(num_classes: int) -> dict:
     }
 
 
-@pytest.fixture(scope="module", params=[7, 8], ids=["seed0_7cls", "seed1_8cls"])
+def case_id(case: tuple[int, str]) -> str:
+    return f"seed{SETS[case[0]][0]}_{case[0]}cls_{case[1]}"
+
+
+@pytest.fixture(scope="module", params=CASES, ids=case_id)
 def case(request):
-    return golden.load(request.param), compute(request.param)
+    return golden.load(*request.param), compute(*request.param)
 
 
-@pytest.fixture(scope="module")
-def case7():
-    return golden.load(7), compute(7)
+@pytest.fixture(scope="module", params=[c for c in CASES if c[0] == 7], ids=case_id)
+def case7(request):
+    return golden.load(*request.param), compute(*request.param)
+
+
+def test_the_goldens_tell_the_wirings_apart():
+    """The 2021 figures differ from the 2023 ones far beyond the tolerances, so the tests of each
+    wiring would fail the other's model."""
+    a, b = golden.load(7, "2023"), golden.load(7, "2021")
+    assert np.abs(a["logits_global"] - b["logits_global"]).max() > 1e3 * 5e-5
+    assert np.array_equal(a["logits_local"], b["logits_local"])
+    assert abs(float(a["loss"]) - float(b["loss"])) > 1e2 * 1e-5
 
 
 def test_eval_logits(case):
@@ -169,7 +185,8 @@ def test_sgd_step(case):
 
 
 def test_float64_replica():
-    """With jax x64 the port, vmapped or unrolled branches, matches the float64 replica tightly (own process)."""
+    """With jax x64 the port, vmapped or unrolled branches, each wiring, matches the float64 replica
+    tightly (own process)."""
     script = Path(__file__).with_name("parity_float64.py")
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -1,6 +1,9 @@
-"""Validates the spec-written PyTorch MA-Net (tests/reference) against the official golden numerics."""
+"""Validates the spec-written PyTorch MA-Net (tests/reference), wired as the official code of 2023
+and of 2021, against the golden numerics of the official model of each."""
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import pytest
@@ -19,14 +22,14 @@ HOOKED = ("maxpool", "layer2", "layer3_2", "layer4_2", "avgpool", "fc_1", "fc_2"
           *(f"layer{i}_1_p{k}" for i in (3, 4) for k in range(1, 5)))
 
 
-def run_reference(num_classes: int) -> dict[str, np.ndarray]:
+def run_reference(num_classes: int, wiring: str = "2023") -> dict[str, np.ndarray]:
     """One eval forward (with stage activations) and one train forward of the golden model."""
     torch.set_num_threads(2)
-    g = golden.load(num_classes)
+    g = golden.load(num_classes, wiring)
     seed = int(g["seed"])
     x, y = golden.inputs(seed, len(g["y"]), num_classes)
     np.testing.assert_array_equal(y, g["y"])
-    model = MANet(num_classes)
+    model = MANet(num_classes, multiscale_wiring=wiring)
     model.load_state_dict({k: torch.from_numpy(v) for k, v in golden.state_dict(seed, num_classes).items()})
     acts: dict[str, list[np.ndarray]] = {}
 
@@ -62,25 +65,29 @@ def run_reference(num_classes: int) -> dict[str, np.ndarray]:
     return out
 
 
-@pytest.fixture(scope="module")
-def reference7() -> dict[str, np.ndarray]:
-    return run_reference(7)
+@functools.cache
+def figures(num_classes: int, wiring: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(the spec-written model's figures, the official ones) of a golden set."""
+    return run_reference(num_classes, wiring), golden.load(num_classes, wiring)
 
 
-@pytest.fixture(scope="module")
-def reference8() -> dict[str, np.ndarray]:
-    return run_reference(8)
-
-
-@pytest.fixture(params=[7, 8])
+@pytest.fixture(params=[(7, "2023"), (8, "2023"), (7, "2021")], ids=lambda c: f"{c[0]}cls_{c[1]}")
 def reference(request) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    return request.getfixturevalue(f"reference{request.param}"), golden.load(request.param)
+    return figures(*request.param)
+
+
+@pytest.fixture(params=["2023", "2021"])
+def reference7(request) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    return figures(7, request.param)
 
 
 def test_state_dict_matches_key_table() -> None:
-    state = MANet(7).state_dict()
-    assert [(k, tuple(v.shape)) for k, v in state.items()] == [(k, s) for k, s, _ in golden.key_table()]
+    for wiring in ("2023", "2021"):
+        state = MANet(7, multiscale_wiring=wiring).state_dict()
+        assert [(k, tuple(v.shape)) for k, v in state.items()] == [(k, s) for k, s, _ in golden.key_table()]
     assert MANet(8).fc_2.weight.shape == (8, 512)
+    with pytest.raises(ValueError, match="wiring must be one of"):
+        MANet(7, multiscale_wiring="2022")
 
 
 @pytest.mark.parametrize("mode", ["", "_train"])
@@ -98,7 +105,7 @@ def test_loss(reference) -> None:
 
 
 def test_activations(reference7) -> None:
-    g = golden.load(7)
+    reference7, g = reference7
     keys = sorted(k.removesuffix("@values") for k in g if k.startswith("act/") and k.endswith("@values"))
     assert set(keys) == {k for k in reference7 if k.startswith("act/")}
     for key in keys:
@@ -109,7 +116,7 @@ def test_activations(reference7) -> None:
 
 
 def test_bn_buffers_after_train_forward(reference7) -> None:
-    g = golden.load(7)
+    reference7, g = reference7
     keys = [k for k in g if k.startswith("buffer_after/")]
     assert len(keys) == 312 and set(keys) == {k for k in reference7 if k.startswith("buffer_after/")}
     for key in keys:

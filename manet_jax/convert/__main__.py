@@ -1,5 +1,6 @@
-"""Command line: PyTorch weights -> manet-jax model bundle, and back.
+"""Command line: PyTorch weights -> manet-jax model bundle, and back; which wiring weights fit.
 
+    python -m manet_jax.convert inspect Pretrained_on_MSCeleb.pth.tar
     python -m manet_jax.convert to-flax Pretrained_on_MSCeleb.pth.tar weights/msceleb --num-classes 7
     python -m manet_jax.convert to-flax resnet18-f37072fd.pth weights/imagenet --num-classes 7
     python -m manet_jax.convert to-torch runs/raf manet_raf.pth
@@ -12,12 +13,27 @@ import sys
 from collections.abc import Sequence
 
 import jax
+from etils import epath
 
 from manet_jax import cli
 from manet_jax.bundle import ModelSpec, default_class_names, load_bundle, save_bundle
-from manet_jax.convert.core import flax_to_torch, import_resnet18, import_state_dict, is_resnet18, num_classes_of
+from manet_jax.convert.core import (StateDictMismatchError, flax_to_torch, import_resnet18, import_state_dict,
+                                    is_resnet18, num_classes_of, torch_to_flax)
 from manet_jax.convert.files import load_state_dict_file, save_state_dict_file
-from manet_jax.models import MULTISCALE_WIRINGS
+from manet_jax.convert.wiring import CHECK_IMAGES, fit_wirings, synthetic_faces
+from manet_jax.data.image_files import load_image_folder
+from manet_jax.errors import ConfigError
+from manet_jax.models import MULTISCALE_WIRINGS, check_image_size
+
+INSPECT_HELP = """\
+Runs face images through MA-Net's pre-extractor and multi-scale blocks in train mode under each
+multi-scale wiring and compares the batch statistics of every cascade-B BatchNorm (bn2_2_k)
+with the running statistics stored in the weights: training leaves there the statistics of the
+wiring it ran. Distance: over channels, the root mean square of the mean's shift in running
+standard deviations and of the log variance ratio (0: identical). Cascade A (bn1, bn1_2_k) sees
+the same kind of input under both wirings; its distance shows how well the images stand in for
+the training data. Exit status 0 when every block fits one wiring clearly, 1 when the evidence
+is weak."""
 
 
 def to_flax(args: argparse.Namespace) -> None:
@@ -37,6 +53,41 @@ def to_flax(args: argparse.Namespace) -> None:
                      multiscale_wiring=args.multiscale_wiring, source=f"{args.input} ({kind})")
     out = save_bundle(args.output, conversion.variables, spec)
     print(f"wrote {out} (MANet(num_classes={num_classes}), multi-scale wiring {spec.multiscale_wiring})")
+    if not is_resnet18(state_dict):
+        print(f"the wiring is --multiscale-wiring's; `python -m manet_jax.convert inspect {args.input}` tells which "
+              "one the weights were trained with")
+
+
+def inspect(args: argparse.Namespace) -> int:
+    check_image_size(args.image_size, "--image-size")
+    if args.max_images < 2:
+        raise ConfigError(f"--max-images={args.max_images}: batch statistics need at least 2 images")
+    if epath.Path(args.checkpoint).is_dir():
+        bundle = load_bundle(args.checkpoint)
+        variables, what = bundle.variables, f"model of the {bundle.spec.multiscale_wiring} wiring by its header"
+    else:
+        state_dict = load_state_dict_file(args.checkpoint)
+        if is_resnet18(state_dict):
+            raise StateDictMismatchError(f"{args.checkpoint}: an ImageNet ResNet-18 has no multi-scale blocks "
+                                         "to inspect")
+        variables, what = torch_to_flax(state_dict), f"MA-Net with {num_classes_of(state_dict)}-way heads"
+    if args.images:
+        images = load_image_folder(args.images, args.max_images, args.image_size)
+        source = f"{len(images)} images of {args.images}"
+    else:
+        images, source = synthetic_faces(args.max_images, args.image_size), f"{args.max_images} synthetic faces"
+    print(f"weights: {args.checkpoint} ({what})\nimages:  {source}, {args.image_size}x{args.image_size}\n")
+    fit = fit_wirings(variables, images)
+    print("distance of each multi-scale block's train-mode batch statistics from its stored running statistics\n"
+          "(A: bn1 and cascade A, the same under both wirings; B: cascade B, which tells them apart)")
+    print(fit.table())
+    print(fit.verdict())
+    if not fit.clear:
+        print("Faces like those the weights were trained on may tell: --images DIR")
+        return 1
+    print(f"convert them with --multiscale-wiring {fit.best()}; train from them with "
+          f"--config.multiscale_wiring={fit.best()}")
+    return 0
 
 
 def to_torch(args: argparse.Namespace) -> None:
@@ -63,7 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "(default: the checkpoint's, or 7 for a ResNet-18)")
     p.add_argument("--multiscale-wiring", choices=MULTISCALE_WIRINGS, default=MULTISCALE_WIRINGS[0],
                    help="the official code's multi-scale wiring the weights were trained with (default: "
-                        "%(default)s; see README, 'The paper's experiments')")
+                        "%(default)s; `inspect` tells which one MA-Net weights fit; see README, 'The paper's "
+                        "experiments')")
     p.add_argument("--image-size", type=int, default=224, help="input size the model runs at (default 224)")
     p.add_argument("--seed", type=int, default=0, help="seed of the fresh initialisation (default 0)")
     p.set_defaults(run=to_flax)
@@ -73,6 +125,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("checkpoint", help="model: a bundle (from to-flax), trainer checkpoint or workdir")
     p.add_argument("output", help="output file: .pth, .safetensors or .npz")
     p.set_defaults(run=to_torch)
+    p = sub.add_parser("inspect", help="which multi-scale wiring MA-Net weights were trained with",
+                       description=INSPECT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", help="MA-Net weights: a weight file (.pth, .pth.tar, .safetensors, .npz) or a model "
+                                      "(bundle, trainer checkpoint or workdir)")
+    p.add_argument("--images", metavar="DIR", help="face images to run, searched recursively (default: synthetic "
+                                                   "faces); faces like the training data give the clearest answer")
+    p.add_argument("--max-images", type=int, default=CHECK_IMAGES, metavar="N",
+                   help="the batch: this many images (default %(default)s)")
+    p.add_argument("--image-size", type=int, default=224,
+                   help="input size the weights were trained at (default 224, the official code's)")
+    p.set_defaults(run=inspect)
     args = parser.parse_args(argv)
     return cli.run(lambda: args.run(args))
 

@@ -29,3 +29,7 @@ class BadImageFilesError(ManetError, ValueError):
             f"{dataset}: {len(self.bad)} image file(s) are missing or unreadable:\n{lines}\n"
             "Replace them, or build without them with --skip-corrupt (skip_corrupt=True); "
             "skipped files are then listed in the dataset's metadata.")
+
+
+class ImageFolderError(ManetError, ValueError):
+    """A folder of images (a tool's --images) that is missing, empty or holds an unreadable image."""

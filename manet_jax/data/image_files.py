@@ -13,6 +13,8 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image
 
+from manet_jax.data.errors import ImageFolderError
+
 # torchvision's ImageFolder extensions (compared lower-case).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 # Stored as they are: the input pipeline decodes these exactly like PIL does.
@@ -24,6 +26,27 @@ R = TypeVar("R")
 
 def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def load_image_folder(folder: str | Path, limit: int, size: int) -> np.ndarray:
+    """The first `limit` images under `folder` (searched recursively, sorted paths) as the
+    evaluation pipeline feeds them: RGB, resized to size x size (PIL bilinear), float32 in [0, 1],
+    (N, size, size, 3). Raises ImageFolderError naming the folder or the unreadable file."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ImageFolderError(f"{folder}: no such directory")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p))[:limit]
+    if not files:
+        raise ImageFolderError(f"{folder}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
+    images = []
+    for path in files:
+        try:
+            with Image.open(path) as image:
+                resized = image.convert("RGB").resize((size, size), Image.BILINEAR)
+        except OSError as e:
+            raise ImageFolderError(f"{path}: cannot read the image ({e})") from e
+        images.append(np.asarray(resized, np.float32) / 255)
+    return np.stack(images)
 
 
 def checked_image_bytes(data: bytes) -> bytes:

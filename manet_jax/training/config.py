@@ -87,6 +87,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.dtype = "float32"  # compute dtype: float32 or bfloat16 (parameters stay float32); float64 for checks
     c.beta = 0.6  # loss = beta CE(local) + (1 - beta) CE(global); prediction from the same mix
     c.multiscale_wiring = MULTISCALE_WIRINGS[0]  # the official code's version of the multi-scale blocks
+    c.init_from_other_wiring = False  # load an init_from model of the other multi-scale wiring anyway
     # Optimisation: SGD with momentum, coupled weight decay, StepLR stepped once per epoch.
     c.num_epochs = placeholder(int)
     c.batch_size = placeholder(int)  # global, over all devices and processes

@@ -10,13 +10,15 @@ from etils import epath
 
 from manet_jax.bundle import ModelSpec, load_bundle
 from manet_jax.convert import flax_to_torch, import_resnet18, import_state_dict, is_resnet18, load_state_dict_file
+from manet_jax.convert.wiring import CHECK_IMAGES, fit_wirings, synthetic_faces
 from manet_jax.errors import ConfigError
 from manet_jax.models import init_variables
 
 logger = logging.getLogger(__name__)
 
 
-def initial_variables(init_from: str, spec: ModelSpec, rng: jax.Array) -> dict[str, Any]:
+def initial_variables(init_from: str, spec: ModelSpec, rng: jax.Array, other_wiring: bool = False
+                      ) -> dict[str, Any]:
     """Variables for a model of `spec`.
 
     `init_from` is '' (the reference's random initialisation from `rng`), a weight file (.pth,
@@ -24,6 +26,11 @@ def initial_variables(init_from: str, spec: ModelSpec, rng: jax.Array) -> dict[s
     ResNet-18 (torchvision names), or a model directory: a bundle, a trainer checkpoint or a
     trainer workdir (local or a URL such as gs://). Heads of another class count are
     re-initialised from `rng`; the import is summarised in the log.
+
+    A model whose header names the other multi-scale wiring than `spec`'s is refused unless
+    `other_wiring` (then loaded with a warning). A weight file's MA-Net has no header: its
+    BatchNorm statistics are checked (`convert.wiring`) on synthetic faces at `spec.image_size`,
+    with a warning when they fit the other wiring better.
     """
     if not init_from:
         logger.info("random initialisation (seed of config.seed)")
@@ -31,14 +38,26 @@ def initial_variables(init_from: str, spec: ModelSpec, rng: jax.Array) -> dict[s
     path = epath.Path(init_from).expanduser()
     if path.is_dir():
         bundle = load_bundle(path)
+        theirs, ours = bundle.spec.multiscale_wiring, spec.multiscale_wiring
+        if theirs != ours:
+            problem = f"config.init_from: {path} holds a model of the {theirs} multi-scale wiring, this run's is {ours}"
+            fix = f"--config.multiscale_wiring={theirs} fine-tunes it as it was trained"
+            if not other_wiring:
+                raise ConfigError(f"{problem}. {fix}; --config.init_from_other_wiring=True runs its weights in the "
+                                  f"{ours} wiring (cascade B's weights then sit at other positions)")
+            logger.warning("%s; loading it anyway (init_from_other_wiring): cascade B's weights sit at other "
+                           "positions. %s", problem, fix)
         if bundle.spec.num_classes == spec.num_classes:
             logger.info("initialised from %s: all variables", path)
             return bundle.variables
         conversion = import_state_dict(flax_to_torch(bundle.variables), spec.num_classes, rng)
     elif path.is_file():
         state_dict = load_state_dict_file(path)
-        importer = import_resnet18 if is_resnet18(state_dict) else import_state_dict
-        conversion = importer(state_dict, spec.num_classes, rng)
+        if is_resnet18(state_dict):
+            conversion = import_resnet18(state_dict, spec.num_classes, rng)
+        else:
+            conversion = import_state_dict(state_dict, spec.num_classes, rng)
+            check_wiring(conversion.variables, spec, str(path))
     else:
         raise ConfigError(
             f"config.init_from: {path} does not exist. Give a weight file (.pth, .pth.tar, .safetensors, "
@@ -46,3 +65,15 @@ def initial_variables(init_from: str, spec: ModelSpec, rng: jax.Array) -> dict[s
             "trainer workdir, or --config.init_from='' to train from scratch.")
     logger.info("initialised from %s:\n%s", path, conversion.summary())
     return conversion.variables
+
+
+def check_wiring(variables: dict[str, Any], spec: ModelSpec, path: str) -> None:
+    """Logs which multi-scale wiring MA-Net `variables` fit (see `convert.wiring`), as a warning
+    when it is not `spec`'s."""
+    fit = fit_wirings(variables, synthetic_faces(CHECK_IMAGES, spec.image_size))
+    if fit.best() == spec.multiscale_wiring:
+        logger.info("%s: %s", path, fit.verdict())
+        return
+    logger.warning("%s: %s; this run uses the %s wiring. Set --config.multiscale_wiring=%s to fine-tune them as "
+                   "they were trained (details: python -m manet_jax.convert inspect %s)", path, fit.verdict(),
+                   spec.multiscale_wiring, fit.best(), path)

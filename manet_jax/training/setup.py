@@ -87,7 +87,8 @@ class Setup:
 
     def initial_state(self) -> TrainState:
         """The state at step 0: variables from config.init_from (or initialised from config.seed)."""
-        variables = initial_variables(self.config.init_from, self.spec, jax.random.key(self.config.seed))
+        variables = initial_variables(self.config.init_from, self.spec, jax.random.key(self.config.seed),
+                                      self.config.init_from_other_wiring)
         return create_train_state(variables, self.optimizer, self.mesh)
 
     def train_batches(self, start_step: int = 0) -> GlobalBatches:

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 SPATIAL_BN_MOMENTUM = 0.01
+CASCADE_B_ORDER = {"2023": range(4, 0, -1), "2021": range(1, 5)}  # chunks in the order cascade B runs them
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -105,11 +106,18 @@ class AttentionBlock(BasicBlock):
 
 
 class MulScaleBlock(nn.Module):
-    """Bidirectional Res2Net-like multi-scale block (global multi-scale module)."""
+    """Bidirectional Res2Net-like multi-scale block (global multi-scale module).
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+    Cascade B runs chunk 4 -> 1 with `wiring="2023"` (the official code since 2023-04-15) and
+    chunk 1 -> 4, like cascade A, with "2021" (the official code before; spec section 3.4).
+    """
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, wiring: str = "2023") -> None:
         super().__init__()
+        if wiring not in CASCADE_B_ORDER:
+            raise ValueError(f"wiring must be one of {tuple(CASCADE_B_ORDER)}, not {wiring!r}")
         width = planes // 4
+        self.cascade_b_order = CASCADE_B_ORDER[wiring]
         self.conv1 = conv3x3(in_planes, planes, stride)
         self.bn1 = nn.BatchNorm2d(planes)
         self.relu = nn.ReLU()
@@ -132,18 +140,18 @@ class MulScaleBlock(nn.Module):
         identity = x if self.downsample is None else self.downsample(x)
         chunks = torch.chunk(self.relu(self.bn1(self.conv1(x))), 4, dim=1)
         forward_cascade = torch.cat(self.cascade(chunks, 1, range(1, 5)), dim=1)
-        backward_cascade = torch.cat(self.cascade(chunks, 2, range(4, 0, -1)), dim=1)
-        return self.relu(forward_cascade + backward_cascade + identity)
+        second_cascade = torch.cat(self.cascade(chunks, 2, self.cascade_b_order), dim=1)
+        return self.relu(forward_cascade + second_cascade + identity)
 
 
-def make_layer(block: type[nn.Module], in_planes: int, planes: int, stride: int) -> nn.Sequential:
-    return nn.Sequential(block(in_planes, planes, stride), block(planes, planes))
+def make_layer(block: type[nn.Module], in_planes: int, planes: int, stride: int, **kwargs) -> nn.Sequential:
+    return nn.Sequential(block(in_planes, planes, stride, **kwargs), block(planes, planes, **kwargs))
 
 
 class MANet(nn.Module):
     """MA-Net: ResNet-18 stem/layer1/layer2, four local attention branches, one global multi-scale branch."""
 
-    def __init__(self, num_classes: int = 12666) -> None:
+    def __init__(self, num_classes: int = 12666, multiscale_wiring: str = "2023") -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
@@ -154,8 +162,8 @@ class MANet(nn.Module):
         for k in range(1, 5):
             setattr(self, f"layer3_1_p{k}", make_layer(AttentionBlock, 128, 256, 2))
             setattr(self, f"layer4_1_p{k}", make_layer(AttentionBlock, 256, 512, 1))
-        self.layer3_2 = make_layer(MulScaleBlock, 128, 256, 2)
-        self.layer4_2 = make_layer(MulScaleBlock, 256, 512, 2)
+        self.layer3_2 = make_layer(MulScaleBlock, 128, 256, 2, wiring=multiscale_wiring)
+        self.layer4_2 = make_layer(MulScaleBlock, 256, 512, 2, wiring=multiscale_wiring)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc_1 = nn.Linear(512, num_classes)
         self.fc_2 = nn.Linear(512, num_classes)
@@ -169,15 +177,22 @@ class MANet(nn.Module):
     def local_branch(self, k: int, patch: torch.Tensor) -> torch.Tensor:
         return getattr(self, f"layer4_1_p{k}")(getattr(self, f"layer3_1_p{k}")(patch))
 
+    def pre_extractor(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer2(self.layer1(self.maxpool(self.relu(self.bn1(self.conv1(x))))))
+
+    def multi_scale(self, features: torch.Tensor) -> torch.Tensor:
+        return self.layer4_2(self.layer3_2(features))
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.layer2(self.layer1(self.maxpool(self.relu(self.bn1(self.conv1(x))))))
-        top, bottom = slice(0, 14), slice(14, 28)
+        features = self.pre_extractor(x)
+        half = features.shape[2] // 2  # the fixed 14x14 quadrants of the 28x28 map at 224x224
+        top, bottom = slice(0, half), slice(half, 2 * half)
         quadrants = [features[:, :, rows, cols]
                      for rows, cols in ((top, top), (top, bottom), (bottom, top), (bottom, bottom))]
         p1, p2, p3, p4 = (self.local_branch(k, patch) for k, patch in enumerate(quadrants, start=1))
         local = torch.cat([torch.cat([p1, p2], dim=3), torch.cat([p3, p4], dim=3)], dim=2)
         logits_local = self.fc_1(torch.flatten(self.avgpool(local), 1))
-        glob = self.layer4_2(self.layer3_2(features))
+        glob = self.multi_scale(features)
         logits_global = self.fc_2(torch.flatten(self.avgpool(glob), 1))
         return logits_local, logits_global
 
