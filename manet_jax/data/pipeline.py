@@ -28,7 +28,7 @@ from manet_jax.data import augment, sampling
 from manet_jax.data.errors import DatasetNameError, DatasetNotFoundError
 from manet_jax.data.fer_builder import IMAGE, LABEL, LABELS_METADATA, SKIPPED_METADATA, FerBuilder
 from manet_jax.data.locations import default_manual_dir, resolve_data_dir
-from manet_jax.data.registry import make_builder, split_name
+from manet_jax.data.registry import make_builder, published_splits, split_name
 from manet_jax.data.synthetic_faces import SyntheticFaces
 from manet_jax.mesh import pad_batch
 
@@ -71,6 +71,17 @@ def dataset_info(name: str, data_dir: str | None = None) -> DatasetInfo:
         class_counts=counts.tolist(),
         skipped_files={s: [tuple(b) for b in bad] for s, bad in metadata[SKIPPED_METADATA].items()},
     )
+
+
+def published_info(name: str) -> DatasetInfo:
+    """Info on dataset `name` without its data: classes and split names, and split sizes as
+    published (`registry.published_splits`; {} where they depend on your files); no class counts,
+    folder or skipped files."""
+    builder = make_builder(name)
+    return DatasetInfo(name=name, dataset_dir="", num_classes=builder.num_classes,
+                       class_names=tuple(builder.info.features[LABEL].names), splits=published_splits(name),
+                       train_split=builder.TRAIN_SPLIT, eval_split=builder.EVAL_SPLIT, class_counts=[],
+                       skipped_files={})
 
 
 def steps_per_epoch(info_or_num_examples: DatasetInfo | int, global_batch_size: int) -> int:

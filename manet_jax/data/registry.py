@@ -17,6 +17,22 @@ from manet_jax.data.synthetic_faces import SyntheticFaces, SyntheticFacesConfig
 
 BUILDERS: dict[str, type[FerBuilder]] = {
     cls.name: cls for cls in (RafDb, Affectnet, CaerS, Sfew, Ferplus, ImageFolder, SyntheticFaces)}
+# Split sizes as the datasets publish them, to plan a run without the data (the TPU plan); a
+# prepared dataset's own counts (pipeline.dataset_info) are exact. synthetic_faces' follow from
+# the name; image_folder's are whatever the folders hold.
+PUBLISHED_SPLITS: dict[str, dict[str, int]] = {
+    "raf_db": {"train": 12271, "test": 3068},
+    "affectnet/7": {"train": 283901, "test": 3500},
+    "affectnet/8": {"train": 287651, "test": 4000},
+    "caer_s": {"train": 48995, "test": 20987},
+    "sfew": {"train": 958, "validation": 436},
+    "ferplus": {"train": 28709, "validation": 3589, "test": 3589},
+}
+SPLIT_NOTES = {
+    "affectnet/7": "the manually annotated set as published; copies differ by a few images",
+    "affectnet/8": "the manually annotated set as published; copies differ by a few images",
+    "ferplus": "FER2013's rows, an upper bound: FERPlus's majority vote drops some",
+}
 
 
 def split_name(name: str) -> tuple[str, str | None]:
@@ -31,6 +47,16 @@ def split_name(name: str) -> tuple[str, str | None]:
     if config and not cls.BUILDER_CONFIGS:
         raise DatasetNameError(f"dataset {builder!r} has no configs, got {name!r}")
     return builder, config or None
+
+
+def published_splits(name: str) -> dict[str, int]:
+    """Split -> number of examples of dataset `name` as published ({} when that depends on your
+    files)."""
+    builder, config = split_name(name)
+    if builder == SyntheticFaces.name:
+        synthetic = SyntheticFacesConfig.from_name(config or "64")
+        return {"train": synthetic.num_train, "test": synthetic.num_test}
+    return dict(PUBLISHED_SPLITS.get(name, {}))
 
 
 def make_builder(name: str, data_dir: str | os.PathLike | None = None, **kwargs) -> FerBuilder:
