@@ -34,13 +34,12 @@ from manet_jax import cli
 from manet_jax.accelerators import peak_tflops
 from manet_jax.errors import ConfigError
 from manet_jax.mesh import batch_sharded, make_mesh, platform
-from manet_jax.models import BRANCH_EXECUTION, MANet, branch_execution_for, init_variables
+from manet_jax.models import BRANCH_EXECUTION, MANet, branch_execution_for, init_variables, model_flops
 from manet_jax.training.optim import sgd
 from manet_jax.training.state import create_train_state
 from manet_jax.training.steps import make_eval_step, make_train_step
 
 NUM_CLASSES = 7
-GFLOPS_FORWARD_224 = 7.277  # 2 x 3.638 GMACs (spec section 9)
 
 
 @dataclasses.dataclass
@@ -164,11 +163,6 @@ def bench_torch(module, mode: str, variant: str, batch: int, args: argparse.Name
     memory = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
     return summarise("torch", variant, mode, batch, seconds, args.steps, model_flops(mode, batch, args.image_size),
                      device_peak_tflops(variant, args.peak_tflops), peak_memory_gib=memory)
-
-
-def model_flops(mode: str, batch: int, image_size: int) -> float:
-    """FLOPs of one step from the paper model's count (training ~ 3x the forward)."""
-    return GFLOPS_FORWARD_224 * 1e9 * (image_size / 224) ** 2 * batch * (3 if mode == "train" else 1)
 
 
 def ratios(results: Sequence[Result]) -> list[dict[str, Any]]:

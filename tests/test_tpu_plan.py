@@ -16,11 +16,10 @@ import numpy as np
 import pytest
 
 from manet_jax import accelerators
-from manet_jax.benchmark import model_flops
 from manet_jax.data import pipeline, sampling
 from manet_jax.errors import ConfigError
 from manet_jax.mesh import batch_sharded, make_mesh
-from manet_jax.models import MANet
+from manet_jax.models import MANet, model_flops
 from manet_jax.training import setup as setup_lib
 from manet_jax.training.config import load_config
 

@@ -22,11 +22,11 @@ import jax.numpy as jnp
 import ml_collections
 
 from manet_jax.accelerators import Chip, chip
-from manet_jax.benchmark import model_flops
 from manet_jax.data import pipeline
 from manet_jax.data.registry import SPLIT_NOTES
 from manet_jax.errors import ConfigError, ManetError
 from manet_jax.mesh import MASK, batch_sharded, make_mesh
+from manet_jax.models import model_flops
 from manet_jax.tpu.collectives import DCN, Collective, collectives
 from manet_jax.tpu.slices import hosts, slice_devices, slice_type
 from manet_jax.training import setup as setup_lib
@@ -63,7 +63,7 @@ class StepPlan:
     memory: dict[str, int]  # bytes, MEMORY fields; 'peak' is what the compiler checks against HBM
     flops: float
     bytes_accessed: float
-    model_flops: float  # the model's analytic count (benchmark.model_flops) for the same images
+    model_flops: float  # the model's analytic count (models.model_flops) for the same images
     collectives: dict[str, Collective]
     seconds: dict[str, float]  # lower bounds of the step time: compute, hbm, ici, dcn
 
