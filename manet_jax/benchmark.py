@@ -31,20 +31,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from manet_jax import cli
+from manet_jax.accelerators import peak_tflops
 from manet_jax.errors import ConfigError
 from manet_jax.mesh import batch_sharded, make_mesh, platform
-from manet_jax.models import BRANCH_EXECUTION, MANet, branch_execution_for, init_variables
+from manet_jax.models import BRANCH_EXECUTION, MANet, branch_execution_for, init_variables, model_flops
 from manet_jax.training.optim import sgd
 from manet_jax.training.state import create_train_state
 from manet_jax.training.steps import make_eval_step, make_train_step
 
 NUM_CLASSES = 7
-GFLOPS_FORWARD_224 = 7.277  # 2 x 3.638 GMACs (spec section 9)
-# Dense peak TFLOP/s by device kind substring: (bfloat16, float32 as XLA computes it by default).
-KNOWN_PEAKS = {
-    "H100": (989.4, 494.7), "H200": (989.4, 494.7), "A100": (312.0, 156.0),
-    "TPU v4": (275.0, 275.0), "TPU v5 lite": (197.0, 197.0), "TPU v5": (459.0, 459.0), "TPU v6": (918.0, 918.0),
-}
 
 
 @dataclasses.dataclass
@@ -83,13 +78,7 @@ def summarise(framework: str, variant: str, mode: str, batch: int, seconds: list
 
 
 def device_peak_tflops(dtype: str, override: float | None) -> float | None:
-    if override:
-        return override
-    kind = jax.local_devices()[0].device_kind
-    for name, (bf16, f32) in KNOWN_PEAKS.items():
-        if name in kind:
-            return bf16 if dtype == "bfloat16" else f32
-    return None
+    return override or peak_tflops(jax.local_devices()[0].device_kind, dtype)
 
 
 def peak_memory_gib() -> float | None:
@@ -174,11 +163,6 @@ def bench_torch(module, mode: str, variant: str, batch: int, args: argparse.Name
     memory = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
     return summarise("torch", variant, mode, batch, seconds, args.steps, model_flops(mode, batch, args.image_size),
                      device_peak_tflops(variant, args.peak_tflops), peak_memory_gib=memory)
-
-
-def model_flops(mode: str, batch: int, image_size: int) -> float:
-    """FLOPs of one step from the paper model's count (training ~ 3x the forward)."""
-    return GFLOPS_FORWARD_224 * 1e9 * (image_size / 224) ** 2 * batch * (3 if mode == "train" else 1)
 
 
 def ratios(results: Sequence[Result]) -> list[dict[str, Any]]:

@@ -57,11 +57,25 @@ def parse_with_overrides(parser_: argparse.ArgumentParser, argv: Sequence[str] |
 
 def run(work: Callable[[], int | None]) -> int:
     """Runs a tool's work: its status (None is 0), or 2 with one `error:` line for a ManetError."""
+    quiet_libtpu_without_tpus()
     try:
         return work() or 0
     except ManetError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+def quiet_libtpu_without_tpus() -> None:
+    """With libtpu installed (the `tpu` extra), JAX looks for TPUs when it starts, and on a machine
+    without any libtpu logs that it cannot tell the TPU's type and hosts. Tell it some there: it
+    still finds no TPU, and JAX uses the other devices. Left alone: machines with TPU chips on the
+    PCI bus (as JAX itself finds them), a JAX_PLATFORMS choice and TPU settings already set."""
+    from jax._src import hardware_utils  # the PCI scan JAX runs before it loads libtpu
+
+    if os.environ.get("JAX_PLATFORMS") or hardware_utils.num_available_tpu_chips_and_device_id()[0]:
+        return
+    os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5litepod-1")
+    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
 
 
 def start_runtime() -> None:

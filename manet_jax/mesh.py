@@ -37,8 +37,11 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
 
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A 1-D 'data' mesh over `devices` (default: all devices of all processes)."""
-    return Mesh(np.asarray(jax.devices() if devices is None else devices), (DATA_AXIS,))
+    """A 1-D 'data' mesh over `devices` (default: all devices of all processes), process by process
+    (as JAX lists TPUs by default; the order within a process kept), so that each process's devices
+    hold its contiguous rows of a batch, in process order: the rows `global_batch` feeds it."""
+    devices = jax.devices() if devices is None else devices
+    return Mesh(np.asarray(sorted(devices, key=lambda device: device.process_index)), (DATA_AXIS,))
 
 
 def platform(mesh: Mesh) -> str:

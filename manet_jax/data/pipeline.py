@@ -31,7 +31,7 @@ from manet_jax.data import augment, sampling
 from manet_jax.data.errors import DatasetNameError, DatasetNotFoundError
 from manet_jax.data.fer_builder import IMAGE, LABEL, LABELS_METADATA, SKIPPED_METADATA, FerBuilder
 from manet_jax.data.locations import default_manual_dir, resolve_data_dir
-from manet_jax.data.registry import make_builder, split_name, union_members
+from manet_jax.data.registry import make_builder, published_splits, split_name, union_members
 from manet_jax.data.synthetic_faces import SyntheticFaces
 from manet_jax.mesh import pad_batch
 
@@ -49,7 +49,7 @@ class DatasetInfo:
     splits: dict[str, int]  # split -> number of examples
     train_split: str | None  # None: a dataset for evaluation only
     eval_split: str | None  # the split papers report on; a union has one only if all its datasets agree
-    class_counts: dict[str, list[int]]  # split -> number of examples per class
+    class_counts: dict[str, list[int]]  # split -> number of examples per class ({} without the data)
     skipped_files: dict[str, list[tuple[str, str]]]  # split -> (file, reason) left out at build
 
 
@@ -61,7 +61,18 @@ def dataset_info(name: str, data_dir: str | None = None) -> DatasetInfo:
     synthetic_faces is generated on first use. Raises DatasetNotFoundError, with the command that
     prepares it, when another dataset has not been prepared in `data_dir`.
     """
-    infos = [_single_info(member, data_dir) for member in union_members(name)]
+    return _union(name, [_single_info(member, data_dir) for member in union_members(name)])
+
+
+def published_info(name: str) -> DatasetInfo:
+    """Info on dataset `name` (or a union) without its data: classes, split names and split sizes
+    as published (`registry.published_splits`; none where they depend on your files); no class
+    counts, folders or skipped files."""
+    return _union(name, [_published_info(member) for member in union_members(name)])
+
+
+def _union(name: str, infos: list[DatasetInfo]) -> DatasetInfo:
+    """The info of the union `name` of datasets `infos` (the one info when there is one)."""
     if len(infos) == 1:
         return infos[0]
     for info in infos:
@@ -80,7 +91,8 @@ def dataset_info(name: str, data_dir: str | None = None) -> DatasetInfo:
         splits={split: sum(info.splits[split] for info in infos) for split in splits},
         train_split=infos[0].train_split,
         eval_split=infos[0].eval_split if len({info.eval_split for info in infos}) == 1 else None,
-        class_counts={split: np.sum([info.class_counts[split] for info in infos], 0).tolist() for split in splits},
+        class_counts={split: np.sum([info.class_counts[split] for info in infos], 0).tolist() for split in splits
+                      if all(split in info.class_counts for info in infos)},
         skipped_files={split: [(f"{info.name}:{file}", reason) for info in infos
                                for file, reason in info.skipped_files.get(split, [])] for split in splits},
     )
@@ -101,6 +113,14 @@ def _single_info(name: str, data_dir: str | None) -> DatasetInfo:
                       for split in builder.info.splits},
         skipped_files={s: [tuple(b) for b in bad] for s, bad in metadata[SKIPPED_METADATA].items()},
     )
+
+
+def _published_info(name: str) -> DatasetInfo:
+    builder = make_builder(name)
+    return DatasetInfo(name=name, dataset_dirs=(), num_classes=builder.num_classes,
+                       class_names=tuple(builder.info.features[LABEL].names), splits=published_splits(name),
+                       train_split=builder.TRAIN_SPLIT, eval_split=builder.EVAL_SPLIT, class_counts={},
+                       skipped_files={})
 
 
 def steps_per_epoch(info_or_num_examples: DatasetInfo | int, global_batch_size: int) -> int:

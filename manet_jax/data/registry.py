@@ -21,6 +21,24 @@ from manet_jax.data.synthetic_faces import SyntheticFaces, SyntheticFacesConfig
 BUILDERS: dict[str, type[FerBuilder]] = {
     cls.name: cls for cls in (RafDb, Affectnet, CaerS, Sfew, Fer2013, Ferplus, FedRo, ImageFolder, SyntheticFaces)}
 UNION = "+"
+# Split sizes as the datasets publish them, to plan a run without the data (the TPU plan); a
+# prepared dataset's own counts (pipeline.dataset_info) are exact. synthetic_faces' follow from
+# the name; image_folder's are whatever the folders hold.
+PUBLISHED_SPLITS: dict[str, dict[str, int]] = {
+    "raf_db": {"train": 12271, "test": 3068},
+    "affectnet/7": {"train": 283901, "test": 3500},
+    "affectnet/8": {"train": 287651, "test": 4000},
+    "caer_s": {"train": 48995, "test": 20987},
+    "sfew": {"train": 958, "validation": 436},
+    "fer2013": {"train": 28709, "validation": 3589, "test": 3589},
+    "ferplus": {"train": 28709, "validation": 3589, "test": 3589},
+    "fed_ro": {"test": 400},
+}
+SPLIT_NOTES = {
+    "affectnet/7": "the manually annotated set as published; copies differ by a few images",
+    "affectnet/8": "the manually annotated set as published; copies differ by a few images",
+    "ferplus": "FER2013's rows, an upper bound: FERPlus's majority vote drops some",
+}
 
 
 def union_members(name: str) -> list[str]:
@@ -50,6 +68,16 @@ def split_name(name: str) -> tuple[str, str | None]:
         configs = ", ".join(f"{builder}/{c.name}" for c in cls.BUILDER_CONFIGS)
         raise DatasetNameError(f"unknown dataset {name!r}; {builder} has {configs}")
     return builder, config or None
+
+
+def published_splits(name: str) -> dict[str, int]:
+    """Split -> number of examples of dataset `name` as published ({} when that depends on your
+    files)."""
+    builder, config = split_name(name)
+    if builder == SyntheticFaces.name:
+        synthetic = SyntheticFacesConfig.from_name(config or "64")
+        return {"train": synthetic.num_train, "test": synthetic.num_test}
+    return dict(PUBLISHED_SPLITS.get(name, {}))
 
 
 def make_builder(name: str, data_dir: str | os.PathLike | None = None, **kwargs) -> FerBuilder:

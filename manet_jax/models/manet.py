@@ -138,6 +138,15 @@ class MANet(nn.Module):
         return logits.astype(accum_dtype(self.dtype))
 
 
+GFLOPS_FORWARD_224 = 7.277  # 2 x 3.638 GMACs (spec section 9)
+
+
+def model_flops(mode: str, batch: int, image_size: int) -> float:
+    """FLOPs of one train or eval step on `batch` images from the paper model's count (training
+    ~ 3x the forward)."""
+    return GFLOPS_FORWARD_224 * 1e9 * (image_size / 224) ** 2 * batch * (3 if mode == "train" else 1)
+
+
 def check_image_size(size: int, key: str) -> None:
     """Raises ConfigError naming `key` unless `size` suits MA-Net: a multiple of 16, so that the
     local branch splits the layer2 map into four equal quadrants."""

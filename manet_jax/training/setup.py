@@ -44,12 +44,14 @@ class EvalSet:
 
     @property
     def num_examples(self) -> int:
-        return sum(self.info.class_counts[self.split][:self.num_classes])
+        """Its examples of the model's classes (without the data's class counts: the split's size)."""
+        counts = self.info.class_counts.get(self.split)
+        return self.info.splits.get(self.split, 0) if counts is None else sum(counts[:self.num_classes])
 
     @property
     def left_out(self) -> dict[str, int]:
         """The examples of classes the model lacks, per class: not evaluated."""
-        counts = self.info.class_counts[self.split]
+        counts = self.info.class_counts.get(self.split, [])
         return {name: count for name, count in zip(self.info.class_names[self.num_classes:], counts[self.num_classes:])
                 if count}
 
