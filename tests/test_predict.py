@@ -145,7 +145,7 @@ def test_predictions_match_the_evaluator(records, photos, checkpoint, predictor,
     prepare("image_folder/7", str(tmp_path / "faces"), str(tmp_path / "data"))
     config = load_config(str(REPO / "configs/demo.py"), ["dataset=image_folder/7", f"data_dir={tmp_path / 'data'}",
                                                          f"image_size={SIZE}", f"batch_size={BATCH}"])
-    results = evaluate_checkpoint(config, str(checkpoint), output_dir=str(tmp_path / "report"))
+    results = evaluate_checkpoint(config, str(checkpoint), output_dir=str(tmp_path / "report"))["image_folder/7/test"]
     beta, names = predictor.spec.beta, predictor.spec.class_names
     losses = [-beta * np.log(record.probabilities["local"][names[label]])
               - (1 - beta) * np.log(record.probabilities["global"][names[label]])

@@ -120,6 +120,8 @@ class Checkpoints:
         """The error that reports the failed write of step `_saving`, once its folder is removed."""
         step, self._saving = self._saving, None
         self._remove_unfinished()
+        # The write's other tasks fail alike; asyncio would log each at exit ("Task exception was never retrieved").
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
         causes = [error, error.__cause__, error.__context__]
         if any(isinstance(e, OSError) and e.errno == errno.ENOSPC or "No space left on device" in str(e)
                for e in causes if e is not None):
