@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 
+from manet_jax.convert import flax_to_torch
 from manet_jax.models.blocks import BasicBlock
 from manet_jax.models.layers import BatchNorm
 from reference.manet_torch import AttentionBlock
@@ -59,18 +60,6 @@ def test_batchnorm_statistics_over_800k_rows():
     np.testing.assert_allclose(y, (x64 - mean) / np.sqrt(var + 1e-5), rtol=0, atol=2e-5)
 
 
-def _torch_weights(params) -> dict[str, torch.Tensor]:
-    """Flax parameters of a block -> the reference block's state_dict names (no running statistics)."""
-    out = {}
-    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-        *names, kind = [p.key for p in path]
-        leaf = np.array(leaf)
-        if kind == "kernel":
-            leaf = leaf.transpose(3, 2, 0, 1) if leaf.ndim == 4 else leaf.T
-        out[".".join(names) + (".bias" if kind == "bias" else ".weight")] = torch.as_tensor(leaf)
-    return out
-
-
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_attention_block_gradient_matches_pytorch(dtype):
     """The miscompile found here: the gradient through conv, BatchNorm with batch statistics, CBAM."""
@@ -84,9 +73,9 @@ def test_attention_block_gradient_matches_pytorch(dtype):
             return jnp.sum(jnp.sin(y))
 
         grads, grad_x = jax.jit(jax.grad(loss, argnums=(0, 1)))(variables["params"], x)
-        ours = {**{k: v.numpy() for k, v in _torch_weights(grads).items()}, "x": np.asarray(grad_x)}
+        ours = {**flax_to_torch({**variables, "params": grads}), "x": np.asarray(grad_x)}
     reference = AttentionBlock(256, 512).to(getattr(torch, dtype)).train()
-    reference.load_state_dict(_torch_weights(variables["params"]), strict=False)  # running stats unused
+    reference.load_state_dict({k: torch.as_tensor(np.array(v)) for k, v in flax_to_torch(variables).items()})
     x_torch = torch.as_tensor(x.transpose(0, 3, 1, 2)).requires_grad_(True)
     torch.sin(reference(x_torch)).sum().backward()
     expected = {name: p.grad.numpy() for name, p in reference.named_parameters()}

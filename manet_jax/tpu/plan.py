@@ -153,14 +153,14 @@ def make_plan(config: ml_collections.ConfigDict, accelerator: str, num_slices: i
     def planned_info(name: str, data_dir: str | None) -> pipeline.DatasetInfo:
         """Published sizes; a train or eval split of unknown size counts one batch (the learning-rate
         steps and the eval sets need a size, the programs' cost does not)."""
-        found = pipeline.published_info(name)
-        splits = dict(found.splits)
-        for split in (found.train_split, found.eval_split):
+        published_info = pipeline.published_info(name)
+        splits = dict(published_info.splits)
+        for split in (published_info.train_split, published_info.eval_split):
             if split:
                 splits.setdefault(split, config.batch_size)
         if name == config.dataset:
-            splits[found.train_split] = known or config.batch_size
-        return dataclasses.replace(found, splits=splits)
+            splits[published_info.train_split] = known or config.batch_size
+        return dataclasses.replace(published_info, splits=splits)
 
     def published_size(eval_set: setup_lib.EvalSet) -> int | None:
         return pipeline.published_info(eval_set.info.name).splits.get(eval_set.split)
