@@ -20,7 +20,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import platform
+import os
+import platform as host_platform
 import statistics
 import sys
 import time
@@ -28,6 +29,7 @@ from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import jaxlib
 import numpy as np
 
 from manet_jax import cli
@@ -194,10 +196,20 @@ def format_table(results: Sequence[Result]) -> str:
     return "\n".join(lines)
 
 
+def cpu_model() -> str:
+    """The host CPU's model name (Linux's /proc/cpuinfo; else what `platform` knows)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return host_platform.processor()
+
+
 def environment() -> dict[str, Any]:
-    env = {"jax": jax.__version__, "python": platform.python_version(), "backend": jax.default_backend(),
-           "devices": [d.device_kind for d in jax.local_devices()], "processor": platform.processor(),
-           "machine": platform.machine()}
+    env = {"jax": jax.__version__, "jaxlib": jaxlib.__version__,
+           "python": host_platform.python_version(), "backend": jax.default_backend(),
+           "devices": [d.device_kind for d in jax.local_devices()], "processor": cpu_model(),
+           "cpu_cores": os.cpu_count(), "machine": host_platform.machine()}
     try:
         import torch
         env["torch"] = torch.__version__

@@ -1,0 +1,21 @@
+"""The step benchmark end to end at a small size (a smoke test; the figures are reported by hand)."""
+
+import json
+import os
+import platform
+
+from manet_jax import benchmark
+
+
+def test_benchmark_writes_its_results_with_the_versions(tmp_path, capsys):
+    output = tmp_path / "bench.json"
+    assert benchmark.main(["--batch-sizes", "2", "--dtypes", "float32", "--modes", "eval", "--image-size", "32",
+                           "--steps", "1", "--warmup", "0", "--repeats", "2", "--output", str(output)]) == 0
+    payload = json.loads(output.read_text())
+    assert payload["environment"]["python"] == platform.python_version()
+    assert (payload["environment"]["backend"], payload["environment"]["cpu_cores"]) == ("cpu", os.cpu_count())
+    [result] = payload["results"]
+    assert (result["framework"], result["mode"], result["batch"]) == ("jax", "eval", 2)
+    low, high = result["spread"]
+    assert 0 < low <= result["images_per_s"] <= high
+    assert "jax       float32   eval      2" in capsys.readouterr().out
