@@ -73,6 +73,7 @@ class Checkpoints:
         self.directory = absolute_path(directory)
         self._saving: int | None = None  # the step being written, until `wait` has seen it done
         self._size: int | None = None  # bytes of a checkpoint's arrays
+        self._failed = False  # a write failed: its folder is removed again once Orbax's threads are done
         self._remove_unfinished()
         self._set_aside_damaged()
         policy = checkpoint_managers.AnyPreservationPolicy([checkpoint_managers.LatestN(keep), KeepBest()])
@@ -118,7 +119,7 @@ class Checkpoints:
 
     def _save_failed(self, error: Exception) -> CheckpointSaveError:
         """The error that reports the failed write of step `_saving`, once its folder is removed."""
-        step, self._saving = self._saving, None
+        step, self._saving, self._failed = self._saving, None, True
         self._remove_unfinished()
         # The write's other tasks fail alike; asyncio would log each at exit ("Task exception was never retrieved").
         logging.getLogger("asyncio").setLevel(logging.CRITICAL)
@@ -219,7 +220,15 @@ class Checkpoints:
             multihost_utils.sync_global_devices("manet_jax.checkpoints_moved_aside")
 
     def close(self) -> None:
-        self.manager.close()
+        """Waits for Orbax's threads. After a failed write (already reported) its other tasks may
+        still have been writing into the unfinished folder: it is removed again once they are done."""
+        try:
+            self.manager.close()
+        except Exception:
+            if not self._failed:
+                raise
+        if self._failed:
+            self._remove_unfinished()
 
 
 def _json_problem(step_directory: epath.Path) -> str | None:
