@@ -24,7 +24,7 @@ OVERRIDES = {"dataset": DATASET, "image_size": 64, "eval_batch_size": 8}
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory) -> dict:
+def setup(tmp_path_factory, compilation_cache) -> dict:
     root = tmp_path_factory.mktemp("evaluate")
     make_dataset(root / "data")
     fx.make_class_folders(root / "manual8", {"train": "train", "test": "test"}, {str(k): k for k in range(8)}, ".png",
@@ -32,7 +32,8 @@ def setup(tmp_path_factory) -> dict:
     fx.build("image_folder/8", root / "data", root / "manual8")
     fx.make_class_folders(root / "manual_fed_ro", {"test": "."}, fx.FED_RO_FOLDERS, ".jpg", {"test": 1})
     fx.build("fed_ro", root / "data", root / "manual_fed_ro")
-    return {"root": root, "data_dir": root / "data", "checkpoint": make_checkpoint(root / "checkpoint")}
+    return {"root": root, "data_dir": root / "data", "checkpoint": make_checkpoint(root / "checkpoint"),
+            "env": environment(compilation_cache)}
 
 
 def config_with(setup, **overrides):
@@ -43,7 +44,7 @@ def config_with(setup, **overrides):
 def test_evaluator_reports_every_test_example_once(setup):
     overrides = [f"--config.{key}={value}" for key, value in {**OVERRIDES, "data_dir": setup["data_dir"]}.items()]
     result = run([sys.executable, "-m", "manet_jax.evaluate", "--config", "configs/demo.py", *overrides,
-                  "--checkpoint", str(setup["checkpoint"])], environment(setup["root"] / "compilation_cache"))
+                  "--checkpoint", str(setup["checkpoint"])], setup["env"])
     assert result.returncode == 0, result.stderr[-3000:]
     report = setup["checkpoint"] / "eval" / "synthetic_faces_64_32_20_test"
     metrics = json.loads((report / "metrics.json").read_text())
@@ -62,7 +63,7 @@ def test_cross_dataset_evaluation_in_one_command(setup, tmp_path):
     overrides = [f"--config.{key}={value}" for key, value in {**OVERRIDES, "data_dir": setup["data_dir"]}.items()]
     result = run([sys.executable, "-m", "manet_jax.evaluate", "--config", "configs/demo.py", *overrides,
                   f"--config.eval_dataset=image_folder/8,fed_ro,{DATASET}", "--checkpoint", str(setup["checkpoint"]),
-                  "--output-dir", str(tmp_path / "reports")], environment(setup["root"] / "compilation_cache"))
+                  "--output-dir", str(tmp_path / "reports")], setup["env"])
     assert result.returncode == 0, result.stderr[-3000:]
     expected = {"image_folder_8_test": (14, [2] * 7, {"Contempt": 2}), "fed_ro_test": (7, [1] * 7, None),
                 "synthetic_faces_64_32_20_test": (20, TEST_LABEL_COUNTS, None)}

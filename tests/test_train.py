@@ -37,8 +37,8 @@ from manet_jax.training.metric_writer import MetricWriter, MetricsFileError
 from manet_jax.training.optim import sgd, step_lr
 from manet_jax.training.setup import build
 from manet_jax.training.state import TrainState, abstract_train_state
-from train_helpers import (DATASET, EPOCHS, REPO, STEPS_PER_EPOCH, TEST_LABEL_COUNTS, environment, make_checkpoint,
-                           make_dataset, random_variables, run, run_and_signal, run_timing_exit, train_command)
+from train_helpers import (DATASET, EPOCHS, REPO, STEPS_PER_EPOCH, TEST_LABEL_COUNTS, command, run, run_and_signal,
+                           run_timing_exit, trainer_setup)
 
 TOTAL = EPOCHS * STEPS_PER_EPOCH
 TEST_SET = f"{DATASET}/test"  # the eval set of the runs on DATASET
@@ -48,15 +48,8 @@ OPTIMIZER = sgd(step_lr(0.01, STEPS_PER_EPOCH, 2, 0.1))  # the runs' optimizer, 
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("train")
-    make_dataset(root / "data")
-    return {"root": root, "data_dir": root / "data", "init_from": make_checkpoint(root / "init"),
-            "env": environment(root / "compilation_cache")}
-
-
-def command(setup: dict, workdir: Path, *overrides: str) -> list[str]:
-    return train_command(workdir, setup["data_dir"], setup["init_from"], *overrides)
+def setup(tmp_path_factory, compilation_cache) -> dict:
+    return trainer_setup(tmp_path_factory.mktemp("train"), compilation_cache)
 
 
 @pytest.fixture(scope="module")
@@ -293,18 +286,6 @@ def test_preempted_and_killed_run_resumes_exactly(setup, reference):
     assert logged_results(workdir) == logged_results(reference)  # the log continues as if never interrupted
 
 
-def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(setup):
-    workdir = setup["root"] / "diverging"
-    # The learning rate becomes 1e28 in epoch 2 (StepLR with gamma = 1e30 after 1 epoch).
-    result = run(command(setup, workdir, "--config.lr_step_epochs=1", "--config.lr_gamma=1e30"), setup["env"])
-    assert result.returncode == 2
-    match = re.search(r"error: the training loss is (nan|inf|-inf) at step (\d+)", result.stderr)
-    assert match, result.stderr[-3000:]
-    assert STEPS_PER_EPOCH < int(match.group(2)) <= 2 * STEPS_PER_EPOCH  # in epoch 2 (measured: step 7)
-    assert "the last checkpoint, step 4" in result.stderr
-    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["4"]
-
-
 def test_a_metrics_line_cut_short_is_dropped_and_a_damaged_one_before_it_named(tmp_path, caplog):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 1}\n{"step": 2}\n{"step": 3, "tr')
@@ -360,42 +341,6 @@ def test_when_every_checkpoint_is_damaged_each_is_named_and_none_moved(reference
     for step in steps:
         assert f"checkpoints/{step}: _CHECKPOINT_METADATA is damaged" in str(error.value)
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == steps and not (workdir / CORRUPT).exists()
-
-
-def checkpoint_bytes() -> int:
-    """The size of a checkpoint of the test runs: variables and SGD's momentum (one per parameter)."""
-    variables = random_variables()
-    return sum(x.nbytes for x in jax.tree.leaves((variables, variables["params"])))
-
-
-@pytest.fixture
-def small_disk(tmp_path) -> Path:
-    """A tmpfs mounted for the test that holds one checkpoint of the test runs but not two."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={int(1.3 * checkpoint_bytes())}", "tmpfs",
-                              str(disk)], capture_output=True, text=True, check=False)
-    if mounted.returncode:
-        pytest.skip(f"a small disk needs a tmpfs mounted as root: {mounted.stderr.strip()}")
-    yield disk
-    subprocess.run(["umount", str(disk)], check=True)
-
-
-def test_a_full_disk_stops_the_run_when_the_save_fails_in_one_line(setup, small_disk):
-    workdir, size = small_disk / "workdir", f"{checkpoint_bytes() / 1e6:,.0f} MB"
-    result = run(command(setup, workdir), setup["env"])
-    assert result.returncode == 2, result.stderr[-3000:]
-    lines = result.stderr.splitlines()
-    checkpoints = re.escape(str(workdir / "checkpoints"))
-    assert re.fullmatch(rf"error: checkpoint 8 could not be written to {checkpoints}: no space left on device "
-                        rf"\(a checkpoint needs {size}; \d+ MB free now\); the last complete checkpoint is "
-                        rf"{checkpoints}/4: run the same command to resume from it once the cause is fixed",
-                        lines[-1]), lines[-1]
-    assert f"less than two checkpoints ({size} each)" in result.stderr  # warned before the first save
-    assert "step 12/12" not in result.stderr  # stopped when the save failed, not at the next one
-    assert len(lines) < 30  # no tracebacks from Orbax's threads
-    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["4"]  # the unfinished write removed
-    assert load_bundle(workdir / "checkpoints" / "4").step == 4
 
 
 def test_checkpoints_in_a_relative_directory(tmp_path, monkeypatch):

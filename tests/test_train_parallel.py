@@ -24,11 +24,11 @@ STEPS = 2
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory) -> dict:
+def setup(tmp_path_factory, compilation_cache) -> dict:
     root = tmp_path_factory.mktemp("parallel")
     make_dataset(root / "data")
     return {"root": root, "data_dir": root / "data", "init_from": make_checkpoint(root / "init"),
-            "cache": root / "compilation_cache"}
+            "cache": compilation_cache}
 
 
 @pytest.fixture(scope="module")

@@ -137,14 +137,14 @@ def test_init_from_a_model_of_the_other_wiring_needs_the_flag(tmp_path, caplog):
                                   random_variables()["params"]["layer4_2"]["1"]["conv2_2_3"]["kernel"])
 
 
-def test_the_trainer_names_the_flag(tmp_path):
+def test_the_trainer_names_the_flag(tmp_path, compilation_cache):
     """End to end: the trainer stops with one error line naming both ways out."""
     make_dataset(tmp_path / "data")
     init = make_checkpoint(tmp_path / "init", multiscale_wiring="2021")
     command = [sys.executable, "-m", "manet_jax.train", "--config", "configs/demo.py", "--workdir",
                str(tmp_path / "run"), "--config.dataset=synthetic_faces/64_32_20", "--config.image_size=64",
                f"--config.data_dir={tmp_path / 'data'}", f"--config.init_from={init}"]
-    result = subprocess.run(command, env=environment(tmp_path / "cache"), cwd=REPO, capture_output=True, text=True,
+    result = subprocess.run(command, env=environment(compilation_cache), cwd=REPO, capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 2, result.stderr[-2000:]
     assert result.stderr.strip().splitlines()[-1].startswith("error: config.init_from:")

@@ -63,6 +63,18 @@ def train_command(workdir: Path, data_dir: Path, init_from: Path, *overrides: st
             *(f"--config.{key}={value}" for key, value in settings.items()), *overrides]
 
 
+def trainer_setup(root: Path, cache_dir: Path) -> dict:
+    """The tiny dataset and a random-weights checkpoint under `root`, and the runs' environment."""
+    make_dataset(root / "data")
+    return {"root": root, "data_dir": root / "data", "init_from": make_checkpoint(root / "init"),
+            "env": environment(cache_dir)}
+
+
+def command(setup: dict, workdir: Path, *overrides: str) -> list[str]:
+    """`train_command` on a `trainer_setup`'s dataset and checkpoint."""
+    return train_command(workdir, setup["data_dir"], setup["init_from"], *overrides)
+
+
 def environment(cache_dir: Path, num_devices: int = 1) -> dict[str, str]:
     """Subprocess environment: CPU with `num_devices` devices, a shared compilation cache."""
     return {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": str(num_devices),

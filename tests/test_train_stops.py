@@ -1,0 +1,67 @@
+"""The trainer stopped by what goes wrong during a run: a diverging loss, a full disk (CPU, 64x64,
+the tiny dataset of test_train; a module of its own so that pytest-xdist can run it beside test_train)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import jax
+import pytest
+
+from manet_jax.bundle import load_bundle
+from train_helpers import STEPS_PER_EPOCH, command, random_variables, run, trainer_setup
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, compilation_cache) -> dict:
+    return trainer_setup(tmp_path_factory.mktemp("train_stops"), compilation_cache)
+
+
+def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(setup):
+    workdir = setup["root"] / "diverging"
+    # The learning rate becomes 1e28 in epoch 2 (StepLR with gamma = 1e30 after 1 epoch).
+    result = run(command(setup, workdir, "--config.lr_step_epochs=1", "--config.lr_gamma=1e30"), setup["env"])
+    assert result.returncode == 2
+    match = re.search(r"error: the training loss is (nan|inf|-inf) at step (\d+)", result.stderr)
+    assert match, result.stderr[-3000:]
+    assert STEPS_PER_EPOCH < int(match.group(2)) <= 2 * STEPS_PER_EPOCH  # in epoch 2 (measured: step 7)
+    assert "the last checkpoint, step 4" in result.stderr
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["4"]
+
+
+def checkpoint_bytes() -> int:
+    """The size of a checkpoint of the test runs: variables and SGD's momentum (one per parameter)."""
+    variables = random_variables()
+    return sum(x.nbytes for x in jax.tree.leaves((variables, variables["params"])))
+
+
+@pytest.fixture
+def small_disk(tmp_path) -> Path:
+    """A tmpfs mounted for the test that holds one checkpoint of the test runs but not two."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={int(1.3 * checkpoint_bytes())}", "tmpfs",
+                              str(disk)], capture_output=True, text=True, check=False)
+    if mounted.returncode:
+        pytest.skip(f"a small disk needs a tmpfs mounted as root: {mounted.stderr.strip()}")
+    yield disk
+    subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_full_disk_stops_the_run_when_the_save_fails_in_one_line(setup, small_disk):
+    workdir, size = small_disk / "workdir", f"{checkpoint_bytes() / 1e6:,.0f} MB"
+    result = run(command(setup, workdir), setup["env"])
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = result.stderr.splitlines()
+    checkpoints = re.escape(str(workdir / "checkpoints"))
+    assert re.fullmatch(rf"error: checkpoint 8 could not be written to {checkpoints}: no space left on device "
+                        rf"\(a checkpoint needs {size}; \d+ MB free now\); the last complete checkpoint is "
+                        rf"{checkpoints}/4: run the same command to resume from it once the cause is fixed",
+                        lines[-1]), lines[-1]
+    assert f"less than two checkpoints ({size} each)" in result.stderr  # warned before the first save
+    assert "step 12/12" not in result.stderr  # stopped when the save failed, not at the next one
+    assert len(lines) < 30  # no tracebacks from Orbax's threads
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["4"]  # the unfinished write removed
+    assert load_bundle(workdir / "checkpoints" / "4").step == 4
