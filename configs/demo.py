@@ -3,8 +3,8 @@
   python -m manet_jax.train --config=configs/demo.py --workdir=runs/demo
 
 `synthetic_faces/48` (4,200 training and 700 test images of seven expressions) is generated on
-first use. The test accuracy is printed after every epoch; on 2 CPU cores the run takes about
-9 minutes and ends near 95%.
+first use. The test accuracy is printed after every epoch; on 2 CPU cores the run takes 9 to 15
+minutes and ends at 84-95%, depending on the CPU (README, "Training and evaluation").
 """
 
 from manet_jax.training.config import base_config
