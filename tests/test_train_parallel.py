@@ -18,17 +18,14 @@ import sys
 import numpy as np
 import pytest
 
-from train_helpers import DATASET, REPO, STEPS_PER_EPOCH, environment, make_checkpoint, make_dataset, run, train_command
+from train_helpers import DATASET, REPO, STEPS_PER_EPOCH, command, environment, run, trainer_setup
 
 STEPS = 2
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, compilation_cache) -> dict:
-    root = tmp_path_factory.mktemp("parallel")
-    make_dataset(root / "data")
-    return {"root": root, "data_dir": root / "data", "init_from": make_checkpoint(root / "init"),
-            "cache": compilation_cache}
+    return {**trainer_setup(tmp_path_factory.mktemp("parallel"), compilation_cache), "cache": compilation_cache}
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +56,8 @@ def test_two_processes_match_one_process(setup, mesh_runs):
         port = s.getsockname()[1]
     workdir = setup["root"] / "multiprocess"
     processes = [subprocess.Popen(
-        train_command(workdir, setup["data_dir"], setup["init_from"], "--config.num_epochs=1",
-                      f"--coordinator-address=127.0.0.1:{port}", "--num-processes=2", f"--process-id={i}"),
+        command(setup, workdir, "--config.num_epochs=1", f"--coordinator-address=127.0.0.1:{port}",
+                "--num-processes=2", f"--process-id={i}"),
         env=environment(setup["cache"], num_devices=2), cwd=REPO, stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE, text=True) for i in range(2)]
     try:
