@@ -6,6 +6,8 @@ other exception is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import errno
+
 
 class ManetError(Exception):
     """A problem with the user's input (a file, an option, a config value, a dataset): the message
@@ -14,3 +16,11 @@ class ManetError(Exception):
 
 class ConfigError(ManetError, ValueError):
     """A config file, override, option or value that cannot be used; the message names the key."""
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether `error`, or the error it was raised from, reports a full disk (an OSError with ENOSPC,
+    or TensorFlow's and tensorstore's errors, which only say so in their message)."""
+    causes = (error, error.__cause__, error.__context__)
+    return any(isinstance(e, OSError) and e.errno == errno.ENOSPC or "No space left on device" in str(e)
+               for e in causes if e is not None)

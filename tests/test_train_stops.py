@@ -37,15 +37,26 @@ def checkpoint_bytes() -> int:
     return sum(x.nbytes for x in jax.tree.leaves((variables, variables["params"])))
 
 
+def mount_tmpfs(directory: Path, size: int) -> None:
+    directory.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)],
+                             capture_output=True, text=True, check=False)
+    if mounted.returncode:
+        pytest.skip(f"a small disk needs a tmpfs mounted as root: {mounted.stderr.strip()}")
+
+
 @pytest.fixture
 def small_disk(tmp_path) -> Path:
     """A tmpfs mounted for the test that holds one checkpoint of the test runs but not two."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={int(1.3 * checkpoint_bytes())}", "tmpfs",
-                              str(disk)], capture_output=True, text=True, check=False)
-    if mounted.returncode:
-        pytest.skip(f"a small disk needs a tmpfs mounted as root: {mounted.stderr.strip()}")
+    mount_tmpfs(disk := tmp_path / "disk", int(1.3 * checkpoint_bytes()))
+    yield disk
+    subprocess.run(["umount", str(disk)], check=True)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path) -> Path:
+    """A tmpfs of 32 KB: room for the run's config, lease and first metrics, not its first evaluation's."""
+    mount_tmpfs(disk := tmp_path / "disk", 32 * 1024)
     yield disk
     subprocess.run(["umount", str(disk)], check=True)
 
@@ -65,3 +76,17 @@ def test_a_full_disk_stops_the_run_when_the_save_fails_in_one_line(setup, small_
     assert len(lines) < 30  # no tracebacks from Orbax's threads
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["4"]  # the unfinished write removed
     assert load_bundle(workdir / "checkpoints" / "4").step == 4
+
+
+def test_a_full_disk_stops_the_run_at_any_write_in_one_line(setup, tiny_disk):
+    """The disk fills up with the metrics of the first evaluation (TensorBoard's figures, summary.json)."""
+    workdir = tiny_disk / "workdir"
+    result = run(command(setup, workdir, "--config.checkpoint_every_epochs=3"), setup["env"])
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = result.stderr.splitlines()
+    assert re.fullmatch(rf"error: {re.escape(str(workdir))}\S* could not be written: no space left on device "
+                        r"\(0 MB free now\); no checkpoint was saved: run the same command to start again once "
+                        "the cause is fixed", lines[-1]), lines[-1]
+    assert "step 4/12" in result.stderr and "step 5/12" not in result.stderr
+    assert len(lines) < 30
+    assert not (workdir / "summary.json").exists()  # not left empty: written whole or not at all

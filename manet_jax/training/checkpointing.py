@@ -13,7 +13,6 @@ the cause and the last complete checkpoint, and its unfinished folder is removed
 from __future__ import annotations
 
 import dataclasses
-import errno
 import itertools
 import json
 import logging
@@ -29,7 +28,7 @@ from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
 from manet_jax.bundle import HEADER, HEADER_FILE, LEGACY_STATE, METRIC, VARIABLES, ModelSpec, absolute_path, best_step
-from manet_jax.errors import ManetError
+from manet_jax.errors import ManetError, is_disk_full
 from manet_jax.training.state import TrainState
 
 TRAIN_STATE, HOST_STATE = "train_state", "host_state"
@@ -123,19 +122,26 @@ class Checkpoints:
         self._remove_unfinished()
         # The write's other tasks fail alike; asyncio would log each at exit ("Task exception was never retrieved").
         logging.getLogger("asyncio").setLevel(logging.CRITICAL)
-        causes = [error, error.__cause__, error.__context__]
-        if any(isinstance(e, OSError) and e.errno == errno.ENOSPC or "No space left on device" in str(e)
-               for e in causes if e is not None):
-            free = self._free_bytes()
-            cause = (f"no space left on device (a checkpoint needs {_megabytes(self._size)}"
-                     + ("" if free is None else f"; {_megabytes(free)} free now") + ")")
+        if is_disk_full(error):
+            free = self.free_now()
+            cause = f"no space left on device (a checkpoint needs {_megabytes(self._size)}{free and '; ' + free})"
         else:
             cause = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+        return CheckpointSaveError(f"checkpoint {step} could not be written to {self.directory}: {cause}; "
+                                   f"{self.resume_hint()}")
+
+    def resume_hint(self) -> str:
+        """Where a run stopped by an error resumes from, once the error's cause is fixed."""
         latest = self.manager.latest_step()
-        resume = (f"the last complete checkpoint is {self.directory / str(latest)}: run the same command to resume "
-                  "from it" if latest is not None else "no checkpoint was saved: run the same command to start again")
-        return CheckpointSaveError(f"checkpoint {step} could not be written to {self.directory}: {cause}; {resume} "
-                                   "once the cause is fixed")
+        if latest is None:
+            return "no checkpoint was saved: run the same command to start again once the cause is fixed"
+        return (f"the last complete checkpoint is {self.directory / str(latest)}: run the same command to resume "
+                "from it once the cause is fixed")
+
+    def free_now(self) -> str:
+        """'N MB free now' on the directory's disk ('' for a bucket)."""
+        free = self._free_bytes()
+        return "" if free is None else f"{_megabytes(free)} free now"
 
     def _free_bytes(self) -> int | None:
         """Free bytes on the directory's disk (None for a bucket)."""

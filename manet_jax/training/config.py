@@ -26,6 +26,7 @@ from manet_jax.bundle import ModelSpec
 from manet_jax.data.options import input_config
 from manet_jax.errors import ConfigError
 from manet_jax.models import MULTISCALE_WIRINGS
+from manet_jax.training.workdir import replace_text
 
 REQUIRED = ("dataset", "num_epochs", "batch_size", "learning_rate", "lr_step_epochs")
 
@@ -203,5 +204,5 @@ def save_config(config: ml_collections.ConfigDict, path: os.PathLike) -> list[st
     new = json.loads(config.to_json_best_effort())
     old = json.loads(path.read_text()) if path.exists() else new
     changed = sorted(k for k in new.keys() | old.keys() if new.get(k) != old.get(k))
-    path.write_text(json.dumps(new, indent=2) + "\n")
+    replace_text(path, json.dumps(new, indent=2) + "\n")
     return changed

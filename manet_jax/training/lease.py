@@ -30,6 +30,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from manet_jax.errors import ManetError
+from manet_jax.training.workdir import replace_text
 
 LEASE_FILE = "lease.json"
 REFRESH_SECONDS = 30
@@ -140,10 +141,8 @@ class Lease:
             if holder is None or holder.token != self.holder.token:
                 return  # `check` reports it before the next write
             try:
-                temporary = self.path.with_name(f".{LEASE_FILE}.{self.holder.token}")
-                temporary.write_text(json.dumps(dataclasses.asdict(
+                replace_text(self.path, json.dumps(dataclasses.asdict(
                     dataclasses.replace(self.holder, refreshed=time.time()))))
-                temporary.replace(self.path)
             except OSError as e:  # a full disk or a bucket's hiccup: the next refresh tries again
                 logger.warning("cannot refresh the lease %s: %s", self.path, e)
 

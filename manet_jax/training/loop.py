@@ -19,7 +19,7 @@ import numpy as np
 from etils import epath
 
 from manet_jax.bundle import CHECKPOINTS, best_step
-from manet_jax.errors import ConfigError, ManetError
+from manet_jax.errors import ConfigError, ManetError, is_disk_full
 from manet_jax.training.checkpointing import Checkpoints
 from manet_jax.training.config import save_config
 from manet_jax.training.evaluation import confusion_figure, describe, evaluate_set, figure_title
@@ -30,7 +30,7 @@ from manet_jax.training.preemption import PreemptionGuard
 from manet_jax.training.progress import Progress, format_duration
 from manet_jax.training.setup import Setup, build
 from manet_jax.training.state import TrainState
-from manet_jax.training.workdir import CONFIG_FILE, SUMMARY_FILE, upgraded
+from manet_jax.training.workdir import CONFIG_FILE, SUMMARY_FILE, replace_text, upgraded
 
 logger = logging.getLogger(__name__)
 
@@ -39,13 +39,18 @@ class NonFiniteLossError(ManetError, FloatingPointError):
     """The training loss became NaN or infinite; the message names the step."""
 
 
+class WorkdirFullError(ManetError, OSError):
+    """The workdir's disk filled up during a run; the message names the file and the checkpoint to resume from."""
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains per `config` in `workdir`; returns the run summary `{'ranked_by', 'best', 'last'}`.
 
     Evaluates every `eval_every_epochs` and checkpoints every `checkpoint_every_epochs` (and at
     the end); on SIGTERM saves a checkpoint and returns early. Raises NonFiniteLossError, naming
     the step, when the loss stops being finite (the checkpoints saved before stay as they are),
-    and WorkdirBusyError, naming the other trainer, when one holds the workdir's lease.
+    WorkdirFullError or CheckpointSaveError when the disk fills up, and WorkdirBusyError, naming
+    the other trainer, when one holds the workdir's lease.
     """
     setup, workdir = build(config), epath.Path(workdir)
     with hold(workdir) as lease:
@@ -90,6 +95,19 @@ class Trainer:
         return state
 
     def run(self) -> dict[str, Any]:
+        """Trains to the end (or a preemption); returns the summary. A full disk stops the run with a
+        WorkdirFullError, or the CheckpointSaveError of a checkpoint write it made fail."""
+        try:
+            return self._train()
+        except Exception as e:
+            if isinstance(e, ManetError) or not is_disk_full(e):
+                raise
+            self.checkpoints.wait()  # a checkpoint being written when the disk filled is the error to report
+            written, free = getattr(e, "filename", None) or self.workdir, self.checkpoints.free_now()
+            raise WorkdirFullError(f"{written} could not be written: no space left on device{free and f' ({free})'}; "
+                                   f"{self.checkpoints.resume_hint()}") from e
+
+    def _train(self) -> dict[str, Any]:
         setup = self.setup
         state = self.initial_state()
         start = int(state.step)
@@ -215,7 +233,7 @@ class Trainer:
         for name, results in last["eval"].items():
             self.writer.write_figure(f"eval/{name}/fused/confusion_matrix", confusion_figure(
                 results["fused"]["confusion_matrix"], self.setup.info.class_names, figure_title(results)), done)
-        (self.workdir / SUMMARY_FILE).write_text(json.dumps(self.summary, indent=2) + "\n")
+        replace_text(self.workdir / SUMMARY_FILE, json.dumps(self.summary, indent=2) + "\n")
         lines = [f"epoch {epoch}/{self.config.num_epochs} {describe(name, results)}"
                  for name, results in last["eval"].items()]
         logger.info("%s; train accuracy %.2f%%; best %.2f%% at epoch %d%s", lines[0],

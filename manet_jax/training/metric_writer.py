@@ -20,6 +20,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from manet_jax.errors import ManetError
+from manet_jax.training.workdir import replace_text
 
 METRICS_FILE, TENSORBOARD_DIR = "metrics.jsonl", "tensorboard"
 
@@ -61,7 +62,7 @@ class MetricWriter:
                 continue
             if record_step <= step:
                 kept.append(line)
-        self.path.write_text("".join(line + "\n" for line in kept))
+        replace_text(self.path, "".join(line + "\n" for line in kept))
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:

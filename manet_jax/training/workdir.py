@@ -23,6 +23,19 @@ class SummaryError(ManetError, ValueError):
     """A workdir without a readable summary; the message names the file."""
 
 
+def replace_text(path: epath.PathLike, text: str) -> None:
+    """Replaces the file `path` with `text` whole or not at all: a full disk or a killed run while
+    writing leaves the old file as it was (a complete temporary file replaces it)."""
+    path = epath.Path(path)
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        temporary.write_text(text)
+        temporary.replace(path)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+
+
 def read_summary(workdir: epath.PathLike) -> dict[str, Any]:
     """The summary of the run in `workdir` (also one written before eval sets)."""
     workdir = epath.Path(workdir)
