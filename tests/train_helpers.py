@@ -122,31 +122,27 @@ def run_and_signal(command: list[str], env: dict[str, str], when: Callable[[str]
         process.kill()
 
 
-def mesh_runs(data_dir: str, init_from: str, device_counts: list[int], steps: int) -> dict[int, dict]:
-    """The first `steps` train steps of the `train_command` run, set up as the trainer does
-    (`setup.build`), on meshes of the first n devices of this process, for each n in
-    `device_counts`: {n: {'losses', 'update_error'}}, where update_error is the relative L2
-    distance of the first step's parameter update to that on device_counts[0]."""
-    from manet_jax.bundle import load_bundle
-    from manet_jax.mesh import make_mesh
+def one_device_steps(data_dir: str, init_from: str, overrides: list[str], steps: int, output: str) -> list[float]:
+    """The first `steps` train steps of the `train_command` run with `overrides` on one device, set
+    up as the trainer does (`setup.build`): their losses; the parameters after the first step are
+    saved to `output` (`flat_params`)."""
     from manet_jax.training.config import load_config
     from manet_jax.training.setup import build
 
     config = load_config(str(REPO / "configs/demo.py"), [
-        arg.removeprefix("--config.") for arg in train_command(Path(), data_dir, init_from)
+        arg.removeprefix("--config.") for arg in train_command(Path(), data_dir, init_from, *overrides)
         if arg.startswith("--config.")])
-    initial = np.concatenate([x.ravel() for x in jax.tree.leaves(load_bundle(init_from).variables["params"])])
-    runs, reference_update = {}, None
-    for n in device_counts:
-        setup = build(config, make_mesh(jax.devices()[:n]))
-        state, batches = setup.initial_state(), setup.train_batches()
-        losses = []
-        for step in range(steps):
-            state, metrics = setup.train_step(state, next(batches))
-            losses.append(float(metrics["loss"]))
-            if step == 0:
-                update = np.concatenate([x.ravel() for x in jax.tree.leaves(jax.device_get(state.params))]) - initial
-                reference_update = update if reference_update is None else reference_update
-        runs[n] = {"losses": losses, "update_error": float(np.linalg.norm(update - reference_update)
-                                                            / np.linalg.norm(reference_update))}
-    return runs
+    setup = build(config)  # on every device: run with one
+    state, batches = setup.initial_state(), setup.train_batches()
+    losses = []
+    for step in range(steps):
+        state, metrics = setup.train_step(state, next(batches))
+        losses.append(float(metrics["loss"]))
+        if step == 0:
+            np.save(output, flat_params(jax.device_get(state.variables)))
+    return losses
+
+
+def flat_params(variables: dict) -> np.ndarray:
+    """A model's parameters as one vector."""
+    return np.concatenate([x.ravel() for x in jax.tree.leaves(variables["params"])])
