@@ -38,6 +38,7 @@ from manet_jax.training.metric_writer import MetricWriter, MetricsFileError
 from manet_jax.training.optim import sgd, step_lr
 from manet_jax.training.setup import build
 from manet_jax.training.state import TrainState, abstract_train_state
+from manet_jax.training.workdir import replace_text
 from train_helpers import (DATASET, EPOCHS, REPO, STEPS_PER_EPOCH, TEST_LABEL_COUNTS, command, run, run_and_signal,
                            run_timing_exit, trainer_setup)
 
@@ -299,6 +300,16 @@ def test_preempted_and_killed_run_resumes_exactly(setup, reference):
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(expected), jax.tree.leaves(actual)):
         np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
     assert logged_results(workdir) == logged_results(reference)  # the log continues as if never interrupted
+
+
+def test_a_file_replaced_whole_or_not_at_all(tmp_path):
+    path = tmp_path / "summary.json"
+    replace_text(path, "old\n")
+    with pytest.raises(UnicodeEncodeError):  # fails once the temporary file is open, as a full disk would
+        replace_text(path, "new " * 1000 + "\udc80")
+    assert path.read_text() == "old\n" and os.listdir(tmp_path) == ["summary.json"]
+    replace_text(path, "new\n")
+    assert path.read_text() == "new\n" and os.listdir(tmp_path) == ["summary.json"]
 
 
 def test_a_metrics_line_cut_short_is_dropped_and_a_damaged_one_before_it_named(tmp_path, caplog):

@@ -10,6 +10,7 @@ earliest on ties. Light to import: the report tool reads summaries without start
 from __future__ import annotations
 
 import json
+import secrets
 from typing import Any
 
 from etils import epath
@@ -25,9 +26,10 @@ class SummaryError(ManetError, ValueError):
 
 def replace_text(path: epath.PathLike, text: str) -> None:
     """Replaces the file `path` with `text` whole or not at all: a full disk or a killed run while
-    writing leaves the old file as it was (a complete temporary file replaces it)."""
+    writing leaves the old file as it was (a complete temporary file, named for this write alone,
+    replaces it)."""
     path = epath.Path(path)
-    temporary = path.with_name(f".{path.name}.tmp")
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
         temporary.write_text(text)
         temporary.replace(path)
