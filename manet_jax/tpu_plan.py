@@ -18,8 +18,10 @@ import argparse
 import dataclasses
 import importlib.metadata
 import json
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from manet_jax import cli
@@ -67,12 +69,24 @@ def plan(args: argparse.Namespace, overrides: list[str]) -> None:
     print(report(result))
     if args.output:
         payload = {"config": args.config, "overrides": overrides,
-                   "versions": {name: importlib.metadata.version(name) for name in ("jax", "jaxlib", "libtpu")},
+                   "versions": {**{name: importlib.metadata.version(name) for name in ("jax", "jaxlib")},
+                                "libtpu": libtpu_version()},
                    **to_json(result)}
         with open(args.output, "w") as f:
             json.dump(payload, f, indent=2)
             f.write("\n")
         print(f"\nwrote {args.output}")
+
+
+def libtpu_version() -> str:
+    """The version of the libtpu that JAX loads: the installed package's, or for a library chosen with
+    TPU_LIBRARY_PATH, that of the unpacked wheel it is in ('<version> (<path>)'), else its path."""
+    path = os.environ.get("TPU_LIBRARY_PATH")
+    if not path:
+        return importlib.metadata.version("libtpu")
+    wheel = Path(path).resolve().parents[1]  # <wheel>/libtpu/libtpu.so beside <wheel>/libtpu-<version>.dist-info
+    found = [d.version for d in importlib.metadata.distributions(path=[str(wheel)]) if d.metadata["Name"] == "libtpu"]
+    return f"{found[0]} ({path})" if found else path
 
 
 def to_json(result: Plan) -> dict[str, Any]:

@@ -6,6 +6,7 @@ two on 2 cores, so the steps compile once per slice (module fixtures), at 64x64.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -189,3 +190,18 @@ def test_tools_start_quietly_with_libtpu_installed_and_no_tpu():
     env = {key: value for key, value in os.environ.items() if not key.startswith(("JAX_PLATFORMS", "TPU_"))}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
     assert (done.returncode, done.stdout, done.stderr) == (0, "cpu\n", "")
+
+
+def test_the_plan_records_the_libtpu_it_loads(tmp_path, monkeypatch):
+    """The installed package's version, or that of the unpacked wheel TPU_LIBRARY_PATH points into."""
+    monkeypatch.delenv("TPU_LIBRARY_PATH", raising=False)
+    assert tpu_plan.libtpu_version() == importlib.metadata.version("libtpu")
+    (tmp_path / "libtpu").mkdir()
+    (tmp_path / "libtpu-0.0.52.dist-info").mkdir()
+    (tmp_path / "libtpu-0.0.52.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: libtpu\nVersion: 0.0.52\n")
+    library = tmp_path / "libtpu" / "libtpu.so"
+    monkeypatch.setenv("TPU_LIBRARY_PATH", str(library))
+    assert tpu_plan.libtpu_version() == f"0.0.52 ({library})"
+    monkeypatch.setenv("TPU_LIBRARY_PATH", str(tmp_path / "other" / "lib" / "libtpu.so"))
+    assert tpu_plan.libtpu_version() == str(tmp_path / "other" / "lib" / "libtpu.so")
