@@ -119,7 +119,7 @@ class Checkpoints:
     def _save_failed(self, error: Exception) -> CheckpointSaveError:
         """The error that reports the failed write of step `_saving`, once its folder is removed."""
         step, self._saving, self._failed = self._saving, None, True
-        self._remove_unfinished()
+        self._remove_unfinished(after_failure=True)
         # The write's other tasks fail alike; asyncio would log each at exit ("Task exception was never retrieved").
         logging.getLogger("asyncio").setLevel(logging.CRITICAL)
         if is_disk_full(error):
@@ -150,12 +150,18 @@ class Checkpoints:
         existing = next(p for p in (self.directory, *self.directory.parents) if p.exists())
         return shutil.disk_usage(existing).free
 
-    def _remove_unfinished(self) -> None:
-        """Deletes the folders of writes that did not finish (a killed run, a failed save)."""
+    def _remove_unfinished(self, after_failure: bool = False) -> None:
+        """Deletes the folders of writes that did not finish (a killed run, a failed save). After a
+        failed write its folder may still be written into by Orbax's threads, and fail to go: it is
+        left for `close` to remove once they are done, and never hides the write's error."""
         if jax.process_index() == 0 and self.directory.is_dir():
             for path in self.directory.glob(UNFINISHED):
                 logger.warning("removing %s, left by a checkpoint write that did not finish", path)
-                path.rmtree()
+                try:
+                    path.rmtree()
+                except OSError:
+                    if not after_failure:
+                        raise
 
     def _set_aside_damaged(self) -> None:
         """Moves checkpoints whose JSON files are missing or damaged aside when an intact one remains;
@@ -234,7 +240,7 @@ class Checkpoints:
             if not self._failed:
                 raise
         if self._failed:
-            self._remove_unfinished()
+            self._remove_unfinished(after_failure=True)
 
 
 def _json_problem(step_directory: epath.Path) -> str | None:
