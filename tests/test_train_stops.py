@@ -3,8 +3,10 @@ the tiny dataset of test_train; a module of its own so that pytest-xdist can run
 
 from __future__ import annotations
 
+import contextlib
 import re
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import jax
@@ -37,28 +39,32 @@ def checkpoint_bytes() -> int:
     return sum(x.nbytes for x in jax.tree.leaves((variables, variables["params"])))
 
 
-def mount_tmpfs(directory: Path, size: int) -> None:
+@contextlib.contextmanager
+def tmpfs(directory: Path, size: int) -> Iterator[Path]:
+    """`directory`, a tmpfs of `size` bytes mounted for the `with` block (a test skip unless run as root)."""
     directory.mkdir()
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)],
                              capture_output=True, text=True, check=False)
     if mounted.returncode:
         pytest.skip(f"a small disk needs a tmpfs mounted as root: {mounted.stderr.strip()}")
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", str(directory)], check=True)
 
 
 @pytest.fixture
-def small_disk(tmp_path) -> Path:
-    """A tmpfs mounted for the test that holds one checkpoint of the test runs but not two."""
-    mount_tmpfs(disk := tmp_path / "disk", int(1.3 * checkpoint_bytes()))
-    yield disk
-    subprocess.run(["umount", str(disk)], check=True)
+def small_disk(tmp_path) -> Iterator[Path]:
+    """A tmpfs that holds one checkpoint of the test runs but not two."""
+    with tmpfs(tmp_path / "disk", int(1.3 * checkpoint_bytes())) as disk:
+        yield disk
 
 
 @pytest.fixture
-def tiny_disk(tmp_path) -> Path:
+def tiny_disk(tmp_path) -> Iterator[Path]:
     """A tmpfs of 32 KB: room for the run's config, lease and first metrics, not its first evaluation's."""
-    mount_tmpfs(disk := tmp_path / "disk", 32 * 1024)
-    yield disk
-    subprocess.run(["umount", str(disk)], check=True)
+    with tmpfs(tmp_path / "disk", 32 * 1024) as disk:
+        yield disk
 
 
 def test_a_full_disk_stops_the_run_when_the_save_fails_in_one_line(setup, small_disk):
