@@ -119,6 +119,7 @@ class Checkpoints:
     def _save_failed(self, error: Exception) -> CheckpointSaveError:
         """The error that reports the failed write of step `_saving`, once its folder is removed."""
         step, self._saving, self._failed = self._saving, None, True
+        self._wait_for_abandoned_writes()
         self._remove_unfinished(after_failure=True)
         # The write's other tasks fail alike; asyncio would log each at exit ("Task exception was never retrieved").
         logging.getLogger("asyncio").setLevel(logging.CRITICAL)
@@ -129,6 +130,16 @@ class Checkpoints:
             cause = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
         return CheckpointSaveError(f"checkpoint {step} could not be written to {self.directory}: {cause}; "
                                    f"{self.resume_hint()}")
+
+    def _wait_for_abandoned_writes(self, timeout: float = 120) -> None:
+        """Waits for the failed checkpoint's other item writes: Orbax stops waiting at the first that
+        fails (its ChainedFuture) and leaves the rest writing into the folder about to be removed."""
+        async_manager = getattr(getattr(self.manager, "_checkpointer", None), "_async_manager", None)
+        for write in getattr(async_manager, "_commit_futures", None) or ():
+            try:
+                write.result(timeout=timeout)
+            except Exception:  # noqa: BLE001 - they fail alike; the first failure is the one reported
+                pass
 
     def resume_hint(self) -> str:
         """Where a run stopped by an error resumes from, once the error's cause is fixed."""
