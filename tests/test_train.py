@@ -38,7 +38,7 @@ from manet_jax.training.metric_writer import MetricWriter, MetricsFileError
 from manet_jax.training.optim import sgd, step_lr
 from manet_jax.training.setup import build
 from manet_jax.training.state import TrainState, abstract_train_state
-from manet_jax.training.workdir import replace_text
+from manet_jax.training.workdir import remove_temporary_files, replace_text
 from train_helpers import (DATASET, EPOCHS, REPO, STEPS_PER_EPOCH, TEST_LABEL_COUNTS, command, run, run_and_signal,
                            run_timing_exit, trainer_setup)
 
@@ -289,8 +289,10 @@ def test_preempted_and_killed_run_resumes_exactly(setup, reference):
     with (workdir / "metrics.jsonl").open("a") as f:  # as a kill in the middle of an append leaves it
         f.write('{"step": 9, "epoch": 2.25, "tr')
     lines = len((workdir / "metrics.jsonl").read_text().splitlines())
+    (workdir / ".summary.json.0123abcd.tmp").write_text("{")  # as a kill while replacing it leaves it
     result = run(command(setup, workdir), setup["env"])
     assert result.returncode == 0, result.stderr[-3000:]
+    assert not (workdir / ".summary.json.0123abcd.tmp").exists()
     assert "resuming from checkpoint" in result.stderr
     assert f"{workdir / 'metrics.jsonl'}: dropped line {lines}, cut short" in result.stderr
     assert f"taking over the lease {workdir / 'lease.json'} of a trainer that is gone (pid " in result.stderr
@@ -310,6 +312,14 @@ def test_a_file_replaced_whole_or_not_at_all(tmp_path):
     assert path.read_text() == "old\n" and os.listdir(tmp_path) == ["summary.json"]
     replace_text(path, "new\n")
     assert path.read_text() == "new\n" and os.listdir(tmp_path) == ["summary.json"]
+
+
+def test_temporary_files_left_by_a_killed_run_are_removed_but_those_in_use(tmp_path):
+    names = [".summary.json.0123abcd.tmp", ".lease.json.4567cdef.tmp", ".notes.tmp", "summary.json.0123abcd.tmp"]
+    for name in names:
+        (tmp_path / name).write_text("{")
+    remove_temporary_files(tmp_path, in_use=["lease.json"])
+    assert sorted(os.listdir(tmp_path)) == sorted(names[1:])
 
 
 def test_a_metrics_line_cut_short_is_dropped_and_a_damaged_one_before_it_named(tmp_path, caplog):

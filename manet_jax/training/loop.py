@@ -30,7 +30,7 @@ from manet_jax.training.preemption import PreemptionGuard
 from manet_jax.training.progress import Progress, format_duration
 from manet_jax.training.setup import Setup, build
 from manet_jax.training.state import TrainState
-from manet_jax.training.workdir import CONFIG_FILE, SUMMARY_FILE, replace_text, upgraded
+from manet_jax.training.workdir import CONFIG_FILE, SUMMARY_FILE, remove_temporary_files, replace_text, upgraded
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +69,7 @@ class Trainer:
         self.setup, self.config, self.workdir, self.lease = setup, setup.config, workdir, lease
         self.is_main = jax.process_index() == 0
         if self.is_main:
+            remove_temporary_files(workdir, in_use=[lease.path.name] if lease else [])
             changed = save_config(self.config, workdir / CONFIG_FILE)
             if changed:
                 logger.warning("config keys changed since this workdir's last run: %s", ", ".join(changed))

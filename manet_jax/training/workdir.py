@@ -10,7 +10,10 @@ earliest on ties. Light to import: the report tool reads summaries without start
 from __future__ import annotations
 
 import json
+import logging
+import re
 import secrets
+from collections.abc import Collection
 from typing import Any
 
 from etils import epath
@@ -18,6 +21,9 @@ from etils import epath
 from manet_jax.errors import ManetError
 
 CONFIG_FILE, SUMMARY_FILE = "config.json", "summary.json"
+_TEMPORARY = re.compile(r"\.(.+)\.[0-9a-f]{8}\.tmp")  # replace_text's temporary file of the file group(1)
+
+logger = logging.getLogger(__name__)
 
 
 class SummaryError(ManetError, ValueError):
@@ -29,13 +35,24 @@ def replace_text(path: epath.PathLike, text: str) -> None:
     writing leaves the old file as it was (a complete temporary file, named for this write alone,
     replaces it)."""
     path = epath.Path(path)
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")  # _TEMPORARY
     try:
         temporary.write_text(text)
         temporary.replace(path)
     finally:
         if temporary.exists():
             temporary.unlink()
+
+
+def remove_temporary_files(directory: epath.PathLike, in_use: Collection[str] = ()) -> None:
+    """Deletes the temporary files of `replace_text` that a run killed while writing left in
+    `directory`, except those of the files `in_use` (a thread of this run may be writing them).
+    Call it holding the directory's lease: another trainer's temporary files are in use."""
+    for path in epath.Path(directory).glob(".*.tmp"):
+        match = _TEMPORARY.fullmatch(path.name)
+        if match and match.group(1) not in in_use:
+            logger.warning("removing %s, left by a run killed while writing it", path)
+            path.unlink(missing_ok=True)
 
 
 def read_summary(workdir: epath.PathLike) -> dict[str, Any]:
