@@ -1,4 +1,5 @@
-"""Shared test settings: CPU, tests/ importable, one compilation cache for the tests' subprocesses."""
+"""Shared test settings: CPU, tests/ importable, one compilation cache for the tests' subprocesses,
+the slowest modules first."""
 
 import os
 import sys
@@ -17,3 +18,22 @@ def compilation_cache(tmp_path_factory) -> Path:
     programs they have in common (the 64x64 train and eval steps) compile once per session."""
     base = tmp_path_factory.getbasetemp()
     return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "compilation_cache"
+
+
+# The slowest modules, slowest first (a few minutes each on 2 cores): pytest-xdist's workers start
+# with them and the quick modules fill in at the end, so that both workers finish together.
+# test_train compiles the 64x64 steps into the shared compilation cache before test_train_parallel's
+# one-device reference needs them.
+SLOWEST = ["test_train.py", "test_model_parity.py", "test_train_parallel.py", "test_tpu_plan.py",
+           "test_recipe_parity.py", "test_train_stops.py", "test_predict.py", "test_export.py", "test_convert.py",
+           "test_compare.py"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if hasattr(config.option, "loadscopereorder"):  # pytest-xdist: modules in collection order, not most tests first
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(SLOWEST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(SLOWEST)))

@@ -24,7 +24,9 @@ from manet_jax.bundle import load_bundle
 from train_helpers import REPO, command, environment, flat_params, run, trainer_setup
 
 DATASET = "synthetic_faces/64_8_20"  # one step of 8 an epoch
-OVERRIDES = [f"--config.dataset={DATASET}", "--config.num_epochs=2"]
+# The learning rate's decay at step 8, as in test_train's runs: the one-device steps are then the
+# program those runs left in the compilation cache.
+OVERRIDES = [f"--config.dataset={DATASET}", "--config.num_epochs=2", "--config.lr_step_epochs=8"]
 
 
 @pytest.fixture(scope="module")
