@@ -35,7 +35,7 @@ def replace_text(path: epath.PathLike, text: str) -> None:
     writing leaves the old file as it was (a complete temporary file, named for this write alone,
     replaces it)."""
     path = epath.Path(path)
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")  # _TEMPORARY
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")  # as _TEMPORARY matches
     try:
         temporary.write_text(text)
         temporary.replace(path)
