@@ -1,7 +1,7 @@
 """The TPU plan: the trainer's steps compiled for Cloud TPU slices on this CPU-only machine.
 
 libtpu (the `tpu` extra) compiles for TPU topologies without a TPU. Each compile takes a minute or
-two on 2 cores, so the steps compile once per slice (module fixtures), at 64x64 or 48x48.
+two on 2 cores, so the steps compile once per slice (module fixtures), at 64x64.
 """
 
 from __future__ import annotations
@@ -50,11 +50,8 @@ def single():
 
 @pytest.fixture(scope="module")
 def two_slices():
-    """Two v5litepod-4 slices over the data-center network: 8 chips on 2 hosts; the train step, at
-    48x48 (quicker to compile; at 32x32 most 3x3 kernels meet 1x1 maps, and XLA drops the
-    all-reduce of their taps' gradients, all zero)."""
-    return plan_lib.make_plan(config(64, "image_size=48"), "v5e-4", num_slices=2, steps=("train",),
-                              log=lambda line: None)
+    """Two v5litepod-4 slices over the data-center network: 8 chips on 2 hosts; the train step."""
+    return plan_lib.make_plan(config(64), "v5e-4", num_slices=2, steps=("train",), log=lambda line: None)
 
 
 def test_the_steps_compile_and_fit_on_a_slice(single):
