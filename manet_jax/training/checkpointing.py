@@ -163,8 +163,8 @@ class Checkpoints:
 
     def _remove_unfinished(self, after_failure: bool = False) -> None:
         """Deletes the folders of writes that did not finish (a killed run, a failed save). After a
-        failed write its folder may still be written into by Orbax's threads, and fail to go: it is
-        left for `close` to remove once they are done, and never hides the write's error."""
+        failed write whose other item writes outlived `_wait_for_abandoned_writes`, its folder may
+        fail to go: it is left for `close` to remove, and never hides the write's error."""
         if jax.process_index() == 0 and self.directory.is_dir():
             for path in self.directory.glob(UNFINISHED):
                 logger.warning("removing %s, left by a checkpoint write that did not finish", path)
