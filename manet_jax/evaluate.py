@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from manet_jax import cli
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = cli.parser("manet_jax.evaluate", __doc__)
     cli.add_config_option(parser)
     parser.add_argument("--checkpoint", required=True, metavar="DIR", help="trainer workdir, checkpoint or bundle")
@@ -28,7 +28,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output-dir", metavar="DIR",
                         help="where to write the reports, one folder <dataset>_<split> per eval set "
                              "(default: <checkpoint>/eval)")
-    args, overrides = cli.parse_with_overrides(parser, argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args, overrides = cli.parse_with_overrides(build_parser(), argv)
     if args.split:
         overrides.append(f"eval_split={args.split}")
     return cli.run(lambda: evaluate(args, overrides))

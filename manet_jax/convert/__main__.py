@@ -99,7 +99,7 @@ def to_torch(args: argparse.Namespace) -> None:
           "model.load_state_dict(torch.load(path)))")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = cli.parser("manet_jax.convert", __doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("to-flax", help="PyTorch weights -> manet-jax model bundle",
@@ -136,7 +136,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--image-size", type=int, default=224,
                    help="input size the weights were trained at (default 224, the official code's)")
     p.set_defaults(run=inspect)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     return cli.run(lambda: args.run(args))
 
 
