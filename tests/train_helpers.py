@@ -23,6 +23,7 @@ from manet_jax.data import pipeline
 from manet_jax.models import variable_shapes
 
 REPO = Path(__file__).resolve().parents[1]
+TF_STARTUP = Path(__file__).resolve().parent / "tf_startup"  # TensorFlow's start-up lines on any CPU
 DATASET = "synthetic_faces/64_32_20"  # 32 train / 20 test images, 64x64
 TEST_LABEL_COUNTS = [3, 3, 3, 3, 3, 3, 2]  # the test split's labels are index % 7
 STEPS_PER_EPOCH, EPOCHS = 4, 3  # batch 8
@@ -76,10 +77,13 @@ def command(setup: dict, workdir: Path, *overrides: str) -> list[str]:
 
 
 def environment(cache_dir: Path, num_devices: int = 1) -> dict[str, str]:
-    """Subprocess environment: CPU with `num_devices` devices, a shared compilation cache."""
-    return {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": str(num_devices),
+    """Subprocess environment: CPU with `num_devices` devices, a shared compilation cache, and
+    TensorFlow's settings left to the tools, its start-up lines printed on any CPU (tf_startup/)."""
+    environ = {key: value for key, value in os.environ.items() if not key.startswith("TF_")}
+    return {**environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": str(num_devices),
             "JAX_COMPILATION_CACHE_DIR": str(cache_dir), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0", "TF_CPP_MIN_LOG_LEVEL": "2"}
+            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(TF_STARTUP), os.environ.get("PYTHONPATH")]))}
 
 
 def run(command: list[str], env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
