@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(2)
     config = load_config(str(REPO / "configs/demo.py"), [
         f"dataset=synthetic_faces/{SIZE}_12_7", f"data_dir={args.data_dir}", f"image_size={SIZE}", "batch_size=4",
-        "num_epochs=2", "learning_rate=0.01", "lr_step_epochs=1", "lr_gamma=0.1", "dtype=float64"])
+        "num_epochs=2", "learning_rate=0.01", "lr_schedule=step", "lr_step_epochs=1", "lr_gamma=0.1", "dtype=float64"])
     setup = build(config, make_mesh(jax.devices()[:1]))
     assert setup.steps_per_epoch == 3 and setup.total_steps == 6, (setup.steps_per_epoch, setup.total_steps)
     variables = jax.tree.map(lambda a: a.astype(np.float64) if a.dtype == np.float32 else a, random_variables())

@@ -59,7 +59,7 @@ def train_command(workdir: Path, data_dir: Path, init_from: Path, *overrides: st
     """`python -m manet_jax.train` on the tiny dataset: 3 epochs of 4 steps, a report every step."""
     settings = {"dataset": DATASET, "data_dir": data_dir, "image_size": 64, "init_from": init_from,
                 "num_epochs": EPOCHS, "batch_size": 8, "eval_batch_size": 8, "learning_rate": 0.01,
-                "lr_step_epochs": 2, "log_every_steps": 1}
+                "lr_schedule": "step", "lr_step_epochs": 2, "log_every_steps": 1}
     return [sys.executable, "-m", "manet_jax.train", "--config", "configs/demo.py", "--workdir", str(workdir),
             *(f"--config.{key}={value}" for key, value in settings.items()), *overrides]
 
