@@ -21,7 +21,7 @@ from manet_jax.data import pipeline, sampling
 from manet_jax.errors import ConfigError
 from manet_jax.mesh import batch_sharded, make_mesh
 from manet_jax.models import MANet, model_flops
-from manet_jax.training import setup as setup_lib
+from manet_jax.training.build import build
 from manet_jax.training.config import load_config
 
 pytest.importorskip("libtpu", reason="needs libtpu: pip install -e '.[tpu]'")
@@ -116,7 +116,7 @@ def test_branch_execution_follows_the_mesh_not_the_tracing_host():
     grouped convolution for the four), the one for a CPU unrolled."""
     programs = {}
     for mesh in (make_mesh(slice_devices("v5litepod-4")), make_mesh(jax.devices("cpu")[:1])):
-        setup = setup_lib.build(config(4 * mesh.size, "image_size=32"), mesh, lambda name, _: pipeline.published_info(name))
+        setup = build(config(4 * mesh.size, "image_size=32"), mesh, lambda name, _: pipeline.published_info(name))
         programs[setup.model.branch_execution] = plan_lib.lower_step(setup, "eval", 4 * mesh.size).as_text()
     assert set(programs) == {"vmap", "unrolled"}
     assert "feature_group_count = 4" in programs["vmap"]
