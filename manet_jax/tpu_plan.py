@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from manet_jax import cli
 
 if TYPE_CHECKING:
-    from manet_jax.tpu.plan import Plan
+    from manet_jax.tpu.compiled_steps import Plan
 
 # Training images per CPU-second of the input pipeline: `python -m manet_jax.data.benchmark`,
 # RAF-DB-like 100x100 JPEGs -> 224 px RandomResizedCrop + flip (README, "The input pipeline").
@@ -61,7 +61,7 @@ def plan(args: argparse.Namespace, overrides: list[str]) -> None:
     config = load_config(args.config, overrides)
     slice_type(args.topology)  # an unknown name fails before anything starts
     cli.start_runtime()
-    from manet_jax.tpu.plan import make_plan
+    from manet_jax.tpu.compiled_steps import make_plan
 
     result = make_plan(config, args.topology, args.num_slices, args.steps.split(","), args.train_examples,
                        args.hbm_limit, args.input_images_per_core, log=lambda line: print(line, flush=True))
