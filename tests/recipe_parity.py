@@ -1,7 +1,7 @@
 """The trainer's recipe against the official one, step by step in float64; run in its own process
 by test_recipe_parity (python tests/recipe_parity.py DATA_DIR).
 
-The run of `setup.build(config)` (its optimizer, StepLR schedule and jitted train step; config
+The run of `build.build(config)` (its optimizer, StepLR schedule and jitted train step; config
 dtype float64, its variables float64) and the official recipe on the PyTorch reference
 (tests/reference) in float64 (`torch.optim.SGD(momentum=0.9, weight_decay=1e-4)`, `StepLR`
 stepped after every epoch, loss 0.6 CE(local) + 0.4 CE(global)) take the same batches of the
@@ -29,8 +29,8 @@ import torch  # noqa: E402
 
 from manet_jax.convert import flax_to_torch  # noqa: E402
 from manet_jax.mesh import make_mesh  # noqa: E402
+from manet_jax.training.build import build  # noqa: E402
 from manet_jax.training.config import load_config  # noqa: E402
-from manet_jax.training.setup import build  # noqa: E402
 from manet_jax.training.state import create_train_state  # noqa: E402
 from reference.manet_torch import MANet as TorchMANet  # noqa: E402
 from train_helpers import REPO, random_variables  # noqa: E402

@@ -128,10 +128,10 @@ def run_and_signal(command: list[str], env: dict[str, str], when: Callable[[str]
 
 def one_device_steps(data_dir: str, init_from: str, overrides: list[str], steps: int, output: str) -> list[float]:
     """The first `steps` train steps of the `train_command` run with `overrides` on one device, set
-    up as the trainer does (`setup.build`): their losses; the parameters after the first step are
+    up as the trainer does (`build.build`): their losses; the parameters after the first step are
     saved to `output` (`flat_params`)."""
+    from manet_jax.training.build import build
     from manet_jax.training.config import load_config
-    from manet_jax.training.setup import build
 
     config = load_config(str(REPO / "configs/demo.py"), [
         arg.removeprefix("--config.") for arg in train_command(Path(), data_dir, init_from, *overrides)
