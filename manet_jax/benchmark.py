@@ -4,7 +4,7 @@
         [--compare-torch PATH/TO/MA-Net] [--output bench.json]
 
 JAX steps run on every local device (batch sharded over a `data` mesh axis) on device-resident
-synthetic batches, so the input pipeline is not measured (`python -m manet_jax.data.benchmark`
+synthetic batches, so the input pipeline is not measured (`python -m manet_jax.input_benchmark`
 measures it). Compile time is reported apart from the steady state: after
 `--warmup` calls, `--repeats` timed repetitions of `--steps` steps each give the median images/s
 and its spread (min-max). The achieved TFLOP/s counts the model's FLOPs (7.28 GFLOPs per 224x224

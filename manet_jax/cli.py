@@ -89,8 +89,7 @@ def start_runtime() -> None:
     absl.setLevel(logging.ERROR)  # Orbax and TFDS log each file operation
     absl.addFilter(_not_from_orbax)
     sys.unraisablehook = _unraisable_unless_late_write
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
+    import tensorflow as tf  # quiet already: manet_jax/__init__.py sets its log level
 
     try:
         tf.config.set_visible_devices([], "GPU")

@@ -45,7 +45,7 @@ except ImportError:  # reported by main()
     torch = None
 
 IMAGE_SIZE = 224
-# Golden tolerances (float32 port vs the official float32 model, golden README section 5):
+# Golden tolerances (float32 port vs the official float32 model, tests/data/README.md):
 # kind -> (absolute, relative to the max abs of the reference array); the larger applies. Logits
 # take the activations' relative tolerance where it exceeds the goldens' absolute one: a trained
 # model's logits reach hundreds, and their float32 round-off grows with them. The golden files

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 
 from manet_jax import cli
-from manet_jax.training.spreads import RunsError, markdown, spreads
+from manet_jax.training.report import RunsError, markdown, spreads
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING, Any
 from manet_jax import cli
 
 if TYPE_CHECKING:
-    from manet_jax.tpu.plan import Plan
+    from manet_jax.tpu.compiled_steps import Plan
 
-# Training images per CPU-second of the input pipeline: `python -m manet_jax.data.benchmark`,
+# Training images per CPU-second of the input pipeline: `python -m manet_jax.input_benchmark`,
 # RAF-DB-like 100x100 JPEGs -> 224 px RandomResizedCrop + flip (README, "The input pipeline").
 INPUT_IMAGES_PER_CORE_S = 600.0
 
@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="HBM per chip to plan for (default: what the compiler lets a program use)")
     parser.add_argument("--input-images-per-core", type=float, default=INPUT_IMAGES_PER_CORE_S, metavar="R",
                         help=f"training images per CPU-second of the input pipeline (default "
-                             f"{INPUT_IMAGES_PER_CORE_S:g}, measured by python -m manet_jax.data.benchmark)")
+                             f"{INPUT_IMAGES_PER_CORE_S:g}, measured by python -m manet_jax.input_benchmark)")
     parser.add_argument("--output", metavar="FILE", help="write the plan as JSON here")
     return parser
 
@@ -65,7 +65,7 @@ def plan(args: argparse.Namespace, overrides: list[str]) -> None:
     config = load_config(args.config, overrides)
     slice_type(args.topology)  # an unknown name fails before anything starts
     cli.start_runtime()
-    from manet_jax.tpu.plan import make_plan
+    from manet_jax.tpu.compiled_steps import make_plan
 
     result = make_plan(config, args.topology, args.num_slices, args.steps.split(","), args.train_examples,
                        args.hbm_limit, args.input_images_per_core, log=lambda line: print(line, flush=True))

@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from manet_jax.data.fer_builder import FILE_NAME, IMAGE, LABEL
+from manet_jax.data.builder_base import FILE_NAME, IMAGE, LABEL
 from manet_jax.data.registry import make_builder
 
 Expected = dict[str, dict[str, tuple[int, np.ndarray]]]

@@ -1,7 +1,7 @@
 """The trainer's recipe against the official one, step by step in float64; run in its own process
 by test_recipe_parity (python tests/recipe_parity.py DATA_DIR).
 
-The run of `setup.build(config)` (its optimizer, StepLR schedule and jitted train step; config
+The run of `build.build(config)` (its optimizer, StepLR schedule and jitted train step; config
 dtype float64, its variables float64) and the official recipe on the PyTorch reference
 (tests/reference) in float64 (`torch.optim.SGD(momentum=0.9, weight_decay=1e-4)`, `StepLR`
 stepped after every epoch, loss 0.6 CE(local) + 0.4 CE(global)) take the same batches of the
@@ -29,8 +29,8 @@ import torch  # noqa: E402
 
 from manet_jax.convert import flax_to_torch  # noqa: E402
 from manet_jax.mesh import make_mesh  # noqa: E402
+from manet_jax.training.build import build  # noqa: E402
 from manet_jax.training.config import load_config  # noqa: E402
-from manet_jax.training.setup import build  # noqa: E402
 from manet_jax.training.state import create_train_state  # noqa: E402
 from reference.manet_torch import MANet as TorchMANet  # noqa: E402
 from train_helpers import REPO, random_variables  # noqa: E402
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(2)
     config = load_config(str(REPO / "configs/demo.py"), [
         f"dataset=synthetic_faces/{SIZE}_12_7", f"data_dir={args.data_dir}", f"image_size={SIZE}", "batch_size=4",
-        "num_epochs=2", "learning_rate=0.01", "lr_step_epochs=1", "lr_gamma=0.1", "dtype=float64"])
+        "num_epochs=2", "learning_rate=0.01", "lr_schedule=step", "lr_step_epochs=1", "lr_gamma=0.1", "dtype=float64"])
     setup = build(config, make_mesh(jax.devices()[:1]))
     assert setup.steps_per_epoch == 3 and setup.total_steps == 6, (setup.steps_per_epoch, setup.total_steps)
     variables = jax.tree.map(lambda a: a.astype(np.float64) if a.dtype == np.float32 else a, random_variables())

@@ -44,7 +44,7 @@ def test_user_errors_are_one_line_and_status_2_bugs_keep_their_traceback(capsys)
 
 @pytest.mark.parametrize("script", ["manet-train", "manet-evaluate", "manet-predict", "manet-export", "manet-convert",
                                     "manet-compare", "manet-benchmark", "manet-report", "manet-prepare",
-                                    "manet-data-benchmark"])
+                                    "manet-input-benchmark"])
 def test_console_scripts(script):
     path = shutil.which(script)
     assert path, f"{script} is not installed: pip install -e ."

@@ -1,4 +1,4 @@
-"""`python -m manet_jax.compare` against the spec-written PyTorch MA-Net (tests/reference)."""
+"""`python -m manet_jax.compare` against the independently written PyTorch MA-Net (tests/reference)."""
 
 from __future__ import annotations
 

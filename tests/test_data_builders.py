@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from manet_jax.data.builder_base import FILE_NAME, IMAGE, LABEL
 from manet_jax.data.errors import BadImageFilesError, ManualFilesError
-from manet_jax.data.fer_builder import FILE_NAME, IMAGE, LABEL
 
 tfds.disable_progress_bar()
 

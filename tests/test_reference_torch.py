@@ -1,4 +1,4 @@
-"""Validates the spec-written PyTorch MA-Net (tests/reference), wired as the official code of 2023
+"""Validates the independently written PyTorch MA-Net (tests/reference), wired as the official code of 2023
 and of 2021, against the golden numerics of the official model of each."""
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def run_reference(num_classes: int, wiring: str = "2023") -> dict[str, np.ndarra
 
 @functools.cache
 def figures(num_classes: int, wiring: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """(the spec-written model's figures, the official ones) of a golden set."""
+    """(the independently written model's figures, the official ones) of a golden set."""
     return run_reference(num_classes, wiring), golden.load(num_classes, wiring)
 
 

@@ -21,14 +21,14 @@ from manet_jax.data import pipeline, sampling
 from manet_jax.errors import ConfigError
 from manet_jax.mesh import batch_sharded, make_mesh
 from manet_jax.models import MANet, model_flops
-from manet_jax.training import setup as setup_lib
+from manet_jax.training.build import build
 from manet_jax.training.config import load_config
 
 pytest.importorskip("libtpu", reason="needs libtpu: pip install -e '.[tpu]'")
 
 from manet_jax import tpu_plan  # noqa: E402
+from manet_jax.tpu import compiled_steps  # noqa: E402
 from manet_jax.tpu import collectives as collectives_lib  # noqa: E402
-from manet_jax.tpu import plan as plan_lib  # noqa: E402
 from manet_jax.tpu.slices import SLICE_TYPES, hosts, slice_devices  # noqa: E402
 
 SIZE = 64
@@ -45,13 +45,13 @@ def config(batch_size: int, *overrides: str):
 @pytest.fixture(scope="module")
 def single():
     """v5litepod-4: 4 chips, one host; both steps."""
-    return plan_lib.make_plan(config(32), "v5litepod-4", log=lambda line: None)
+    return compiled_steps.make_plan(config(32), "v5litepod-4", log=lambda line: None)
 
 
 @pytest.fixture(scope="module")
 def two_slices():
     """Two v5litepod-4 slices over the data-center network: 8 chips on 2 hosts; the train step."""
-    return plan_lib.make_plan(config(64), "v5e-4", num_slices=2, steps=("train",), log=lambda line: None)
+    return compiled_steps.make_plan(config(64), "v5e-4", num_slices=2, steps=("train",), log=lambda line: None)
 
 
 def test_the_steps_compile_and_fit_on_a_slice(single):
@@ -116,8 +116,8 @@ def test_branch_execution_follows_the_mesh_not_the_tracing_host():
     grouped convolution for the four), the one for a CPU unrolled."""
     programs = {}
     for mesh in (make_mesh(slice_devices("v5litepod-4")), make_mesh(jax.devices("cpu")[:1])):
-        setup = setup_lib.build(config(4 * mesh.size, "image_size=32"), mesh, lambda name, _: pipeline.published_info(name))
-        programs[setup.model.branch_execution] = plan_lib.lower_step(setup, "eval", 4 * mesh.size).as_text()
+        setup = build(config(4 * mesh.size, "image_size=32"), mesh, lambda name, _: pipeline.published_info(name))
+        programs[setup.model.branch_execution] = compiled_steps.lower_step(setup, "eval", 4 * mesh.size).as_text()
     assert set(programs) == {"vmap", "unrolled"}
     assert "feature_group_count = 4" in programs["vmap"]
     assert "feature_group_count = 4" not in programs["unrolled"]
@@ -129,8 +129,8 @@ def test_usable_hbm_is_what_the_compiler_allows():
         device = slice_devices(name)[0]
         sharding = jax.sharding.SingleDeviceSharding(device)
         lowered = jax.jit(lambda: jax.numpy.zeros((2**38,)), out_shardings=sharding).lower()
-        with pytest.raises(plan_lib.OutOfHbmError) as raised:
-            plan_lib.compile_lowered(lowered)
+        with pytest.raises(compiled_steps.OutOfHbmError) as raised:
+            compiled_steps.compile_lowered(lowered)
         assert raised.value.required == 2**40
         assert raised.value.available == pytest.approx(accelerators.chip(device.device_kind).usable_hbm_gib * GIB)
 
@@ -148,9 +148,9 @@ def test_a_step_that_does_not_fit_names_the_largest_batch_that_does(single):
     """Against a limit just above the eval step's peak at 8 images per device, 64 do not fit;
     the largest batch that does is read off a second compile at 8."""
     peak = single.steps["eval"].memory["peak"]
-    with pytest.raises(plan_lib.DoesNotFitError) as raised:
-        plan_lib.make_plan(config(256), "v5litepod-4", steps=("eval",), hbm_limit_gib=(peak + 4 * 2**20) / GIB,
-                           log=lambda line: None)
+    with pytest.raises(compiled_steps.DoesNotFitError) as raised:
+        compiled_steps.make_plan(config(256), "v5litepod-4", steps=("eval",), hbm_limit_gib=(peak + 4 * 2**20) / GIB,
+                                 log=lambda line: None)
     message = str(raised.value)
     assert "the eval step does not fit: at config.eval_batch_size=256 (64 per device)" in message
     largest = int(message.split("the largest batch that fits is about ")[1].split(" ")[0])
@@ -169,7 +169,7 @@ def test_the_report_and_json(single, tmp_path):
 
 def test_errors_before_compiling(capsys):
     with pytest.raises(ConfigError, match=r"config.batch_size=30 must be a multiple of the number of devices \(4: 1"):
-        plan_lib.make_plan(config(30), "v5litepod-4")
+        compiled_steps.make_plan(config(30), "v5litepod-4")
     assert tpu_plan.main(["--config", "configs/raf.py", "--topology", "v5x-8"]) == 2
     error = capsys.readouterr().err
     assert error.startswith("error: unknown TPU type 'v5x-8'; known: v4-8, v4-16,") and "v6e-256" in error

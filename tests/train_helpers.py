@@ -23,6 +23,7 @@ from manet_jax.data import pipeline
 from manet_jax.models import variable_shapes
 
 REPO = Path(__file__).resolve().parents[1]
+TF_STARTUP = Path(__file__).resolve().parent / "tf_startup"  # TensorFlow's start-up lines on any CPU
 DATASET = "synthetic_faces/64_32_20"  # 32 train / 20 test images, 64x64
 TEST_LABEL_COUNTS = [3, 3, 3, 3, 3, 3, 2]  # the test split's labels are index % 7
 STEPS_PER_EPOCH, EPOCHS = 4, 3  # batch 8
@@ -58,7 +59,7 @@ def train_command(workdir: Path, data_dir: Path, init_from: Path, *overrides: st
     """`python -m manet_jax.train` on the tiny dataset: 3 epochs of 4 steps, a report every step."""
     settings = {"dataset": DATASET, "data_dir": data_dir, "image_size": 64, "init_from": init_from,
                 "num_epochs": EPOCHS, "batch_size": 8, "eval_batch_size": 8, "learning_rate": 0.01,
-                "lr_step_epochs": 2, "log_every_steps": 1}
+                "lr_schedule": "step", "lr_step_epochs": 2, "log_every_steps": 1}
     return [sys.executable, "-m", "manet_jax.train", "--config", "configs/demo.py", "--workdir", str(workdir),
             *(f"--config.{key}={value}" for key, value in settings.items()), *overrides]
 
@@ -76,10 +77,13 @@ def command(setup: dict, workdir: Path, *overrides: str) -> list[str]:
 
 
 def environment(cache_dir: Path, num_devices: int = 1) -> dict[str, str]:
-    """Subprocess environment: CPU with `num_devices` devices, a shared compilation cache."""
-    return {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": str(num_devices),
+    """Subprocess environment: CPU with `num_devices` devices, a shared compilation cache, and
+    TensorFlow's settings left to the tools, its start-up lines printed on any CPU (tf_startup/)."""
+    environ = {key: value for key, value in os.environ.items() if not key.startswith("TF_")}
+    return {**environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": str(num_devices),
             "JAX_COMPILATION_CACHE_DIR": str(cache_dir), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0", "TF_CPP_MIN_LOG_LEVEL": "2"}
+            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(TF_STARTUP), os.environ.get("PYTHONPATH")]))}
 
 
 def run(command: list[str], env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
@@ -124,10 +128,10 @@ def run_and_signal(command: list[str], env: dict[str, str], when: Callable[[str]
 
 def one_device_steps(data_dir: str, init_from: str, overrides: list[str], steps: int, output: str) -> list[float]:
     """The first `steps` train steps of the `train_command` run with `overrides` on one device, set
-    up as the trainer does (`setup.build`): their losses; the parameters after the first step are
+    up as the trainer does (`build.build`): their losses; the parameters after the first step are
     saved to `output` (`flat_params`)."""
+    from manet_jax.training.build import build
     from manet_jax.training.config import load_config
-    from manet_jax.training.setup import build
 
     config = load_config(str(REPO / "configs/demo.py"), [
         arg.removeprefix("--config.") for arg in train_command(Path(), data_dir, init_from, *overrides)

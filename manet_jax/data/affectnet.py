@@ -16,8 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from manet_jax.data.errors import ManualFilesError
-from manet_jax.data.fer_builder import (
+from manet_jax.data.builder_base import (
     FerBuilder,
     SourceExample,
     file_example,
@@ -25,6 +24,7 @@ from manet_jax.data.fer_builder import (
     num_classes_configs,
     require,
 )
+from manet_jax.data.errors import ManualFilesError
 from manet_jax.data.image_files import encode_image
 from manet_jax.data.labels import canonical_indices
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from manet_jax.data.fer_builder import FerBuilder, SourceExample, class_folder_examples, find_root
+from manet_jax.data.builder_base import FerBuilder, SourceExample, class_folder_examples, find_root
 from manet_jax.data.labels import canonical_indices
 
 # Class folder name -> canonical class (copies name the anger folder either way).

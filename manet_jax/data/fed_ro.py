@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from manet_jax.data.fer_builder import FerBuilder, SourceExample, class_folder_examples
+from manet_jax.data.builder_base import FerBuilder, SourceExample, class_folder_examples
 from manet_jax.data.labels import canonical_indices
 
 # Class folder name -> canonical class (the distribution spells neutral "neural").

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from manet_jax.data.builder_base import FerBuilder, SourceExample, first_existing
 from manet_jax.data.errors import ManualFilesError
-from manet_jax.data.fer_builder import FerBuilder, SourceExample, first_existing
 from manet_jax.data.image_files import encode_image
 from manet_jax.data.labels import canonical_indices
 

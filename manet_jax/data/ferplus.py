@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from manet_jax.data.builder_base import FerBuilder, SourceExample
 from manet_jax.data.errors import ManualFilesError
 from manet_jax.data.fer2013 import FER2013_CSV, USAGE_SPLITS, pixels_png, read_csv, read_fer2013
-from manet_jax.data.fer_builder import FerBuilder, SourceExample
 from manet_jax.data.labels import canonical_indices
 
 # fer2013new.csv vote columns (in file order) -> canonical class.

@@ -28,8 +28,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from manet_jax.data import augment, sampling
+from manet_jax.data.builder_base import IMAGE, LABEL, LABELS_METADATA, SKIPPED_METADATA, FerBuilder
 from manet_jax.data.errors import DatasetNameError, DatasetNotFoundError
-from manet_jax.data.fer_builder import IMAGE, LABEL, LABELS_METADATA, SKIPPED_METADATA, FerBuilder
 from manet_jax.data.locations import default_manual_dir, resolve_data_dir
 from manet_jax.data.registry import make_builder, published_splits, split_name, union_members
 from manet_jax.data.synthetic_faces import SyntheticFaces

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import tensorflow_datasets as tfds
 
 from manet_jax import cli
-from manet_jax.data.fer_builder import SKIPPED_METADATA
+from manet_jax.data.builder_base import SKIPPED_METADATA
 from manet_jax.data.locations import default_manual_dir, resolve_data_dir
 from manet_jax.data.registry import make_builder, split_name
 

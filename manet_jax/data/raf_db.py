@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from manet_jax.data.builder_base import FerBuilder, SourceExample, file_example, find_root, require
 from manet_jax.data.errors import ManualFilesError
-from manet_jax.data.fer_builder import FerBuilder, SourceExample, file_example, find_root, require
 from manet_jax.data.labels import canonical_indices
 
 LABEL_FILE = "EmoLabel/list_patition_label.txt"  # sic: the distribution spells it "patition"

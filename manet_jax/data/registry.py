@@ -6,11 +6,11 @@ from __future__ import annotations
 import os
 
 from manet_jax.data.affectnet import Affectnet
+from manet_jax.data.builder_base import FerBuilder
 from manet_jax.data.caer_s import CaerS
 from manet_jax.data.errors import DatasetNameError
 from manet_jax.data.fed_ro import FedRo
 from manet_jax.data.fer2013 import Fer2013
-from manet_jax.data.fer_builder import FerBuilder
 from manet_jax.data.ferplus import Ferplus
 from manet_jax.data.image_folder import ImageFolder
 from manet_jax.data.locations import resolve_data_dir

@@ -15,9 +15,9 @@ from typing import ClassVar
 import numpy as np
 import tensorflow_datasets as tfds
 
+from manet_jax.data.builder_base import FerBuilder, SourceExample
 from manet_jax.data.errors import DatasetNameError
 from manet_jax.data.face_renderer import CLASSES, render_face
-from manet_jax.data.fer_builder import FerBuilder, SourceExample
 from manet_jax.data.image_files import encode_image
 
 DEFAULT_SIZES = (32, 48, 64, 96, 112, 224)

@@ -138,7 +138,7 @@ class MANet(nn.Module):
         return logits.astype(accum_dtype(self.dtype))
 
 
-GFLOPS_FORWARD_224 = 7.277  # 2 x 3.638 GMACs (spec section 9)
+GFLOPS_FORWARD_224 = 7.277  # one 224x224 forward: 2 x 3.638 G multiply-adds (its convolutions and linear layers)
 
 
 def model_flops(mode: str, batch: int, image_size: int) -> float:

@@ -28,7 +28,8 @@ from manet_jax.errors import ConfigError
 from manet_jax.models import MULTISCALE_WIRINGS
 from manet_jax.training.workdir import replace_text
 
-REQUIRED = ("dataset", "num_epochs", "batch_size", "learning_rate", "lr_step_epochs")
+REQUIRED = ("dataset", "num_epochs", "batch_size", "learning_rate")
+LR_SCHEDULES = ("step", "cosine")
 
 
 def _counts(value) -> bool:
@@ -55,6 +56,7 @@ RANGES: dict[str, tuple[Callable, str]] = {
     **{key: (_counts, "an integer >= 1") for key in (
         "num_epochs", "batch_size", "lr_step_epochs", "log_every_steps", "eval_every_epochs",
         "checkpoint_every_epochs", "keep_checkpoints")},
+    "warmup_epochs": (lambda v: 0 <= v < math.inf, "a finite number of epochs >= 0"),
     "eval_batch_size": (lambda v: v is None or v >= 1, "an integer >= 1 (or None: batch_size)"),
     "learning_rate": (_positive, "a positive finite number"),
     "lr_gamma": (_positive, "a positive finite number (StepLR's factor)"),
@@ -89,13 +91,16 @@ def base_config() -> ml_collections.ConfigDict:
     c.beta = 0.6  # loss = beta CE(local) + (1 - beta) CE(global); prediction from the same mix
     c.multiscale_wiring = MULTISCALE_WIRINGS[0]  # the official code's version of the multi-scale blocks
     c.init_from_other_wiring = False  # load an init_from model of the other multi-scale wiring anyway
-    # Optimisation: SGD with momentum, coupled weight decay, StepLR stepped once per epoch.
+    # Optimisation: SGD with momentum, coupled weight decay, and a learning-rate schedule: 'step' is the
+    # reference's StepLR stepped once per epoch; 'cosine' a linear warm-up, then a cosine decay to 0 by the end.
     c.num_epochs = placeholder(int)
     c.batch_size = placeholder(int)  # global, over all devices and processes
     c.eval_batch_size = placeholder(int)  # None: batch_size
     c.learning_rate = placeholder(float)
-    c.lr_step_epochs = placeholder(int)  # StepLR step_size
-    c.lr_gamma = 0.1  # StepLR gamma
+    c.lr_schedule = "step"  # one of LR_SCHEDULES
+    c.lr_step_epochs = placeholder(int)  # StepLR step_size (lr_schedule 'step')
+    c.lr_gamma = 0.1  # StepLR gamma (lr_schedule 'step')
+    c.warmup_epochs = 0.0  # linear warm-up (lr_schedule 'cosine'); may be a fraction of an epoch
     c.momentum = 0.9
     c.weight_decay = 1e-4
     c.seed = 0  # initialisation, data order and augmentation
@@ -135,6 +140,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     for key in REQUIRED:
         if config[key] is None:
             raise ConfigError(f"config.{key} is not set; the config file or --config.{key}=... must set it")
+    if config.lr_schedule not in LR_SCHEDULES:
+        raise ConfigError(f"config.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {config.lr_schedule!r}")
+    if config.lr_schedule == "step" and config.lr_step_epochs is None:
+        raise ConfigError("config.lr_step_epochs is not set; lr_schedule 'step' needs it "
+                          "(the config file or --config.lr_step_epochs=... must set it)")
     try:
         model_spec(config, ())
     except ConfigError as e:
@@ -143,7 +153,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         value = config
         for part in key.split("."):
             value = value[part]
-        if not accepts(value):
+        if (value is not None or key != "lr_step_epochs") and not accepts(value):
             raise ConfigError(f"config.{key} must be {allowed}, got {value!r}")
     eval_sets(config)
 

@@ -23,8 +23,8 @@ from matplotlib.figure import Figure
 from manet_jax.bundle import BundleError, load_bundle
 from manet_jax.forward import HEADS
 from manet_jax.mesh import replicate
+from manet_jax.training.build import EvalSet, Setup, build
 from manet_jax.training.metrics import classification_metrics
-from manet_jax.training.setup import EvalSet, Setup, build
 
 METRICS_JSON, CONFUSION_PNG = "metrics.json", "confusion_matrix.png"
 

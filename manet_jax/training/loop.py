@@ -20,6 +20,7 @@ from etils import epath
 
 from manet_jax.bundle import CHECKPOINTS, best_step
 from manet_jax.errors import ConfigError, ManetError, is_disk_full
+from manet_jax.training.build import Setup, build
 from manet_jax.training.checkpointing import Checkpoints
 from manet_jax.training.config import save_config
 from manet_jax.training.evaluation import confusion_figure, describe, evaluate_set, figure_title
@@ -28,7 +29,6 @@ from manet_jax.training.metric_writer import MetricWriter
 from manet_jax.training.metrics import mean_train_metrics
 from manet_jax.training.preemption import PreemptionGuard
 from manet_jax.training.progress import Progress, format_duration
-from manet_jax.training.setup import Setup, build
 from manet_jax.training.state import TrainState
 from manet_jax.training.workdir import CONFIG_FILE, SUMMARY_FILE, remove_temporary_files, replace_text, upgraded
 

@@ -2,7 +2,7 @@
 
 Both are pure functions of their inputs around the one forward pass (`manet_jax.forward`).
 Batches are global arrays sharded along 'data' (see `mesh.global_batch`); the state and variables
-are replicated. `setup.build(config)` makes them for a config.
+are replicated. `build.build(config)` makes them for a config.
 """
 
 from __future__ import annotations

@@ -1,1 +1,1 @@
-"""PyTorch MA-Net written from the specification, used only by the tests."""
+"""PyTorch MA-Net written from a description of the model, used only by the tests."""

@@ -1,6 +1,6 @@
 """The plan of a training run on a Cloud TPU slice, made on a machine without a TPU.
 
-`make_plan(config, 'v5p-32')` sets the run up exactly as the trainer does (`setup.build`) on a
+`make_plan(config, 'v5p-32')` sets the run up exactly as the trainer does (`build.build`) on a
 mesh of the slice's devices, with the dataset's classes and split sizes as published, and
 compiles its train and eval steps ahead of time for that slice. The compiled programs tell what
 a chip holds (HBM), computes (FLOPs, bytes) and exchanges (collectives) per step; with the chips'
@@ -29,7 +29,7 @@ from manet_jax.mesh import MASK, batch_sharded, make_mesh
 from manet_jax.models import model_flops
 from manet_jax.tpu.collectives import DCN, Collective, collectives
 from manet_jax.tpu.slices import hosts, slice_devices, slice_type
-from manet_jax.training import setup as setup_lib
+from manet_jax.training.build import EvalSet, Setup, build
 
 STEPS = ("train", "eval")
 MIN_DEVICE_BATCH = 8  # below it per-step costs (the gradient all-reduce) weigh on few images
@@ -162,10 +162,10 @@ def make_plan(config: ml_collections.ConfigDict, accelerator: str, num_slices: i
             splits[published_info.train_split] = known or config.batch_size
         return dataclasses.replace(published_info, splits=splits)
 
-    def published_size(eval_set: setup_lib.EvalSet) -> int | None:
+    def published_size(eval_set: EvalSet) -> int | None:
         return pipeline.published_info(eval_set.info.name).splits.get(eval_set.split)
 
-    setup = setup_lib.build(config, mesh, planned_info)
+    setup = build(config, mesh, planned_info)
     device_batch = config.batch_size // mesh.size
     if device_batch < MIN_DEVICE_BATCH:
         warnings.append(
@@ -191,7 +191,7 @@ def make_plan(config: ml_collections.ConfigDict, accelerator: str, num_slices: i
                 steps=plans, warnings=warnings)
 
 
-def abstract_batch(setup: setup_lib.Setup, mode: str, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+def abstract_batch(setup: Setup, mode: str, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
     """Shapes, dtypes and shardings of a global batch as the input pipeline makes them."""
     size, sharding = setup.config.image_size, batch_sharded(setup.mesh)
     batch = {"image": jax.ShapeDtypeStruct((batch_size, size, size, 3), jnp.float32, sharding=sharding),
@@ -201,7 +201,7 @@ def abstract_batch(setup: setup_lib.Setup, mode: str, batch_size: int) -> dict[s
     return batch
 
 
-def lower_step(setup: setup_lib.Setup, mode: str, batch_size: int) -> jax.stages.Lowered:
+def lower_step(setup: Setup, mode: str, batch_size: int) -> jax.stages.Lowered:
     """The run's train or eval step lowered for a global batch of `batch_size` on its mesh."""
     state = setup.abstract_state()
     if mode == "train":
@@ -222,7 +222,7 @@ def compile_lowered(lowered: jax.stages.Lowered) -> jax.stages.Compiled:
                             int(float(available) * _UNITS[available_unit])) from None
 
 
-def _plan_step(setup: setup_lib.Setup, mode: str, batch_size: int, found: Chip, usable_gib: float,
+def _plan_step(setup: Setup, mode: str, batch_size: int, found: Chip, usable_gib: float,
                by_host: dict, num_slices: int, warnings: list[str]) -> StepPlan:
     mesh = setup.mesh
     start = time.perf_counter()
@@ -258,7 +258,7 @@ def _plan_step(setup: setup_lib.Setup, mode: str, batch_size: int, found: Chip, 
                     collectives=found_collectives, seconds=seconds)
 
 
-def _does_not_fit(setup: setup_lib.Setup, mode: str, batch_size: int, peak: int, usable_gib: float) -> str:
+def _does_not_fit(setup: Setup, mode: str, batch_size: int, peak: int, usable_gib: float) -> str:
     """The message for a step that needs `peak` bytes per chip at `batch_size`, with the largest
     batch that fits: memory is linear in the batch between two compiles (a second, smaller one)."""
     devices, usable = setup.mesh.size, usable_gib * GIB

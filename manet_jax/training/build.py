@@ -21,7 +21,7 @@ from manet_jax.mesh import check_batch_size, make_mesh, prefetch_to_device
 from manet_jax.models import MANet
 from manet_jax.training.config import check_config, eval_sets, model_spec
 from manet_jax.training.initialisation import initial_variables
-from manet_jax.training.optim import sgd, step_lr
+from manet_jax.training.optim import sgd, step_lr, warmup_cosine
 from manet_jax.training.state import TrainState, abstract_train_state, create_train_state
 from manet_jax.training.steps import make_eval_step, make_train_step
 
@@ -128,7 +128,11 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh | None = None,
     check_batch_size(eval_batch_size, mesh, "config.eval_batch_size")
     spec = model_spec(config, info.class_names)
     steps_per_epoch = pipeline.steps_per_epoch(info, config.batch_size)
-    schedule = step_lr(config.learning_rate, steps_per_epoch, config.lr_step_epochs, config.lr_gamma)
+    if config.lr_schedule == "cosine":
+        schedule = warmup_cosine(config.learning_rate, config.num_epochs * steps_per_epoch,
+                                 round(config.warmup_epochs * steps_per_epoch))
+    else:
+        schedule = step_lr(config.learning_rate, steps_per_epoch, config.lr_step_epochs, config.lr_gamma)
     return Setup(config=config, mesh=mesh, info=info, spec=spec, model=module_for(spec, mesh), schedule=schedule,
                  optimizer=sgd(schedule, config.momentum, config.weight_decay), steps_per_epoch=steps_per_epoch,
                  eval_sets=sets, eval_batch_size=eval_batch_size)

@@ -1,4 +1,4 @@
-"""Training input pipeline throughput: `python -m manet_jax.data.benchmark [--threads N]`.
+"""Training input pipeline throughput: `python -m manet_jax.input_benchmark [--threads N]`.
 
 Cases: RAF-DB-like (100x100 face JPEGs -> 224 px RandomResizedCrop + flip) and synthetic_faces
 (64 px -> 64 px). Reports wall-clock images/s and images per CPU-second of this process (all
@@ -68,7 +68,7 @@ def measure_all(threads: int = 1, seconds: float = 10.0, batch_size: int = 64, p
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = cli.parser("manet_jax.data.benchmark", __doc__)
+    parser = cli.parser("manet_jax.input_benchmark", __doc__)
     parser.add_argument("--threads", type=int, default=1, help="tf.data threads (default 1)")
     parser.add_argument("--seconds", type=float, default=10.0, help="timed seconds per case")
     parser.add_argument("--batch-size", type=int, default=64)
