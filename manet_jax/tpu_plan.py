@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from manet_jax.tpu.compiled_steps import Plan
 
 # Training images per CPU-second of the input pipeline: `python -m manet_jax.input_benchmark`,
-# RAF-DB-like 100x100 JPEGs -> 224 px RandomResizedCrop + flip (README, "The input pipeline").
+# RAF-DB-like 100x100 JPEGs -> 224 px RandomResizedCrop + flip (docs/datasets.md, "Input throughput").
 INPUT_IMAGES_PER_CORE_S = 600.0
 
 

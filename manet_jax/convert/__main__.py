@@ -114,8 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the checkpoint's, or 7 for a ResNet-18)")
     p.add_argument("--multiscale-wiring", choices=MULTISCALE_WIRINGS, default=MULTISCALE_WIRINGS[0],
                    help="the official code's multi-scale wiring the weights were trained with (default: "
-                        "%(default)s; `inspect` tells which one MA-Net weights fit; see README, 'The paper's "
-                        "experiments')")
+                        "%(default)s; `inspect` tells which one MA-Net weights fit; see docs/conversion.md, "
+                        "'The two multi-scale wirings')")
     p.add_argument("--image-size", type=int, default=224, help="input size the model runs at (default 224)")
     p.add_argument("--seed", type=int, default=0, help="seed of the fresh initialisation (default 0)")
     p.set_defaults(run=to_flax)
