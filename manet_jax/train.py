@@ -36,8 +36,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def train(args: argparse.Namespace, overrides: list[str]) -> None:
     from manet_jax.training.config import load_config
+    from manet_jax.training.workdir import check_workdir
 
-    config = load_config(args.config, overrides)  # config errors come before JAX and TensorFlow start
+    config = load_config(args.config, overrides)  # config and workdir errors come before JAX and TensorFlow start
+    check_workdir(args.workdir)
     cli.start_runtime()
     from manet_jax.mesh import initialize_distributed
     from manet_jax.training.loop import train_and_evaluate

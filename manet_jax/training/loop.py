@@ -30,7 +30,8 @@ from manet_jax.training.metrics import mean_train_metrics
 from manet_jax.training.preemption import PreemptionGuard
 from manet_jax.training.progress import Progress, format_duration
 from manet_jax.training.state import TrainState
-from manet_jax.training.workdir import CONFIG_FILE, SUMMARY_FILE, remove_temporary_files, replace_text, upgraded
+from manet_jax.training.workdir import (CONFIG_FILE, SUMMARY_FILE, check_workdir, remove_temporary_files, replace_text,
+                                       upgraded)
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +51,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     the end); on SIGTERM saves a checkpoint and returns early. Raises NonFiniteLossError, naming
     the step, when the loss stops being finite (the checkpoints saved before stay as they are),
     WorkdirFullError or CheckpointSaveError when the disk fills up, and WorkdirBusyError, naming
-    the other trainer, when one holds the workdir's lease.
+    the other trainer, when one holds the workdir's lease. A workdir it must not write to
+    (`workdir.check_workdir`) is refused with a WorkdirError before anything is written.
     """
+    check_workdir(workdir)
     setup, workdir = build(config), epath.Path(workdir)
     with hold(workdir) as lease:
         trainer = Trainer(setup, workdir, lease)
