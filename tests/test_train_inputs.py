@@ -89,3 +89,19 @@ def test_new_empty_and_trainer_workdirs_pass_to_the_run(capsys, tmp_path, monkey
     for workdir in ("new/run", "empty", "used", str(tmp_path / "used")):
         assert refused(capsys, workdir).startswith("error: unknown dataset 'faces'"), workdir
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "used"]
+
+
+def test_a_data_dir_that_is_a_file_or_read_only_is_named(capsys, tmp_path):
+    dataset = "--config.dataset=synthetic_faces/64_32_20"  # generated on first use: written to the data dir
+    file = tmp_path / "data.txt"
+    file.write_text("data")
+    where = "(config.data_dir, a tool's --data-dir or $MANET_DATA_DIR)"
+    assert refused(capsys, str(tmp_path / "a"), dataset, f"--config.data_dir={file}") == (
+        f"error: data dir {file} is a file, not a directory; give a directory {where}")
+    assert refused(capsys, str(tmp_path / "b"), dataset, f"--config.data_dir={file}/tfds") == (
+        f"error: data dir {file}/tfds lies beneath the file {file}, not a directory; give a directory {where}")
+    with read_only(tmp_path / "disk") as disk:
+        assert refused(capsys, str(tmp_path / "c"), dataset, f"--config.data_dir={disk}") == (
+            f"error: data dir {disk} cannot be written: {disk} is read-only (a read-only file system or no write "
+            f"permission); give a directory where this user can write {where}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.txt", "disk"]  # no workdir
