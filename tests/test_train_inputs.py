@@ -5,14 +5,19 @@ an init_from that is not a model. In process: each error comes before any JAX wo
 from __future__ import annotations
 
 import contextlib
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from manet_jax.convert import CheckpointFileError, load_state_dict_file
+from manet_jax.errors import ConfigError
 from manet_jax.train import main
-from train_helpers import REPO
+from manet_jax.training.config import load_config
+from manet_jax.training.loop import train_and_evaluate
+from train_helpers import REPO, make_dataset, train_command
 
 BAD_DATASET = "--config.dataset=faces"  # an error the run would meet after the workdir checks
 
@@ -105,3 +110,37 @@ def test_a_data_dir_that_is_a_file_or_read_only_is_named(capsys, tmp_path):
             f"error: data dir {disk} cannot be written: {disk} is read-only (a read-only file system or no write "
             f"permission); give a directory where this user can write {where}")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.txt", "disk"]  # no workdir
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    data_dir = tmp_path_factory.mktemp("data")
+    make_dataset(data_dir)
+    return data_dir
+
+
+def test_an_init_from_that_is_no_model_is_refused_before_the_workdir_is_made(tiny_data, tmp_path):
+    text_npz, text_pth, folder = tmp_path / "weights.npz", tmp_path / "weights.pth", tmp_path / "folder"
+    text_npz.write_text("not weights")
+    text_pth.write_text("not weights")
+    folder.mkdir()
+    (folder / "notes.txt").write_text("notes")
+    cases = {
+        text_npz: f"config.init_from: {text_npz}: not a readable .npz file: it is not a NumPy .npz archive (a zip of "
+                  ".npy arrays, as numpy.savez writes)",
+        text_pth: f"config.init_from: {text_pth}: not a PyTorch checkpoint (neither the zip archive torch.save writes "
+                  "nor its older pickle format)",
+        folder: f"config.init_from: {folder} is a directory but not a manet-jax model (a bundle with variables/ and "
+                "header/manet.json, a trainer checkpoint, or a trainer workdir with checkpoints/)",
+        tmp_path / "missing.npz": f"config.init_from: {tmp_path / 'missing.npz'} does not exist. Give a weight file",
+    }
+    for init_from, message in cases.items():
+        workdir = tmp_path / "workdir"
+        overrides = [arg.removeprefix("--config.") for arg in train_command(workdir, tiny_data, init_from)
+                     if arg.startswith("--config.")]
+        with pytest.raises(ConfigError) as error:
+            train_and_evaluate(load_config(str(REPO / "configs/demo.py"), overrides), str(workdir))
+        assert str(error.value).startswith(message), init_from
+        assert not workdir.exists(), init_from
+    with pytest.raises(CheckpointFileError, match=re.escape(cases[text_npz].removeprefix("config.init_from: "))):
+        load_state_dict_file(text_npz)  # as convert and compare read it

@@ -24,6 +24,7 @@ from manet_jax.training.build import Setup, build
 from manet_jax.training.checkpointing import Checkpoints
 from manet_jax.training.config import save_config
 from manet_jax.training.evaluation import confusion_figure, describe, evaluate_set, figure_title
+from manet_jax.training.initialisation import check_init_from
 from manet_jax.training.lease import Lease, hold
 from manet_jax.training.metric_writer import MetricWriter
 from manet_jax.training.metrics import mean_train_metrics
@@ -52,10 +53,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     the step, when the loss stops being finite (the checkpoints saved before stay as they are),
     WorkdirFullError or CheckpointSaveError when the disk fills up, and WorkdirBusyError, naming
     the other trainer, when one holds the workdir's lease. A workdir it must not write to
-    (`workdir.check_workdir`) is refused with a WorkdirError before anything is written.
+    (`workdir.check_workdir`), or a config.init_from that is no model, is refused before anything
+    is written.
     """
     check_workdir(workdir)
     setup, workdir = build(config), epath.Path(workdir)
+    if not (workdir / CHECKPOINTS).exists():  # a new run: its weights are read after the workdir is made
+        check_init_from(config.init_from)
     with hold(workdir) as lease:
         trainer = Trainer(setup, workdir, lease)
         try:
