@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 from typing import Any
 
 import jax
@@ -19,7 +20,7 @@ import numpy as np
 from etils import epath
 
 from manet_jax.bundle import CHECKPOINTS, best_step
-from manet_jax.errors import ConfigError, ManetError, is_disk_full
+from manet_jax.errors import ConfigError, Interrupted, ManetError, is_disk_full
 from manet_jax.training.build import Setup, build
 from manet_jax.training.checkpointing import Checkpoints
 from manet_jax.training.config import save_config
@@ -49,12 +50,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """Trains per `config` in `workdir`; returns the run summary `{'ranked_by', 'best', 'last'}`.
 
     Evaluates every `eval_every_epochs` and checkpoints every `checkpoint_every_epochs` (and at
-    the end); on SIGTERM saves a checkpoint and returns early. Raises NonFiniteLossError, naming
-    the step, when the loss stops being finite (the checkpoints saved before stay as they are),
-    WorkdirFullError or CheckpointSaveError when the disk fills up, and WorkdirBusyError, naming
-    the other trainer, when one holds the workdir's lease. A workdir it must not write to
-    (`workdir.check_workdir`), or a config.init_from that is no model, is refused before anything
-    is written.
+    the end); on SIGTERM saves a checkpoint and returns early; on a first SIGINT (Ctrl-C) saves one
+    and raises `errors.Interrupted` (a KeyboardInterrupt), on a second raises KeyboardInterrupt at
+    once. Raises NonFiniteLossError, naming the step, when the loss stops being finite (the
+    checkpoints saved before stay as they are), WorkdirFullError or CheckpointSaveError when the
+    disk fills up, and WorkdirBusyError, naming the other trainer, when one holds the workdir's
+    lease. A workdir it must not write to (`workdir.check_workdir`), or a config.init_from that is
+    no model, is refused before anything is written.
     """
     check_workdir(workdir)
     setup, workdir = build(config), epath.Path(workdir)
@@ -147,6 +149,10 @@ class Trainer:
                         self._check_lease()
                         self.checkpoints.save(done, state, setup.spec, self._host_state())
                     self.checkpoints.wait()
+                    if preemption.signal == signal.SIGINT:
+                        logger.warning("interrupted (Ctrl-C) at step %d: checkpoint saved in %s; run the same "
+                                       "command to resume", done, self.checkpoints.directory)
+                        raise Interrupted(f"interrupted at step {done}")
                     logger.warning("preempted at step %d: checkpoint saved in %s; run the same command to resume",
                                    done, self.checkpoints.directory)
                     return self.summary
