@@ -195,6 +195,7 @@ def test_cli_both_directions_loadable_by_reference_model(tmp_path, state_dict, c
     TorchMANet(num_classes=7).load_state_dict(exported, strict=True)
 
 
+@pytest.mark.slow  # a process
 def test_cli_errors_exit_2_with_the_file_named(tmp_path):
     result = subprocess.run([sys.executable, "-m", "manet_jax.convert", "to-flax", str(tmp_path / "nope.pth"),
                              str(tmp_path / "out")], capture_output=True, text=True)

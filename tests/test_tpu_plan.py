@@ -175,6 +175,7 @@ def test_errors_before_compiling(capsys):
     assert error.startswith("error: unknown TPU type 'v5x-8'; known: v4-8, v4-16,") and "v6e-256" in error
 
 
+@pytest.mark.slow  # a process
 def test_without_libtpu_the_plan_says_how_to_install_it():
     code = ("import sys; sys.modules['libtpu'] = None; from manet_jax import tpu_plan; "
             "sys.exit(tpu_plan.main(['--config', 'configs/raf.py', '--topology', 'v5p-8']))")
@@ -184,6 +185,7 @@ def test_without_libtpu_the_plan_says_how_to_install_it():
         "error: compiling for a TPU needs libtpu, which is not installed: pip install -e '.[tpu]'")
 
 
+@pytest.mark.slow  # a process
 def test_tools_start_quietly_with_libtpu_installed_and_no_tpu():
     """JAX probes libtpu when it starts; on this machine without a TPU nothing is logged."""
     code = "import jax; from manet_jax import cli; cli.run(lambda: print(jax.devices()[0].platform))"

@@ -15,6 +15,8 @@ import pytest
 from manet_jax.bundle import load_bundle
 from train_helpers import STEPS_PER_EPOCH, command, random_variables, run, trainer_setup
 
+pytestmark = pytest.mark.slow  # each test runs the trainer
+
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, compilation_cache) -> dict:

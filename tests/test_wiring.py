@@ -137,6 +137,7 @@ def test_init_from_a_model_of_the_other_wiring_needs_the_flag(tmp_path, caplog):
                                   random_variables()["params"]["layer4_2"]["1"]["conv2_2_3"]["kernel"])
 
 
+@pytest.mark.slow  # starts the trainer
 def test_the_trainer_names_the_flag(tmp_path, compilation_cache):
     """End to end: the trainer stops with one error line naming both ways out."""
     make_dataset(tmp_path / "data")
