@@ -65,6 +65,7 @@ def test_torch_tensors_module_prefix_and_pth_tar_wrapper(state_dict, variables):
     assert tree_equal(torch_to_flax(wrapped), variables)
 
 
+@pytest.mark.slow  # compiles MA-Net's initialiser (about 40 s on 2 cores)
 def test_msceleb_heads_are_replaced_and_reported(state_dict):
     msceleb = dict(state_dict)
     rng = np.random.default_rng(0)
@@ -114,6 +115,7 @@ def resnet18_state_dict(state_dict):
     return out
 
 
+@pytest.mark.slow  # compiles MA-Net's initialiser (about 40 s on 2 cores)
 def test_resnet18_import(state_dict):
     resnet = resnet18_state_dict(state_dict)
     conversion = import_resnet18(resnet, num_classes=7, rng=jax.random.key(5))
