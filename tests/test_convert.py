@@ -179,6 +179,7 @@ def test_bad_files_are_named(tmp_path, monkeypatch):
         load_state_dict_file(pickled)
 
 
+@pytest.mark.slow  # full-size weights converted both ways, loaded into the PyTorch reference: about 6 s
 def test_cli_both_directions_loadable_by_reference_model(tmp_path, state_dict, capsys):
     torch = pytest.importorskip("torch")
     from reference.manet_torch import MANet as TorchMANet

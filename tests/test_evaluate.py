@@ -89,6 +89,7 @@ def test_eval_sets_that_cannot_be_evaluated_are_named(setup):
         evaluate_checkpoint(config_with(setup, dataset="fed_ro"), str(setup["checkpoint"]))
 
 
+@pytest.mark.slow  # two full-size random checkpoints written: about 6 s
 def test_checkpoint_of_another_class_count_or_wiring_is_refused(setup, tmp_path):
     config = config_with(setup)
     checkpoint = make_checkpoint(tmp_path / "eight", num_classes=8)

@@ -130,6 +130,7 @@ def test_init_from_a_weight_file_warns_when_it_fits_the_other_wiring(weights, ca
     assert any("fit the 2021 multi-scale wiring" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.slow  # full-size random weights drawn twice, saved, loaded twice: about 5 s
 def test_init_from_a_model_of_the_other_wiring_needs_the_flag(tmp_path, caplog):
     bundle = save_bundle(tmp_path / "wired2021", random_variables(), spec("2021"))
     with pytest.raises(ConfigError, match="2021 multi-scale wiring, this run's is 2023. --config.multiscale_wiring"
