@@ -4,9 +4,12 @@ import json
 import os
 import platform
 
+import pytest
+
 from manet_jax import benchmark
 
 
+@pytest.mark.slow  # compiles MA-Net's initialiser and eval step (about 40 s on 2 cores)
 def test_benchmark_writes_its_results_with_the_versions(tmp_path, capsys):
     output = tmp_path / "bench.json"
     assert benchmark.main(["--batch-sizes", "2", "--dtypes", "float32", "--modes", "eval", "--image-size", "32",

@@ -42,6 +42,7 @@ def test_user_errors_are_one_line_and_status_2_bugs_keep_their_traceback(capsys)
         cli.run(lambda: 1 / 0)
 
 
+@pytest.mark.slow  # a process per tool
 @pytest.mark.parametrize("script", ["manet-train", "manet-evaluate", "manet-predict", "manet-export", "manet-convert",
                                     "manet-compare", "manet-benchmark", "manet-report", "manet-prepare",
                                     "manet-input-benchmark"])

@@ -30,6 +30,7 @@ def make_repo(root: Path, source: str) -> Path:
     return root
 
 
+@pytest.mark.slow  # the PyTorch reference and MA-Net at 224x224
 def test_passes_on_spec_reference(tmp_path: Path, capsys) -> None:
     repo = make_repo(tmp_path / "repo", REFERENCE_SOURCE.read_text())
     images = tmp_path / "images" / "0"
@@ -52,6 +53,7 @@ def test_passes_on_spec_reference(tmp_path: Path, capsys) -> None:
     assert "model" not in sys.modules
 
 
+@pytest.mark.slow  # the PyTorch reference and MA-Net at 224x224
 def test_detects_reference_with_mean_max_spatial_pooling(tmp_path: Path, capsys) -> None:
     source = REFERENCE_SOURCE.read_text()
     assert SPATIAL_POOL in source
@@ -137,6 +139,7 @@ def judged(report: Path) -> dict[tuple[str, str], dict]:
     return {(row["mode"], row["name"]): row for row in json.loads(report.read_text())["rows"] if row["ok"] is not None}
 
 
+@pytest.mark.slow  # the PyTorch reference and MA-Net at 224x224
 def test_a_2021_clone_with_large_logits_passes_and_a_small_head_error_fails(tmp_path: Path, capsys) -> None:
     """The wiring of a clone at the 2021 code is found, and logits are judged relative to their size."""
     source = REFERENCE_SOURCE.read_text()

@@ -65,6 +65,7 @@ def test_torch_tensors_module_prefix_and_pth_tar_wrapper(state_dict, variables):
     assert tree_equal(torch_to_flax(wrapped), variables)
 
 
+@pytest.mark.slow  # compiles MA-Net's initialiser (about 40 s on 2 cores)
 def test_msceleb_heads_are_replaced_and_reported(state_dict):
     msceleb = dict(state_dict)
     rng = np.random.default_rng(0)
@@ -114,6 +115,7 @@ def resnet18_state_dict(state_dict):
     return out
 
 
+@pytest.mark.slow  # compiles MA-Net's initialiser (about 40 s on 2 cores)
 def test_resnet18_import(state_dict):
     resnet = resnet18_state_dict(state_dict)
     conversion = import_resnet18(resnet, num_classes=7, rng=jax.random.key(5))
@@ -177,6 +179,7 @@ def test_bad_files_are_named(tmp_path, monkeypatch):
         load_state_dict_file(pickled)
 
 
+@pytest.mark.slow  # full-size weights converted both ways, loaded into the PyTorch reference: about 6 s
 def test_cli_both_directions_loadable_by_reference_model(tmp_path, state_dict, capsys):
     torch = pytest.importorskip("torch")
     from reference.manet_torch import MANet as TorchMANet
@@ -195,6 +198,7 @@ def test_cli_both_directions_loadable_by_reference_model(tmp_path, state_dict, c
     TorchMANet(num_classes=7).load_state_dict(exported, strict=True)
 
 
+@pytest.mark.slow  # a process
 def test_cli_errors_exit_2_with_the_file_named(tmp_path):
     result = subprocess.run([sys.executable, "-m", "manet_jax.convert", "to-flax", str(tmp_path / "nope.pth"),
                              str(tmp_path / "out")], capture_output=True, text=True)

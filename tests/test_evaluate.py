@@ -41,6 +41,7 @@ def config_with(setup, **overrides):
         f"{key}={value}" for key, value in {**OVERRIDES, "data_dir": setup["data_dir"], **overrides}.items()])
 
 
+@pytest.mark.slow  # an evaluator process
 def test_evaluator_reports_every_test_example_once(setup):
     overrides = [f"--config.{key}={value}" for key, value in {**OVERRIDES, "data_dir": setup["data_dir"]}.items()]
     result = run([sys.executable, "-m", "manet_jax.evaluate", "--config", "configs/demo.py", *overrides,
@@ -58,6 +59,7 @@ def test_evaluator_reports_every_test_example_once(setup):
     assert (report / "confusion_matrix.png").read_bytes().startswith(b"\x89PNG")
 
 
+@pytest.mark.slow  # an evaluator process
 def test_cross_dataset_evaluation_in_one_command(setup, tmp_path):
     """A 7-class model on an 8-class dataset (Contempt left out), FED-RO and its own test split."""
     overrides = [f"--config.{key}={value}" for key, value in {**OVERRIDES, "data_dir": setup["data_dir"]}.items()]
@@ -87,6 +89,7 @@ def test_eval_sets_that_cannot_be_evaluated_are_named(setup):
         evaluate_checkpoint(config_with(setup, dataset="fed_ro"), str(setup["checkpoint"]))
 
 
+@pytest.mark.slow  # two full-size random checkpoints written: about 6 s
 def test_checkpoint_of_another_class_count_or_wiring_is_refused(setup, tmp_path):
     config = config_with(setup)
     checkpoint = make_checkpoint(tmp_path / "eight", num_classes=8)

@@ -17,6 +17,8 @@ from manet_jax.inference.predictor import OUTPUTS, outputs
 from manet_jax.inference.stablehlo import METADATA, STABLEHLO_FILE
 from manet_jax.models import MANet, init_variables
 
+pytestmark = pytest.mark.slow  # MA-Net's initialiser compiled (module fixture), exports at 96x96: minutes
+
 SIZE = 96
 FAST_RNG = "unsafe_rbg"  # compiles the random init three times faster than threefry on CPU
 ATOL = 2e-5  # logits of a random model are O(1); XLA may fuse differently in each runtime

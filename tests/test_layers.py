@@ -20,6 +20,7 @@ def lax_conv(x, kernel, stride):
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"), precision="highest")
 
 
+@pytest.mark.slow  # eager gradients of 7 shapes: about 23 s
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_conv_by_matmul_is_the_convolution(shape):
     height, width, cin, cout, k, stride = shape

@@ -93,6 +93,7 @@ def test_the_goldens_tell_the_wirings_apart():
     assert abs(float(a["loss"]) - float(b["loss"])) > 1e2 * 1e-5
 
 
+@pytest.mark.slow  # MA-Net compiled at 224x224 (the golden sets)
 def test_eval_logits(case):
     g, r = case
     local, glob = r["eval"]
@@ -101,6 +102,7 @@ def test_eval_logits(case):
     np.testing.assert_allclose(fused_logits(local, glob), g["logits"], rtol=0, atol=5e-5)
 
 
+@pytest.mark.slow  # MA-Net compiled at 224x224 (the golden sets)
 def test_train_logits_and_loss(case):
     g, r = case
     local, glob = r["train"]
@@ -112,6 +114,7 @@ def test_train_logits_and_loss(case):
     np.testing.assert_allclose(r["parts"]["loss_global"], g["loss_global"], rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow  # MA-Net compiled at 224x224 (the golden sets)
 @pytest.mark.parametrize("stage", STAGES + ["stem", "avgpool_local", "avgpool_global"])
 def test_stage_activations(case7, stage):
     g, r = case7
@@ -127,12 +130,14 @@ def test_stage_activations(case7, stage):
     np.testing.assert_allclose(ours.reshape(-1)[index], values, rtol=0, atol=1e-5 * max_abs)
 
 
+@pytest.mark.slow  # MA-Net compiled at 224x224 (the golden sets)
 def test_heads_are_the_logits(case7):
     g, r = case7
     np.testing.assert_allclose(r["eval"][0], g["act/fc_1@values"].reshape(g["logits_local"].shape), atol=5e-5)
     np.testing.assert_allclose(r["eval"][1], g["act/fc_2@values"].reshape(g["logits_global"].shape), atol=5e-5)
 
 
+@pytest.mark.slow  # MA-Net compiled at 224x224 (the golden sets)
 def test_batchnorm_running_statistics(case7):
     g, r = case7
     keys = [k[len("buffer_after/"):] for k in g if k.startswith("buffer_after/")]
@@ -145,6 +150,7 @@ def test_batchnorm_running_statistics(case7):
             np.testing.assert_allclose(r["buffers"][key], expected, rtol=0, atol=1e-5, err_msg=key)
 
 
+@pytest.mark.slow  # MA-Net compiled at 224x224 (the golden sets)
 def test_gradient_norms(case):
     g, r = case
     ours = np.array([np.linalg.norm(np.asarray(r["grads"][k], np.float64)) for k in g["param_keys"]])
@@ -153,6 +159,7 @@ def test_gradient_norms(case):
     assert not bad.any(), [(k, a, b) for k, a, b, x in zip(g["param_keys"], ours, ref, bad) if x]
 
 
+@pytest.mark.slow  # MA-Net compiled at 224x224 (the golden sets)
 def test_gradients(case7):
     g, r = case7
     for key in g["grad_subset_keys"]:
@@ -165,6 +172,7 @@ def test_gradients(case7):
             assert golden.rel_l2(ours, values) <= limit, (key, golden.rel_l2(ours, values))
 
 
+@pytest.mark.slow  # MA-Net compiled at 224x224 (the golden sets)
 def test_sgd_step(case):
     g, r = case
     deltas = {k: np.asarray(r["new_params"][k], np.float32) - np.asarray(r["params"][k], np.float32)
@@ -184,6 +192,7 @@ def test_sgd_step(case):
             assert golden.rel_l2(ours_delta, ref_delta) <= 5e-2, key
 
 
+@pytest.mark.slow  # a process of its own: MA-Net at 224x224 in float64
 def test_float64_replica():
     """With jax x64 the port, vmapped or unrolled branches, each wiring, matches the float64 replica
     tightly (own process)."""

@@ -126,6 +126,7 @@ def test_detector_on_lfw_crops():
     assert (counts[100:] > 0).mean() <= 0.05
 
 
+@pytest.mark.slow  # MA-Net's initialiser and the predictor compiled (module fixtures)
 def test_predictions_match_the_evaluator(records, photos, checkpoint, predictor, tmp_path):
     """A detected face (class 1) and aligned LFW crops (--no-detect; the other classes), saved as
     PNGs in an image-folder dataset and evaluated by the evaluator on that config: its loss and
@@ -159,6 +160,7 @@ def test_predictions_match_the_evaluator(records, photos, checkpoint, predictor,
         assert results[head]["confusion_matrix"] == confusion.tolist(), head
 
 
+@pytest.mark.slow  # MA-Net's initialiser and the predictor compiled (module fixtures)
 def test_greyscale_and_16_bit_greyscale(records, photos):
     np.testing.assert_array_equal(load_image(photos / "grey16.png").pixels, load_image(photos / "grey.png").pixels)
     (grey,), (grey16,) = records["grey.png"], records["grey16.png"]
@@ -166,6 +168,7 @@ def test_greyscale_and_16_bit_greyscale(records, photos):
     assert_same_prediction(grey16, grey)
 
 
+@pytest.mark.slow  # MA-Net's initialiser and the predictor compiled (module fixtures)
 @pytest.mark.parametrize("name", ["rgba.png", "rgb16.png", "exif_rotated.png"])
 def test_same_pixels_same_prediction(records, name):
     """RGBA (alpha dropped), 16-bit RGB (high byte kept) and EXIF-rotated copies of the astronaut."""
@@ -173,11 +176,13 @@ def test_same_pixels_same_prediction(records, name):
     assert_same_prediction(record, reference)
 
 
+@pytest.mark.slow  # MA-Net's initialiser and the predictor compiled (module fixtures)
 def test_cmyk_jpeg(records):
     record, = records["cmyk.jpg"]
     assert record.status == OK and iou(record.box, records["astronaut.png"][0].box) > 0.8
 
 
+@pytest.mark.slow  # MA-Net's initialiser and the predictor compiled (module fixtures)
 def test_several_faces_and_none(records):
     left, right = records["two_faces.png"]
     reference = records["astronaut.png"][0].box
@@ -187,6 +192,7 @@ def test_several_faces_and_none(records):
     assert coffee.status == NO_FACE and coffee.box is None
 
 
+@pytest.mark.slow  # MA-Net's initialiser and the predictor compiled (module fixtures)
 def test_very_large_image(records, photos):
     """96 megapixels (past Pillow's bomb warning): decoded downscaled, box in original pixels."""
     assert max(load_image(photos / "large.jpg").pixels.shape) == MAX_SIDE
@@ -197,6 +203,7 @@ def test_very_large_image(records, photos):
     assert iou(record.box, expected) > 0.8
 
 
+@pytest.mark.slow  # MA-Net's initialiser and the predictor compiled (module fixtures)
 @pytest.mark.parametrize("name, message", [("notes.jpg", "not an image file"), ("truncated.jpg", "truncated")])
 def test_bad_files_are_reported(records, photos, name, message):
     record, = records[name]
@@ -221,6 +228,7 @@ def test_each_real_file_is_found_once_and_looping_links_are_reported(tmp_path):
                        (str(tree / "self.png"), "a symbolic link that loops or leads nowhere")]  # each once
 
 
+@pytest.mark.slow  # MA-Net's initialiser compiled (module fixture)
 def test_trainer_workdir(tmp_path, bundle):
     """A workdir's checkpoints hold the model's spec: its size, beta, dtype and classes."""
     state = TrainState(step=np.int32(3), params=bundle.variables["params"], batch_stats=bundle.variables["batch_stats"],
@@ -237,6 +245,7 @@ def test_trainer_workdir(tmp_path, bundle):
     assert loaded.resized(SIZE, "--image-size").spec.image_size == SIZE
 
 
+@pytest.mark.slow  # MA-Net's initialiser compiled (module fixture)
 def test_cli(checkpoint, photos, tmp_path, capsys):
     """Files, a glob and a missing path; table, JSON with branch probabilities, CSV, visualisations."""
     common = ["--checkpoint", str(checkpoint), "--image-size", str(SIZE), "--batch-size", str(BATCH)]
@@ -272,6 +281,7 @@ def test_cli(checkpoint, photos, tmp_path, capsys):
     assert row["status"] == OK and float(row["fused_Happiness"]) > 0 and "local_Happiness" not in row
 
 
+@pytest.mark.slow  # MA-Net's initialiser compiled (module fixture)
 def test_cli_fails_only_when_nothing_was_processed(checkpoint, photos, capsys):
     args = ["--checkpoint", str(checkpoint), "--image-size", str(SIZE)]
     assert predict.main([str(photos / "notes.jpg"), str(photos / "truncated.jpg"), "missing.png"] + args) == 1
@@ -286,6 +296,7 @@ def exit_status(argv: list[str]) -> int:
         return e.code
 
 
+@pytest.mark.slow  # MA-Net's initialiser compiled (module fixture)
 @pytest.mark.parametrize("option, message", [(["--output", "out.txt"], "--output out.txt"),
                                              (["--image-size", "100"], "error: --image-size=100: MA-Net needs"),
                                              (["--margin", "-0.1"], "--margin -0.1")])

@@ -5,7 +5,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from train_helpers import REPO, environment
+
+pytestmark = pytest.mark.slow  # trains in a process of its own (float64)
 
 
 def test_two_epochs_with_a_learning_rate_step_match_the_official_recipe(tmp_path: Path) -> None:

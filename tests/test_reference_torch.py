@@ -90,6 +90,7 @@ def test_state_dict_matches_key_table() -> None:
         MANet(7, multiscale_wiring="2022")
 
 
+@pytest.mark.slow  # the PyTorch reference at 224x224
 @pytest.mark.parametrize("mode", ["", "_train"])
 def test_logits(reference, mode: str) -> None:
     ours, g = reference
@@ -98,12 +99,14 @@ def test_logits(reference, mode: str) -> None:
         np.testing.assert_allclose(ours[key], g[key], rtol=0, atol=LOGITS_ATOL, err_msg=key)
 
 
+@pytest.mark.slow  # the PyTorch reference at 224x224
 def test_loss(reference) -> None:
     ours, g = reference
     for key in ("loss", "loss_local", "loss_global"):
         np.testing.assert_allclose(ours[key], g[key], rtol=0, atol=LOSS_ATOL, err_msg=key)
 
 
+@pytest.mark.slow  # the PyTorch reference at 224x224
 def test_activations(reference7) -> None:
     reference7, g = reference7
     keys = sorted(k.removesuffix("@values") for k in g if k.startswith("act/") and k.endswith("@values"))
@@ -115,6 +118,7 @@ def test_activations(reference7) -> None:
         np.testing.assert_allclose(ours.reshape(-1)[index], values, rtol=0, atol=ACT_RTOL * max_abs, err_msg=key)
 
 
+@pytest.mark.slow  # the PyTorch reference at 224x224
 def test_bn_buffers_after_train_forward(reference7) -> None:
     reference7, g = reference7
     keys = [k for k in g if k.startswith("buffer_after/")]

@@ -54,6 +54,7 @@ def two_slices():
     return compiled_steps.make_plan(config(64), "v5e-4", num_slices=2, steps=("train",), log=lambda line: None)
 
 
+@pytest.mark.slow  # the steps compiled for a TPU slice (module fixture)
 def test_the_steps_compile_and_fit_on_a_slice(single):
     assert (single.accelerator, single.topology, single.devices, single.hosts) == ("v5litepod-4", "v5e:2x2", 4, 1)
     assert single.branch_execution == "vmap" and single.warnings == []
@@ -68,12 +69,14 @@ def test_the_steps_compile_and_fit_on_a_slice(single):
     assert single.host_input()[0] == pytest.approx(4 * train.images_per_s)
 
 
+@pytest.mark.slow  # the steps compiled for a TPU slice (module fixture)
 def test_flops_agree_with_the_models_count(single):
     for mode, step in single.steps.items():
         assert step.model_flops == model_flops(mode, 8, SIZE)
         assert abs(step.flops / step.model_flops - 1) < FLOPS_TOLERANCE, mode
 
 
+@pytest.mark.slow  # the steps compiled for a TPU slice (module fixture)
 def test_the_train_step_all_reduces_gradients_and_batch_statistics_and_gathers_nothing(single):
     found = single.steps["train"].collectives
     assert set(found) == {"all-reduce"}  # no all-gather, reduce-scatter or all-to-all: parameters stay put
@@ -86,6 +89,7 @@ def test_the_train_step_all_reduces_gradients_and_batch_statistics_and_gathers_n
     assert single.steps["eval"].collectives["all-reduce"].bytes < 2**10  # eval sums metrics only
 
 
+@pytest.mark.slow  # the train step compiled for two TPU slices
 def test_two_slices_reduce_within_each_slice_then_across(two_slices):
     assert (two_slices.devices, two_slices.hosts, two_slices.devices_per_host) == (8, 2, 4)
     found = two_slices.steps["train"].collectives
@@ -144,6 +148,7 @@ def test_every_slice_type_has_its_chips_and_hosts():
         assert chips == int(name.split("-")[1]) // (2 if kind.chip_config == "megacore" else 1), name
 
 
+@pytest.mark.slow  # the steps compiled for a TPU slice (module fixture)
 def test_a_step_that_does_not_fit_names_the_largest_batch_that_does(single):
     """Against a limit just above the eval step's peak at 8 images per device, 64 do not fit;
     the largest batch that does is read off a second compile at 8."""
@@ -157,6 +162,7 @@ def test_a_step_that_does_not_fit_names_the_largest_batch_that_does(single):
     assert 32 < largest < 256 and largest % 4 == 0, message
 
 
+@pytest.mark.slow  # the steps compiled for a TPU slice (module fixture)
 def test_the_report_and_json(single, tmp_path):
     text = tpu_plan.report(single)
     assert "v5litepod-4: 4 x TPU v5 lite (v5e:2x2), 1 host(s) of 4 device(s)" in text
@@ -175,6 +181,7 @@ def test_errors_before_compiling(capsys):
     assert error.startswith("error: unknown TPU type 'v5x-8'; known: v4-8, v4-16,") and "v6e-256" in error
 
 
+@pytest.mark.slow  # a process
 def test_without_libtpu_the_plan_says_how_to_install_it():
     code = ("import sys; sys.modules['libtpu'] = None; from manet_jax import tpu_plan; "
             "sys.exit(tpu_plan.main(['--config', 'configs/raf.py', '--topology', 'v5p-8']))")
@@ -184,6 +191,7 @@ def test_without_libtpu_the_plan_says_how_to_install_it():
         "error: compiling for a TPU needs libtpu, which is not installed: pip install -e '.[tpu]'")
 
 
+@pytest.mark.slow  # a process
 def test_tools_start_quietly_with_libtpu_installed_and_no_tpu():
     """JAX probes libtpu when it starts; on this machine without a TPU nothing is logged."""
     code = "import jax; from manet_jax import cli; cli.run(lambda: print(jax.devices()[0].platform))"

@@ -75,6 +75,7 @@ def reference(reference_run) -> Path:
     return reference_run[0]
 
 
+@pytest.mark.slow  # the reference run: a trainer process
 def test_a_second_trainer_on_a_workdir_stops_at_once_naming_the_first(setup, reference):
     first_pid, second = setup["second_trainer"]
     assert second.returncode == 2
@@ -88,6 +89,7 @@ def test_a_second_trainer_on_a_workdir_stops_at_once_naming_the_first(setup, ref
     assert not (reference / "lease.json").exists()
 
 
+@pytest.mark.slow  # the reference run: a trainer process
 def test_a_finished_run_exits_promptly(reference_run):
     """tf.data's autotuning thread once held finished runs for up to a minute after their last line."""
     _, output, exit_delay = reference_run
@@ -119,6 +121,7 @@ def tensorboard_events(workdir: Path) -> dict[str, dict[int, np.ndarray]]:
     return events
 
 
+@pytest.mark.slow  # the reference run: a trainer process
 def test_trains_logs_checkpoints_and_evaluates_every_example_once(reference):
     lines = records(reference)
     train = [r for r in lines if "train" in r]
@@ -178,6 +181,7 @@ def union_run(setup) -> tuple[Path, str]:
     return workdir, result.stderr
 
 
+@pytest.mark.slow  # the union run: a trainer process
 def test_a_union_of_datasets_evaluated_on_others_side_by_side(union_run):
     workdir, output = union_run
     assert (f"{UNION}: 32 train examples, 7 classes, evaluated on {CROSS} (7), {TEST_SET} (20); steps 1..8 of "
@@ -224,6 +228,7 @@ def other_seed(workdir: Path, seed: int, scale: float) -> Path:
     return copy
 
 
+@pytest.mark.slow  # the union run: a trainer process
 def test_report_of_two_seeds(union_run, tmp_path, capsys):
     """Two seeds of the union run (the second's summary made from the first's, scaled)."""
     workdirs = [union_run[0], other_seed(union_run[0], 1, 0.75)]
@@ -253,6 +258,7 @@ def test_report_of_two_seeds(union_run, tmp_path, capsys):
     assert f"## Best epoch (per run: {summaries[0]['best']['epoch']}, {summaries[1]['best']['epoch']})" in markdown
 
 
+@pytest.mark.slow  # the union and reference runs
 def test_report_refuses_runs_of_other_recipes_and_reads_older_summaries(union_run, reference, tmp_path, capsys):
     assert report([str(reference), str(union_run[0])]) == 2
     assert f"error: {union_run[0]} evaluated ['{CROSS}', '{TEST_SET}'] (ranked by {CROSS})" in capsys.readouterr().err
@@ -270,6 +276,7 @@ def test_report_refuses_runs_of_other_recipes_and_reads_older_summaries(union_ru
     assert table["ranked_by"] == TEST_SET and table["best"]["eval"][TEST_SET]["fused"]["accuracy"]["std"] == 0.0
 
 
+@pytest.mark.slow  # trainer processes, stopped and resumed
 def test_preempted_and_killed_run_resumes_exactly(setup, reference):
     workdir = setup["root"] / "interrupted"
     # SIGTERM in the first epoch: a checkpoint at the current step, a clean exit.
@@ -349,6 +356,7 @@ def truncate(path: Path) -> None:
     path.write_bytes(content[:len(content) // 2])
 
 
+@pytest.mark.slow  # the reference run: a trainer process
 @pytest.mark.parametrize("damaged", ["variables data", "metrics/metrics", "host_state/metadata",
                                      "header/manet.json", "_CHECKPOINT_METADATA"])
 def test_a_damaged_file_in_the_latest_checkpoint_falls_back_to_the_previous_one(reference, tmp_path, caplog,
@@ -368,6 +376,7 @@ def test_a_damaged_file_in_the_latest_checkpoint_falls_back_to_the_previous_one(
     checkpoints.close()
 
 
+@pytest.mark.slow  # the reference run: a trainer process
 def test_when_every_checkpoint_is_damaged_each_is_named_and_none_moved(reference, tmp_path):
     workdir = linked_copy(reference, tmp_path / "workdir")
     steps = sorted(p.name for p in (workdir / "checkpoints").iterdir())
@@ -402,6 +411,7 @@ def test_bucket_workdirs_stay_urls(tmp_path, monkeypatch):
     assert absolute_path("runs/raf") == tmp_path / "runs/raf"
 
 
+@pytest.mark.slow  # the reference run: a trainer process
 def test_incompatible_checkpoints_are_an_error_and_left_alone(reference, tmp_path):
     workdir = tmp_path / "workdir"
     shutil.copytree(reference / "checkpoints", workdir / "checkpoints")
@@ -414,6 +424,7 @@ def test_incompatible_checkpoints_are_an_error_and_left_alone(reference, tmp_pat
     checkpoints.close()
 
 
+@pytest.mark.slow  # starts the trainer
 def test_unknown_config_key_is_named(setup, tmp_path):
     with pytest.raises(ConfigError, match=r"unknown config key 'lerning_rate' \(did you mean 'learning_rate'\?\)"):
         load_config(str(REPO / "configs/demo.py"), ["lerning_rate=0.1"])
@@ -459,6 +470,7 @@ def test_every_numeric_key_has_a_range():
     assert set(numeric_keys(base_config())) == set(RANGES) | {"image_size"}  # image_size: ModelSpec checks it
 
 
+@pytest.mark.slow  # starts the trainer
 def test_bad_values_and_dataset_names_stop_with_one_line_before_any_workdir(setup, tmp_path):
     cases = {  # --config.KEY=VALUE: the error line
         "learning_rate=-0.1": "error: config.learning_rate must be a positive finite number, got -0.1",

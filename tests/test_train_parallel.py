@@ -23,6 +23,8 @@ import pytest
 from manet_jax.bundle import load_bundle
 from train_helpers import REPO, command, environment, flat_params, run, trainer_setup
 
+pytestmark = pytest.mark.slow  # two trainer processes and the one-device steps in a third
+
 DATASET = "synthetic_faces/64_8_20"  # one step of 8 an epoch
 # The learning rate's decay at step 8, as in test_train's runs: the one-device steps are then the
 # program those runs left in the compilation cache.

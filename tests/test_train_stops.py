@@ -19,6 +19,8 @@ from manet_jax.bundle import load_bundle
 from manet_jax.training.preemption import PreemptionGuard
 from train_helpers import STEPS_PER_EPOCH, command, random_variables, run, run_and_signal, trainer_setup
 
+pytestmark = pytest.mark.slow  # each test runs the trainer
+
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, compilation_cache) -> dict:

@@ -74,6 +74,7 @@ def fitting_wirings(output: str) -> list[str]:
     return [row[-2] for row in rows]
 
 
+@pytest.mark.slow  # the PyTorch reference's train-mode forwards (module fixture) and inspect's compile
 @pytest.mark.parametrize("wiring", WIRINGS)
 def test_inspect_tells_the_wirings_apart(weights, capsys, wiring):
     assert convert_main(["inspect", str(weights[wiring]), "--image-size", str(SIZE)]) == 0
@@ -83,6 +84,7 @@ def test_inspect_tells_the_wirings_apart(weights, capsys, wiring):
     assert f"--config.multiscale_wiring={wiring}" in out
 
 
+@pytest.mark.slow  # the PyTorch reference's train-mode forwards (module fixture) and inspect's compile
 def test_inspect_on_a_folder_of_faces(weights, tmp_path, capsys):
     for i, face in enumerate(faces(16, seed=FACES_SEED + 1)):
         Image.fromarray(face).save(tmp_path / f"{i:02d}.png")
@@ -91,6 +93,7 @@ def test_inspect_on_a_folder_of_faces(weights, tmp_path, capsys):
     assert f"16 images of {tmp_path}" in out and fitting_wirings(out) == ["2021"] * 5
 
 
+@pytest.mark.slow  # inspect compiles MA-Net's blocks at 112x112
 def test_inspect_says_when_the_evidence_is_weak(tmp_path, capsys):
     """The golden formula's statistics come from no forward pass: neither wiring fits."""
     np.savez(tmp_path / "formula.npz", **golden.state_dict(0, 7))
@@ -112,6 +115,7 @@ def spec(wiring: str) -> ModelSpec:
     return ModelSpec(default_class_names(7), image_size=SIZE, multiscale_wiring=wiring)
 
 
+@pytest.mark.slow  # the PyTorch reference's train-mode forwards (module fixture) and inspect's compile
 def test_init_from_a_weight_file_warns_when_it_fits_the_other_wiring(weights, caplog):
     caplog.set_level(logging.INFO, logger="manet_jax")
     variables = initial_variables(str(weights["2021"]), spec("2023"), jax.random.key(0))
@@ -126,6 +130,7 @@ def test_init_from_a_weight_file_warns_when_it_fits_the_other_wiring(weights, ca
     assert any("fit the 2021 multi-scale wiring" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.slow  # full-size random weights drawn twice, saved, loaded twice: about 5 s
 def test_init_from_a_model_of_the_other_wiring_needs_the_flag(tmp_path, caplog):
     bundle = save_bundle(tmp_path / "wired2021", random_variables(), spec("2021"))
     with pytest.raises(ConfigError, match="2021 multi-scale wiring, this run's is 2023. --config.multiscale_wiring"
@@ -137,6 +142,7 @@ def test_init_from_a_model_of_the_other_wiring_needs_the_flag(tmp_path, caplog):
                                   random_variables()["params"]["layer4_2"]["1"]["conv2_2_3"]["kernel"])
 
 
+@pytest.mark.slow  # starts the trainer
 def test_the_trainer_names_the_flag(tmp_path, compilation_cache):
     """End to end: the trainer stops with one error line naming both ways out."""
     make_dataset(tmp_path / "data")

@@ -60,6 +60,7 @@ def test_batchnorm_statistics_over_800k_rows():
     np.testing.assert_allclose(y, (x64 - mean) / np.sqrt(var + 1e-5), rtol=0, atol=2e-5)
 
 
+@pytest.mark.slow  # a 512-channel block's gradient compiled, and PyTorch's: about 17 s for both
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_attention_block_gradient_matches_pytorch(dtype):
     """The miscompile found here: the gradient through conv, BatchNorm with batch statistics, CBAM."""
