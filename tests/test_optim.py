@@ -34,8 +34,15 @@ def test_warmup_cosine_without_warmup_starts_at_the_base_rate():
     assert float(schedule(0)) == pytest.approx(0.1) and float(schedule(5)) == pytest.approx(0.05)
 
 
+def test_the_config_chooses_the_schedule():
+    config = load_config(str(REPO / "configs/demo.py"))
+    assert (config.lr_schedule, config.lr_step_epochs) == ("cosine", None)
+    assert load_config(str(REPO / "configs/raf.py")).lr_schedule == "step"
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["lr_schedule=linear"], "config.lr_schedule must be one of step, cosine, got 'linear'"),
+    (["lr_schedule=step"], "config.lr_step_epochs is not set; lr_schedule 'step' needs it"),
     (["warmup_epochs=-1"], "config.warmup_epochs must be a finite number of epochs >= 0, got -1.0"),
     (["lr_schedule=step", "lr_step_epochs=0"], "config.lr_step_epochs must be an integer >= 1, got 0"),
 ])
