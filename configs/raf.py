@@ -1,7 +1,8 @@
 """RAF-DB, 7 classes: the paper's recipe (MA-Net `main.py` defaults), fine-tuned from MS-Celeb.
 
 100 epochs, batch 128, lr 0.01 decayed x0.1 every 15 epochs; best test accuracy 88.40% (epoch 30).
-Needs `weights/Pretrained_on_MSCeleb.pth.tar` (the official MS-Celeb MA-Net; README, "The paper's experiments").
+Needs `weights/Pretrained_on_MSCeleb.pth.tar`, the official MS-Celeb MA-Net (docs/training.md, "The paper's
+experiments").
 """
 
 from manet_jax.training.config import base_config

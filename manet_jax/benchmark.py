@@ -220,7 +220,7 @@ def environment() -> dict[str, Any]:
     return env
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = cli.parser("manet_jax.benchmark", __doc__)
     parser.add_argument("--batch-sizes", default="32", help="comma-separated global batch sizes (default 32)")
     parser.add_argument("--dtypes", default="float32,bfloat16", help="JAX compute dtypes (default both)")
@@ -241,11 +241,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "(autocast, channels_last)")
     parser.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads on CPU")
     parser.add_argument("--output", default=None, help="write the results as JSON here")
-    return parser.parse_args(argv)
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = build_parser().parse_args(argv)
     return cli.run(lambda: benchmark(args))
 
 

@@ -161,6 +161,14 @@ def load_bundle(path: epath.PathLike) -> Bundle:
                       f"or a trainer workdir with {CHECKPOINTS}/)")
 
 
+def is_model_directory(path: epath.PathLike) -> bool:
+    """Whether `path` is laid out as a model `load_bundle` reads (a bundle or trainer checkpoint,
+    a trainer workdir, an older bundle), without reading it."""
+    path = absolute_path(path)
+    return ((path / HEADER / HEADER_FILE).is_file() or (path / CHECKPOINTS).is_dir()
+            or ((path / LEGACY_HEADER).is_file() and (path / VARIABLES).is_dir()))
+
+
 def workdir_model_step(workdir: epath.PathLike) -> int:
     """The checkpoint of a trainer workdir that is its model: the best by eval accuracy (see
     `best_step`), else the latest."""

@@ -5,7 +5,8 @@ Tools take GNU-style options (`--batch-size 32` or `--batch-size=32`) and run as
 returns its exit status: 0 on success; 1 when the work ran but did not succeed (predict found
 no readable input, compare found a difference); 2 when it cannot run as given: a malformed
 command line (argparse's usage message) or a `ManetError` (a problem with the user's input,
-printed as one `error:` line). Any other exception is a bug and keeps its traceback.
+printed as one `error:` line); 130 when Ctrl-C stopped it after it saved its work (`Interrupted`).
+Any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from manet_jax.errors import ManetError
+from manet_jax.errors import Interrupted, ManetError
 
 CONFIG_OVERRIDE = "--config."
 
@@ -63,6 +64,8 @@ def run(work: Callable[[], int | None]) -> int:
     except ManetError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Interrupted:  # the work has logged what it saved
+        return 130
 
 
 def quiet_libtpu_without_tpus() -> None:

@@ -231,7 +231,7 @@ def verdict(rows: Sequence[Row]) -> str:
     return f"FAIL: {len(failed)} of {len(judged)} judged quantities exceed the golden tolerances: {', '.join(failed)}"
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = cli.parser("manet_jax.compare", __doc__.split("\n\n")[0])
     parser.add_argument("--reference-repo", required=True, metavar="PATH",
                         help="local clone of the official MA-Net repository (holds model/manet.py)")
@@ -247,6 +247,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "checkpoint's are freshly initialised")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights and random images")
     parser.add_argument("--output", metavar="FILE.json", help="also write the table as JSON")
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.random is None and args.images is None:
         args.random = 2

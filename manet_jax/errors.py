@@ -24,3 +24,8 @@ def is_disk_full(error: BaseException) -> bool:
     causes = (error, error.__cause__, error.__context__)
     return any(isinstance(e, OSError) and e.errno == errno.ENOSPC or "No space left on device" in str(e)
                for e in causes if e is not None)
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by Ctrl-C after it saved what it resumes from (and logged how); the tools exit
+    with status 130 (128 + SIGINT), without a traceback."""

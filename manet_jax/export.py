@@ -22,7 +22,7 @@ from manet_jax.inference.stablehlo import PLATFORMS, export_stablehlo
 FORMATS = ("stablehlo", "savedmodel")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = cli.parser("manet_jax.export", __doc__)
     parser.add_argument("--checkpoint", required=True, type=epath.Path, metavar="DIR",
                         help="model: a converted bundle, trainer checkpoint or workdir (a local path or gs:// URL)")
@@ -32,6 +32,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, metavar="S", help="model input size (default: the model's)")
     parser.add_argument("--platforms", default=",".join(PLATFORMS),
                         help="comma-separated platforms to lower for (default: %(default)s)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if unknown := set(args.platforms.split(",")) - set(PLATFORMS):
         parser.error(f"--platforms {args.platforms}: unknown {sorted(unknown)}; choose from {','.join(PLATFORMS)}")

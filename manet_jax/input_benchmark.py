@@ -7,6 +7,7 @@ threads counted), which is the throughput of one core whatever else loads the ma
 
 from __future__ import annotations
 
+import argparse
 import sys
 import tempfile
 import time
@@ -66,13 +67,17 @@ def measure_all(threads: int = 1, seconds: float = 10.0, batch_size: int = 64, p
     return results
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = cli.parser("manet_jax.input_benchmark", __doc__)
     parser.add_argument("--threads", type=int, default=1, help="tf.data threads (default 1)")
     parser.add_argument("--seconds", type=float, default=10.0, help="timed seconds per case")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--per-class", type=int, default=64, help="fabricated images per class")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     cli.start_runtime()
     measure_all(args.threads, args.seconds, args.batch_size, args.per_class)
     return 0

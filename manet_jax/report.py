@@ -11,6 +11,7 @@ each class, as Markdown; --json and --markdown also write the table to files.
 
 from __future__ import annotations
 
+import argparse
 import glob
 import json
 import sys
@@ -20,12 +21,16 @@ from manet_jax import cli
 from manet_jax.training.report import RunsError, markdown, spreads
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = cli.parser("manet_jax.report", __doc__)
     parser.add_argument("runs", nargs="+", metavar="RUN", help="trainer workdir, or a quoted glob of them")
     parser.add_argument("--json", metavar="FILE", help="also write the table as JSON")
     parser.add_argument("--markdown", metavar="FILE", help="also write the table as Markdown")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     def work() -> None:
         table = spreads(expand(args.runs))

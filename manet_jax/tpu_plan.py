@@ -30,11 +30,11 @@ if TYPE_CHECKING:
     from manet_jax.tpu.compiled_steps import Plan
 
 # Training images per CPU-second of the input pipeline: `python -m manet_jax.input_benchmark`,
-# RAF-DB-like 100x100 JPEGs -> 224 px RandomResizedCrop + flip (README, "The input pipeline").
+# RAF-DB-like 100x100 JPEGs -> 224 px RandomResizedCrop + flip (docs/datasets.md, "Input throughput").
 INPUT_IMAGES_PER_CORE_S = 600.0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = cli.parser("manet_jax.tpu_plan", __doc__)
     cli.add_config_option(parser)
     parser.add_argument("--topology", required=True, metavar="TYPE",
@@ -50,7 +50,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help=f"training images per CPU-second of the input pipeline (default "
                              f"{INPUT_IMAGES_PER_CORE_S:g}, measured by python -m manet_jax.input_benchmark)")
     parser.add_argument("--output", metavar="FILE", help="write the plan as JSON here")
-    args, overrides = cli.parse_with_overrides(parser, argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args, overrides = cli.parse_with_overrides(build_parser(), argv)
     return cli.run(lambda: plan(args, overrides))
 
 

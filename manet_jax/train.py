@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from manet_jax import cli
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = cli.parser("manet_jax.train", __doc__)
     cli.add_config_option(parser)
     parser.add_argument("--workdir", required=True, metavar="DIR",
@@ -26,14 +26,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "(with --num-processes and --process-id)")
     parser.add_argument("--num-processes", type=int, help="number of processes (with --coordinator-address)")
     parser.add_argument("--process-id", type=int, help="this process's index (with --coordinator-address)")
-    args, overrides = cli.parse_with_overrides(parser, argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args, overrides = cli.parse_with_overrides(build_parser(), argv)
     return cli.run(lambda: train(args, overrides))
 
 
 def train(args: argparse.Namespace, overrides: list[str]) -> None:
     from manet_jax.training.config import load_config
+    from manet_jax.training.workdir import check_workdir
 
-    config = load_config(args.config, overrides)  # config errors come before JAX and TensorFlow start
+    config = load_config(args.config, overrides)  # config and workdir errors come before JAX and TensorFlow start
+    check_workdir(args.workdir)
     cli.start_runtime()
     from manet_jax.mesh import initialize_distributed
     from manet_jax.training.loop import train_and_evaluate

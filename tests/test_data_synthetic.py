@@ -58,6 +58,6 @@ def test_config_names():
     config = SyntheticFacesConfig.from_name("64_1400_350")
     assert (config.size, config.num_train, config.num_test) == (64, 1400, 350)
     assert SyntheticFacesConfig.from_name("33_70_14").size == 33
-    for bad in ("64x64", "8", "64_3_1", "33"):  # a size without split sizes is one of README's
+    for bad in ("64x64", "8", "64_3_1", "33"):  # a size without split sizes is one of docs/datasets.md's
         with pytest.raises(ValueError):
             SyntheticFacesConfig.from_name(bad)

@@ -1,11 +1,14 @@
-"""The trainer stopped by what goes wrong during a run: a diverging loss, a full disk (CPU, 64x64,
+"""The trainer stopped by what goes wrong during a run: a diverging loss, a full disk, Ctrl-C (CPU, 64x64,
 the tiny dataset of test_train; a module of its own so that pytest-xdist can run it beside test_train)."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import re
+import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +16,8 @@ import jax
 import pytest
 
 from manet_jax.bundle import load_bundle
-from train_helpers import STEPS_PER_EPOCH, command, random_variables, run, trainer_setup
+from manet_jax.training.preemption import PreemptionGuard
+from train_helpers import STEPS_PER_EPOCH, command, random_variables, run, run_and_signal, trainer_setup
 
 
 @pytest.fixture(scope="module")
@@ -96,3 +100,32 @@ def test_a_full_disk_stops_the_run_at_any_write_in_one_line(setup, tiny_disk):
     assert "step 4/12" in result.stderr and "step 5/12" not in result.stderr
     assert len(lines) < 30
     assert not (workdir / "summary.json").exists()  # not left empty: written whole or not at all
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(setup):
+    """The first SIGINT is a preemption (a checkpoint at the current step) that exits with 130."""
+    workdir = setup["root"] / "ctrl_c"
+    code, output = run_and_signal(command(setup, workdir), setup["env"], lambda line: "step 2/12" in line,
+                                  signal.SIGINT)
+    assert code == 130, output[-3000:]
+    match = re.search(r"interrupted \(Ctrl-C\) at step (\d+): checkpoint saved in (\S+); run the same command to "
+                      r"resume\n", output)
+    assert match, output[-3000:]
+    assert match.group(2) == str(workdir / "checkpoints")
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == [match.group(1)]
+    assert load_bundle(workdir / "checkpoints" / match.group(1)).step == int(match.group(1))
+    assert "Traceback" not in output and not (workdir / "lease.json").exists()
+
+
+def test_a_second_ctrl_c_stops_at_once():
+    with PreemptionGuard() as guard:
+        assert not guard.reached(1)
+        assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler  # else the kill stops pytest
+        os.kill(os.getpid(), signal.SIGINT)
+        assert guard.reached(1) and guard.signal == signal.SIGINT
+        with pytest.raises(KeyboardInterrupt):  # Python's own handler, put back by the first
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)  # the handler runs in the main thread at the next instruction
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL

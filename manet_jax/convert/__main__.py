@@ -99,7 +99,7 @@ def to_torch(args: argparse.Namespace) -> None:
           "model.load_state_dict(torch.load(path)))")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = cli.parser("manet_jax.convert", __doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("to-flax", help="PyTorch weights -> manet-jax model bundle",
@@ -114,8 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "(default: the checkpoint's, or 7 for a ResNet-18)")
     p.add_argument("--multiscale-wiring", choices=MULTISCALE_WIRINGS, default=MULTISCALE_WIRINGS[0],
                    help="the official code's multi-scale wiring the weights were trained with (default: "
-                        "%(default)s; `inspect` tells which one MA-Net weights fit; see README, 'The paper's "
-                        "experiments')")
+                        "%(default)s; `inspect` tells which one MA-Net weights fit; see docs/conversion.md, "
+                        "'The two multi-scale wirings')")
     p.add_argument("--image-size", type=int, default=224, help="input size the model runs at (default 224)")
     p.add_argument("--seed", type=int, default=0, help="seed of the fresh initialisation (default 0)")
     p.set_defaults(run=to_flax)
@@ -136,7 +136,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--image-size", type=int, default=224,
                    help="input size the weights were trained at (default 224, the official code's)")
     p.set_defaults(run=inspect)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     return cli.run(lambda: args.run(args))
 
 

@@ -47,6 +47,7 @@ def load_state_dict_file(path: str | Path) -> dict[str, np.ndarray]:
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointFileError(f"{path}: not a readable safetensors file ({e})") from e
     elif suffix == ".npz":
+        check_npz(path)
         try:
             with np.load(path, allow_pickle=False) as f:
                 raw = {k: f[k] for k in f.files}
@@ -71,6 +72,39 @@ def load_state_dict_file(path: str | Path) -> dict[str, np.ndarray]:
         return normalise_state_dict(raw)
     except ValueError as e:
         raise CheckpointFileError(f"{path}: {e}") from e
+
+
+def check_npz(path: Path) -> None:
+    """Raises CheckpointFileError unless `path` is a zip archive, as every .npz is (numpy would
+    report another file as one holding pickled objects)."""
+    if not zipfile.is_zipfile(path):
+        raise CheckpointFileError(f"{path}: not a readable .npz file: it is not a NumPy .npz archive (a zip of .npy "
+                                  "arrays, as numpy.savez writes)")
+
+
+def check_state_dict_file(path: str | Path) -> None:
+    """A quick look at a weight file before it is loaded: raises CheckpointFileError naming it when
+    it cannot be read, its type is unknown, or its first bytes are not those of its type (.npz and
+    PyTorch's: a zip archive, or a pickle for PyTorch's older format; .safetensors: its header size)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    try:
+        with path.open("rb") as f:
+            head = f.read(8)
+    except OSError as e:
+        raise CheckpointFileError(f"{path}: cannot be read ({e.strerror or e})") from e
+    if suffix == ".npz":
+        check_npz(path)
+    elif suffix == ".safetensors":
+        if len(head) < 8 or int.from_bytes(head, "little") > path.stat().st_size - 8:
+            raise CheckpointFileError(f"{path}: not a readable safetensors file (no header of its size)")
+    elif suffix in TORCH_SUFFIXES:
+        if not (zipfile.is_zipfile(path) or head.startswith(b"\x80")):
+            raise CheckpointFileError(f"{path}: not a PyTorch checkpoint (neither the zip archive torch.save writes "
+                                      "nor its older pickle format)")
+    else:
+        raise CheckpointFileError(f"{path}: unknown weight file type {suffix!r}; expected one of "
+                                  f"{', '.join(TORCH_SUFFIXES)}, .safetensors, .npz")
 
 
 def save_state_dict_file(state_dict: Mapping[str, np.ndarray], path: str | Path) -> Path:

@@ -11,6 +11,11 @@ class DatasetNameError(ManetError, ValueError):
     """A dataset name, config or split that does not exist; the message lists the valid ones."""
 
 
+class DataDirError(ManetError, ValueError):
+    """A data dir that is a file, lies beneath one, or cannot be written where a dataset is to be
+    generated; the message names it."""
+
+
 class DatasetNotFoundError(ManetError, FileNotFoundError):
     """A dataset that needs a manual download has not been prepared in the data dir."""
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from manet_jax.data.errors import DataDirError
+
 DATA_DIR_ENV = "MANET_DATA_DIR"
 
 
@@ -27,3 +29,22 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> str:
 def default_manual_dir(data_dir: str | os.PathLike | None, builder_name: str) -> str:
     """`<data_dir>/downloads/manual/<builder_name>`, where `prepare` looks for manual downloads."""
     return os.path.join(resolve_data_dir(data_dir), "downloads", "manual", builder_name)
+
+
+def check_data_dir(data_dir: str | os.PathLike | None, writable: bool = False) -> str:
+    """The resolved data dir (`resolve_data_dir`); raises DataDirError naming it when it is a file
+    or lies beneath one, or, if `writable`, when it cannot be created or written to. URLs (gs://)
+    are left to TFDS."""
+    resolved = resolve_data_dir(data_dir)
+    if "://" in resolved:
+        return resolved
+    path = Path(resolved).absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())  # the root exists
+    where = "config.data_dir, a tool's --data-dir or $MANET_DATA_DIR"
+    if not existing.is_dir():
+        problem = "is a file" if existing == path else f"lies beneath the file {existing}"
+        raise DataDirError(f"data dir {resolved} {problem}, not a directory; give a directory ({where})")
+    if writable and not os.access(existing, os.W_OK | os.X_OK):
+        raise DataDirError(f"data dir {resolved} cannot be written: {existing} is read-only (a read-only file "
+                           f"system or no write permission); give a directory where this user can write ({where})")
+    return resolved

@@ -31,7 +31,7 @@ import tensorflow_datasets as tfds
 from manet_jax.data import augment, sampling
 from manet_jax.data.builder_base import FILE_NAME, IMAGE, LABEL, LABELS_METADATA, SKIPPED_METADATA, FerBuilder
 from manet_jax.data.errors import DatasetNameError, DatasetNotFoundError
-from manet_jax.data.locations import default_manual_dir, resolve_data_dir
+from manet_jax.data.locations import check_data_dir, default_manual_dir, resolve_data_dir
 from manet_jax.data.registry import make_builder, published_splits, split_name, union_members
 from manet_jax.data.synthetic_faces import SyntheticFaces
 from manet_jax.mesh import INDEX, pad_batch
@@ -300,11 +300,14 @@ def _process(index: int | None, count: int | None) -> tuple[int, int]:
 
 def _prepared_builder(name: str, data_dir: str | None) -> FerBuilder:
     """The builder of a prepared dataset; synthetic_faces is generated on first use (TFDS's
-    messages go to stderr: stdout is the tools' output)."""
+    messages go to stderr: stdout is the tools' output). Raises DataDirError naming `data_dir`
+    when it is a file, or cannot be written to generate one."""
+    check_data_dir(data_dir)
     builder = make_builder(name, data_dir)
     if builder.is_prepared():
         return builder
     if isinstance(builder, SyntheticFaces):
+        check_data_dir(data_dir, writable=True)
         with _lock(Path(resolve_data_dir(data_dir)) / f".{name.replace('/', '_')}.lock"):
             builder = make_builder(name, data_dir)
             if not builder.is_prepared():  # another process may have built it meanwhile

@@ -9,6 +9,7 @@ image_folder/7, image_folder/8 or synthetic_faces/<size> (no download). The manu
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Sequence
 
@@ -40,7 +41,7 @@ def prepare(dataset: str, manual_dir: str | None = None, data_dir: str | None = 
     return str(builder.data_dir)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = cli.parser("manet_jax.data.prepare", __doc__)
     parser.add_argument("--dataset", required=True, help="e.g. raf_db, affectnet/7, image_folder/7")
     parser.add_argument("--manual-dir", help="the extracted download (default: "
@@ -49,7 +50,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "$MANET_DATA_DIR, else the repository's data/, else ~/tensorflow_datasets)")
     parser.add_argument("--skip-corrupt", action="store_true",
                         help="build without missing or undecodable images (they are listed)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     def work() -> None:
         prepare(args.dataset, args.manual_dir, args.data_dir, args.skip_corrupt)

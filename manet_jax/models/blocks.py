@@ -114,7 +114,7 @@ class BasicBlock(nn.Module):
         return nn.relu(out + _identity(x, self.features, self.stride, self.dtype, train))
 
 
-# The official code's two wirings of cascade B (docs/model.md), by the date it was introduced:
+# The official code's two wirings of cascade B (docs/conversion.md), by the date it was introduced:
 # "2023" (923fa6c, 2023-04-15, the paper's Fig. 2) runs it chunk 4 -> 1; "2021" (aaf8788,
 # 2021-01-21 until 2023-04-15: the training logs and the MS-Celeb checkpoint) chunk 1 -> 4.
 MULTISCALE_WIRINGS = ("2023", "2021")

@@ -8,8 +8,9 @@ from typing import Any
 import jax
 from etils import epath
 
-from manet_jax.bundle import ModelSpec, load_bundle
+from manet_jax.bundle import CHECKPOINTS, HEADER, HEADER_FILE, VARIABLES, ModelSpec, is_model_directory, load_bundle
 from manet_jax.convert import flax_to_torch, import_resnet18, import_state_dict, is_resnet18, load_state_dict_file
+from manet_jax.convert.files import CheckpointFileError, check_state_dict_file
 from manet_jax.convert.wiring import CHECK_IMAGES, fit_wirings, synthetic_faces
 from manet_jax.errors import ConfigError
 from manet_jax.models import init_variables
@@ -59,12 +60,38 @@ def initial_variables(init_from: str, spec: ModelSpec, rng: jax.Array, other_wir
             conversion = import_state_dict(state_dict, spec.num_classes, rng)
             check_wiring(conversion.variables, spec, str(path))
     else:
-        raise ConfigError(
-            f"config.init_from: {path} does not exist. Give a weight file (.pth, .pth.tar, .safetensors, "
-            "or .npz; e.g. the MS-Celeb MA-Net Pretrained_on_MSCeleb.pth.tar), a converted model or a "
-            "trainer workdir, or --config.init_from='' to train from scratch.")
+        raise _missing(path)
     logger.info("initialised from %s:\n%s", path, conversion.summary())
     return conversion.variables
+
+
+def check_init_from(init_from: str) -> None:
+    """A quick look at `init_from` (as `initial_variables` takes it) before a run writes anything:
+    raises ConfigError naming it when it does not exist, is a directory that is not a model, or is
+    a weight file that cannot be read as its type (`convert.files.check_state_dict_file`). URLs
+    are left to the loading."""
+    if not init_from or "://" in init_from:
+        return
+    path = epath.Path(init_from).expanduser()
+    if path.is_dir():
+        if not is_model_directory(path):
+            raise ConfigError(f"config.init_from: {path} is a directory but not a manet-jax model (a bundle with "
+                              f"{VARIABLES}/ and {HEADER}/{HEADER_FILE}, a trainer checkpoint, or a trainer workdir "
+                              f"with {CHECKPOINTS}/)")
+    elif path.is_file():
+        try:
+            check_state_dict_file(path)
+        except CheckpointFileError as e:
+            raise ConfigError(f"config.init_from: {e}") from e
+    else:
+        raise _missing(path)
+
+
+def _missing(path: epath.Path) -> ConfigError:
+    return ConfigError(
+        f"config.init_from: {path} does not exist. Give a weight file (.pth, .pth.tar, .safetensors, "
+        "or .npz; e.g. the MS-Celeb MA-Net Pretrained_on_MSCeleb.pth.tar), a converted model or a "
+        "trainer workdir, or --config.init_from='' to train from scratch.")
 
 
 def check_wiring(variables: dict[str, Any], spec: ModelSpec, path: str) -> None:

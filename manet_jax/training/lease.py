@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import errno
 import json
 import logging
 import os
@@ -30,7 +31,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from manet_jax.errors import ManetError
-from manet_jax.training.workdir import replace_text
+from manet_jax.training.workdir import WorkdirError, replace_text
 
 LEASE_FILE = "lease.json"
 REFRESH_SECONDS = 30
@@ -150,16 +151,21 @@ class Lease:
 @contextlib.contextmanager
 def hold(workdir: epath.PathLike) -> Iterator[Lease | None]:
     """Creates `workdir` and holds its lease for the `with` block: process 0 takes it (the others
-    get None); every process raises WorkdirBusyError when process 0 could not take it."""
+    get None); every process raises WorkdirBusyError when process 0 could not take it, or
+    WorkdirError when it could not write there."""
     lease, error = None, None
     if jax.process_index() == 0:
-        epath.Path(workdir).mkdir(parents=True, exist_ok=True)
         try:
+            epath.Path(workdir).mkdir(parents=True, exist_ok=True)
             lease = Lease.acquire(workdir)
         except WorkdirBusyError as e:
             error = e
+        except OSError as e:  # what `workdir.check_workdir` could not foresee (a bucket without access)
+            if not isinstance(e, (FileExistsError, NotADirectoryError, PermissionError)) and e.errno != errno.EROFS:
+                raise
+            error = WorkdirError(f"{workdir} cannot be written: {e.strerror or e}")
     if jax.process_count() > 1 and not multihost_utils.broadcast_one_to_all(np.int32(error is None)):
-        error = error or WorkdirBusyError(f"{workdir} is in use by another trainer (see process 0's error)")
+        error = error or WorkdirBusyError(f"process 0 could not take the lease of {workdir} (see its error)")
     if error is not None:
         raise error
     try:

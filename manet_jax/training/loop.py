@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 from typing import Any
 
 import jax
@@ -19,18 +20,20 @@ import numpy as np
 from etils import epath
 
 from manet_jax.bundle import CHECKPOINTS, best_step
-from manet_jax.errors import ConfigError, ManetError, is_disk_full
+from manet_jax.errors import ConfigError, Interrupted, ManetError, is_disk_full
 from manet_jax.training.build import Setup, build
 from manet_jax.training.checkpointing import Checkpoints
 from manet_jax.training.config import save_config
 from manet_jax.training.evaluation import confusion_figure, describe, evaluate_set, figure_title
+from manet_jax.training.initialisation import check_init_from
 from manet_jax.training.lease import Lease, hold
 from manet_jax.training.metric_writer import MetricWriter
 from manet_jax.training.metrics import mean_train_metrics
 from manet_jax.training.preemption import PreemptionGuard
 from manet_jax.training.progress import Progress, format_duration
 from manet_jax.training.state import TrainState
-from manet_jax.training.workdir import CONFIG_FILE, SUMMARY_FILE, remove_temporary_files, replace_text, upgraded
+from manet_jax.training.workdir import (CONFIG_FILE, SUMMARY_FILE, check_workdir, remove_temporary_files, replace_text,
+                                       upgraded)
 
 logger = logging.getLogger(__name__)
 
@@ -47,12 +50,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """Trains per `config` in `workdir`; returns the run summary `{'ranked_by', 'best', 'last'}`.
 
     Evaluates every `eval_every_epochs` and checkpoints every `checkpoint_every_epochs` (and at
-    the end); on SIGTERM saves a checkpoint and returns early. Raises NonFiniteLossError, naming
-    the step, when the loss stops being finite (the checkpoints saved before stay as they are),
-    WorkdirFullError or CheckpointSaveError when the disk fills up, and WorkdirBusyError, naming
-    the other trainer, when one holds the workdir's lease.
+    the end); on SIGTERM saves a checkpoint and returns early; on a first SIGINT (Ctrl-C) saves one
+    and raises `errors.Interrupted` (a KeyboardInterrupt), on a second raises KeyboardInterrupt at
+    once. Raises NonFiniteLossError, naming the step, when the loss stops being finite (the
+    checkpoints saved before stay as they are), WorkdirFullError or CheckpointSaveError when the
+    disk fills up, and WorkdirBusyError, naming the other trainer, when one holds the workdir's
+    lease. A workdir it must not write to (`workdir.check_workdir`), or a config.init_from that is
+    no model, is refused before anything is written.
     """
+    check_workdir(workdir)
     setup, workdir = build(config), epath.Path(workdir)
+    if not (workdir / CHECKPOINTS).exists():  # a new run: its weights are read after the workdir is made
+        check_init_from(config.init_from)
     with hold(workdir) as lease:
         trainer = Trainer(setup, workdir, lease)
         try:
@@ -140,6 +149,10 @@ class Trainer:
                         self._check_lease()
                         self.checkpoints.save(done, state, setup.spec, self._host_state())
                     self.checkpoints.wait()
+                    if preemption.signal == signal.SIGINT:
+                        logger.warning("interrupted (Ctrl-C) at step %d: checkpoint saved in %s; run the same "
+                                       "command to resume", done, self.checkpoints.directory)
+                        raise Interrupted(f"interrupted at step {done}")
                     logger.warning("preempted at step %d: checkpoint saved in %s; run the same command to resume",
                                    done, self.checkpoints.directory)
                     return self.summary

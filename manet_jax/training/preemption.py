@@ -1,4 +1,5 @@
-"""Preemption: on SIGTERM the trainer saves a checkpoint at the next step and exits cleanly."""
+"""Preemption and Ctrl-C: on SIGTERM, or a first SIGINT, the trainer saves a checkpoint at the
+next step and exits cleanly; a second SIGINT stops it at once."""
 
 from __future__ import annotations
 
@@ -13,32 +14,42 @@ logger = logging.getLogger(__name__)
 
 
 class PreemptionGuard:
-    """`reached(step)` turns True once SIGTERM has arrived.
+    """`reached(step)` turns True once SIGTERM or SIGINT (Ctrl-C) has arrived; `signal` is which.
 
-    One process: a SIGTERM handler (installed while the guard is entered) sets a flag. Several
-    processes: JAX's preemption sync point, which `jax.distributed` arms for SIGTERM and which
-    makes every process stop at the same step.
+    One process: handlers of SIGTERM and SIGINT (installed while the guard is entered; SIGINT's only
+    where it is not ignored, as in a background job) set a flag. The first SIGINT puts back the
+    handler from before, Python's KeyboardInterrupt, so that a second one stops the run at once.
+    Several processes: JAX's preemption sync point, which `jax.distributed` arms for SIGTERM and
+    which makes every process stop at the same step; SIGINT is left as it is.
     """
 
     def __init__(self):
-        self._requested = False
-        self._previous = None
+        self.signal: signal.Signals | None = None
+        self._previous: dict[signal.Signals, object] = {}
 
     def __enter__(self) -> PreemptionGuard:
         if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                if signum == signal.SIGINT and signal.getsignal(signum) == signal.SIG_IGN:
+                    continue
+                self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def __exit__(self, *exc_info) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._previous = None
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}
 
     def _handle(self, signum: int, frame) -> None:
-        logger.warning("SIGTERM: saving a checkpoint after the current step, then exiting")
-        self._requested = True
+        if signum == signal.SIGINT:
+            signal.signal(signum, self._previous.pop(signal.SIGINT))
+            logger.warning("SIGINT (Ctrl-C): saving a checkpoint after the current step, then exiting; Ctrl-C again "
+                           "stops at once, without it")
+        else:
+            logger.warning("SIGTERM: saving a checkpoint after the current step, then exiting")
+        self.signal = self.signal or signal.Signals(signum)
 
     def reached(self, step: int) -> bool:
         if jax.process_count() > 1:
             return multihost_utils.reached_preemption_sync_point(step)
-        return self._requested
+        return self.signal is not None

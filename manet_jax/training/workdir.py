@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import secrets
 from collections.abc import Collection
+from pathlib import Path
 from typing import Any
 
 from etils import epath
@@ -21,6 +23,9 @@ from etils import epath
 from manet_jax.errors import ManetError
 
 CONFIG_FILE, SUMMARY_FILE = "config.json", "summary.json"
+# What a trainer writes in its workdir (see loop.py; the lease file is lease.LEASE_FILE)
+TRAINER_FILES = frozenset({CONFIG_FILE, SUMMARY_FILE, "lease.json", "metrics.jsonl", "checkpoints",
+                           "checkpoints_corrupt", "tensorboard"})
 _TEMPORARY = re.compile(r"\.(.+)\.[0-9a-f]{8}\.tmp")  # replace_text's temporary file of the file group(1)
 
 logger = logging.getLogger(__name__)
@@ -28,6 +33,44 @@ logger = logging.getLogger(__name__)
 
 class SummaryError(ManetError, ValueError):
     """A workdir without a readable summary; the message names the file."""
+
+
+class WorkdirError(ManetError, ValueError):
+    """A --workdir the trainer cannot or must not write to; the message names it and why."""
+
+
+def check_workdir(workdir: str) -> None:
+    """Raises WorkdirError, before anything is written, for a workdir the trainer must not use: an
+    empty one (an unset variable), a regular file or a path beneath one, a directory it cannot
+    write to, or an existing directory that holds none of a trainer's files (`TRAINER_FILES`) but
+    other files, or is the current directory (a source checkout, a home directory). A new or empty
+    directory, or one a trainer wrote to, is a workdir. URLs (gs://) are left to the run."""
+    if not workdir.strip():
+        raise WorkdirError("--workdir is empty (an unset variable?): give the run a directory of its own, "
+                           "e.g. --workdir runs/demo")
+    if "://" in workdir:
+        return
+    path = Path(workdir).expanduser().absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())  # the root exists
+    if not existing.is_dir():
+        where = "is a file" if existing == path else f"lies beneath the file {existing}"
+        raise WorkdirError(f"--workdir {workdir} {where}, not a directory: give the run a directory of its own")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise WorkdirError(f"--workdir {workdir} cannot be written: {existing} is read-only (a read-only file system "
+                           "or no write permission); give a workdir where this user can write")
+    if existing != path:
+        return
+    entries = set(os.listdir(path))
+    if entries & TRAINER_FILES:
+        return  # a trainer's workdir: resumed
+    if path.resolve() == Path.cwd().resolve():
+        raise WorkdirError(f"--workdir {workdir} is the current directory; a run writes checkpoints and logs into a "
+                           "directory of its own: give a new one, e.g. --workdir runs/demo")
+    if entries:
+        shown = ", ".join(sorted(entries)[:3]) + (", ..." if len(entries) > 3 else "")
+        raise WorkdirError(f"--workdir {workdir} holds other files ({shown}) and none of a trainer's: a run writes "
+                           "checkpoints and logs into a directory of its own: give a new or empty one, "
+                           "e.g. --workdir runs/demo")
 
 
 def replace_text(path: epath.PathLike, text: str) -> None:

@@ -109,7 +109,7 @@ class MulScaleBlock(nn.Module):
     """Bidirectional Res2Net-like multi-scale block (global multi-scale module).
 
     Cascade B runs chunk 4 -> 1 with `wiring="2023"` (the official code since 2023-04-15) and
-    chunk 1 -> 4, like cascade A, with "2021" (the official code before; docs/model.md).
+    chunk 1 -> 4, like cascade A, with "2021" (the official code before; docs/conversion.md).
     """
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1, wiring: str = "2023") -> None:
