@@ -35,7 +35,7 @@ import numpy as np
 from manet_jax import cli
 from manet_jax.accelerators import peak_tflops
 from manet_jax.errors import ConfigError
-from manet_jax.mesh import batch_sharded, make_mesh, platform
+from manet_jax.mesh import batch_sharded, make_mesh, platform, replicated
 from manet_jax.models import BRANCH_EXECUTION, MANet, branch_execution_for, init_variables, model_flops
 from manet_jax.training.optim import sgd
 from manet_jax.training.state import create_train_state
@@ -103,8 +103,9 @@ def bench_jax(mode: str, dtype: str, batch: int, args: argparse.Namespace) -> Re
     data = jax.device_put(host, batch_sharded(mesh))
     step = make_train_step(model, optimizer, mesh) if mode == "train" else make_eval_step(model, mesh)
     target = state if mode == "train" else state.variables
+    more = () if mode == "train" else (jax.device_put(np.ones(NUM_CLASSES, bool), replicated(mesh)),)
     start = time.perf_counter()
-    compiled = step.lower(target, data).compile()
+    compiled = step.lower(target, data, *more).compile()
     compile_s = time.perf_counter() - start
     def run():
         nonlocal target
@@ -113,7 +114,7 @@ def bench_jax(mode: str, dtype: str, batch: int, args: argparse.Namespace) -> Re
             if mode == "train":
                 target, out = compiled(target, data)
             else:
-                out = compiled(target, data)
+                out = compiled(target, data, *more)
         jax.block_until_ready(out)
 
     seconds = timed_repeats(run, args.warmup, args.repeats)

@@ -31,9 +31,9 @@ def parser(module: str, description: str) -> argparse.ArgumentParser:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
-def add_config_option(parser_: argparse.ArgumentParser) -> None:
+def add_config_option(parser_: argparse.ArgumentParser, required: bool = True) -> None:
     """`--config FILE` plus any number of `--config.KEY=VALUE` overrides (see `parse_with_overrides`)."""
-    parser_.add_argument("--config", required=True, metavar="FILE",
+    parser_.add_argument("--config", required=required, metavar="FILE",
                          help="config file, e.g. configs/raf.py; override its keys with --config.KEY=VALUE "
                               "(e.g. --config.learning_rate=0.02, --config.input.flip_prob=0)")
 

@@ -21,6 +21,7 @@ from manet_jax.errors import ConfigError
 
 DATA_AXIS = "data"
 MASK = "mask"  # batch key: 1 for a real example, 0 for padding
+INDEX = "index"  # eval batch key: the example's position in its split
 
 Batch = dict[str, np.ndarray]
 
@@ -57,11 +58,12 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
 
 
-def data_parallel(fn: Callable, mesh: Mesh, donate: bool = False) -> Callable:
-    """`fn(replicated, batch) -> replicated` jitted over `mesh`: the first argument (state or
-    variables) replicated and donated if `donate`, the batch split along 'data'."""
-    return jax.jit(fn, in_shardings=(replicated(mesh), batch_sharded(mesh)), out_shardings=replicated(mesh),
-                   donate_argnums=(0,) if donate else ())
+def data_parallel(fn: Callable, mesh: Mesh, donate: bool = False, more_args: int = 0) -> Callable:
+    """`fn(replicated, batch, *more) -> replicated` jitted over `mesh`: the first argument (state or
+    variables) replicated and donated if `donate`, the batch split along 'data', and `more_args`
+    more arguments replicated."""
+    return jax.jit(fn, in_shardings=(replicated(mesh), batch_sharded(mesh), *[replicated(mesh)] * more_args),
+                   out_shardings=replicated(mesh), donate_argnums=(0,) if donate else ())
 
 
 def check_batch_size(batch_size: int, mesh: Mesh, key: str) -> None:

@@ -197,7 +197,7 @@ def test_union_stream_shows_every_example_of_every_dataset_once_per_epoch(data_d
 def test_eval_of_a_model_with_fewer_classes_leaves_the_others_out(data_dir):
     """A 7-class model on an 8-class test split: the Contempt example is left out, the rest seen once."""
     batches = list(pipeline.eval_iterator("image_folder/8", data_dir, image_size=16, global_batch_size=4,
-                                          num_classes=7, process_index=0, process_count=1))
+                                          label_map=[*range(7), -1], process_index=0, process_count=1))
     assert len(batches) == 2
     mask = np.concatenate([b["mask"] for b in batches])
     assert mask.tolist() == [1.0] * 7 + [0.0]
@@ -207,6 +207,21 @@ def test_eval_of_a_model_with_fewer_classes_leaves_the_others_out(data_dir):
     assert np.concatenate([b["label"] for b in everything]).tolist() == list(range(8))
     np.testing.assert_array_equal(np.concatenate([b["image"] for b in batches])[:7],
                                   np.concatenate([b["image"] for b in everything])[:7])
+
+
+def test_eval_examples_are_relabelled_and_carry_their_index(data_dir):
+    """A label map relabels (here: reverses the first 7 classes, Contempt counted as 0); each example
+    carries its position in the split, whose file name `file_names` reads."""
+    label_map = [6, 5, 4, 3, 2, 1, 0, 0]
+    batch = next(pipeline.eval_iterator("image_folder/8", data_dir, image_size=16, global_batch_size=8,
+                                        label_map=label_map, process_index=0, process_count=1))
+    builder = make_builder("image_folder/8", data_dir)
+    assert batch["index"].tolist() == list(range(8))
+    assert batch["label"].tolist() == [label_map[label] for label in builder.info.metadata["labels"]["test"]]
+    stored = [example["file_name"] for example in fx.read_split(builder, "test")]
+    assert pipeline.file_names("image_folder/8", data_dir, "test", [7, 0]) == [stored[7], stored[0]]
+    with pytest.raises(ValueError, match="one label per class of image_folder/8"):
+        pipeline.eval_iterator("image_folder/8", data_dir, image_size=16, global_batch_size=8, label_map=[0] * 7)
 
 
 def test_train_order_epochs():

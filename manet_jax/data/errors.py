@@ -38,3 +38,8 @@ class BadImageFilesError(ManetError, ValueError):
 
 class ImageFolderError(ManetError, ValueError):
     """A folder of images (a tool's --images) that is missing, empty or holds an unreadable image."""
+
+
+class ClassMapError(ManetError, ValueError):
+    """A dataset class that has no counterpart among a model's classes, or a class map entry naming
+    a class that does not exist; the message names the class."""

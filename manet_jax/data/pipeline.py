@@ -4,12 +4,12 @@ The training data may be the union of several datasets with the same classes ('a
 sampled as one; evaluation reads one dataset's split.
 
 Batches are dicts of NumPy arrays sized per process: 'image' float32 (B / P, size, size, 3) and
-'label' int32 (B / P,), plus 'mask' float32 for evaluation. Examples are read by random access
-from the prepared ArrayRecord files (see `sampling` for which examples a step holds) and decoded
-and augmented by a parallel, deterministic tf.data map (see `augment`; the options are
+'label' int32 (B / P,), plus 'mask' float32 and 'index' int32 for evaluation. Examples are read by
+random access from the prepared ArrayRecord files (see `sampling` for which examples a step holds)
+and decoded and augmented by a parallel, deterministic tf.data map (see `augment`; the options are
 `options.input_config()`). Each example's augmentation is seeded by (seed, epoch, position), so
-resuming at a step reproduces the uninterrupted stream exactly without decoding the skipped
-images. TensorFlow runs on the host: entry points hide the accelerators from it (see `cli`).
+resuming at a step reproduces the uninterrupted stream exactly without decoding the skipped images.
+TensorFlow runs on the host: entry points hide the accelerators from it (see `cli`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import contextlib
 import dataclasses
 import fcntl
 import os
-from collections.abc import Callable, Iterator, Mapping
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +29,12 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from manet_jax.data import augment, sampling
-from manet_jax.data.builder_base import IMAGE, LABEL, LABELS_METADATA, SKIPPED_METADATA, FerBuilder
+from manet_jax.data.builder_base import FILE_NAME, IMAGE, LABEL, LABELS_METADATA, SKIPPED_METADATA, FerBuilder
 from manet_jax.data.errors import DatasetNameError, DatasetNotFoundError
 from manet_jax.data.locations import check_data_dir, default_manual_dir, resolve_data_dir
 from manet_jax.data.registry import make_builder, published_splits, split_name, union_members
 from manet_jax.data.synthetic_faces import SyntheticFaces
-from manet_jax.mesh import pad_batch
+from manet_jax.mesh import INDEX, pad_batch
 
 Batch = dict[str, np.ndarray]
 
@@ -179,39 +180,65 @@ def train_iterator(name: str, data_dir: str | None = None, *, split: str = "trai
 
 
 def eval_iterator(name: str, data_dir: str | None = None, *, split: str | None = None,
-                  image_size: int, global_batch_size: int, num_classes: int | None = None,
+                  image_size: int, global_batch_size: int, label_map: Sequence[int] | None = None,
                   process_index: int | None = None, process_count: int | None = None,
                   num_threads: int | None = None, prefetch: int = 2) -> Iterator[Batch]:
     """This process's share of every batch of `split` (default: the dataset's eval split), resized
-    to `image_size`: its examples of the first `num_classes` classes (default: all), for a model
-    that has only those. Every process yields ceil(n / B) batches; across processes each example
-    appears exactly once with mask 1, and the padding of the last batch has mask 0."""
+    to `image_size`, each example with its position in the split ('index'). `label_map` gives per
+    class of the dataset the label its examples are evaluated as (a model's class), -1 to leave
+    them out (default: every example, with its own label). Every process yields ceil(n / B)
+    batches; across processes each example appears exactly once with mask 1, and the padding of
+    the last batch has mask 0."""
     builder = _prepared_builder(name, data_dir)
     split = _check_split(builder, split or builder.EVAL_SPLIT)
     process_index, process_count = _process(process_index, process_count)
     local = sampling.local_batch_size(global_batch_size, process_count)
-    kept = np.flatnonzero(_split_labels(builder, split) < (num_classes or builder.num_classes))
+    label_map = np.arange(builder.num_classes) if label_map is None else np.asarray(label_map, np.int64)
+    if label_map.shape != (builder.num_classes,):
+        raise ValueError(f"label_map needs one label per class of {name} ({builder.num_classes}), got {len(label_map)}")
+    kept = np.flatnonzero(label_map[_split_labels(builder, split)] >= 0)
     num_batches = sampling.steps_per_epoch(len(kept), global_batch_size)
     records = _records(builder, split)
+    labels = tf.constant(label_map, tf.int32)
 
     def rows(batch: int) -> np.ndarray:  # only the last batch can hold fewer than `local`
         indices, valid = sampling.eval_rows(batch, global_batch_size, process_index, process_count,
                                             len(kept))
         return kept[indices[valid]]
 
+    def read_rows(batch: np.int64) -> tuple[np.ndarray, np.ndarray]:
+        indices = rows(int(batch))
+        return np.array(_get(records, indices), object), indices.astype(np.int64)
+
     def read(batch: tf.Tensor) -> dict[str, tf.Tensor]:
-        serialized = tf.numpy_function(lambda b: np.array(_get(records, rows(int(b))), object), [batch],
-                                       tf.string, stateful=False)
-        return _parse(tf.ensure_shape(serialized, [None]))
+        serialized, indices = tf.numpy_function(read_rows, [batch], [tf.string, tf.int64], stateful=False)
+        return {**_parse(tf.ensure_shape(serialized, [None])), INDEX: tf.ensure_shape(indices, [None])}
 
     def prepare(example: dict[str, tf.Tensor]):
         return {"image": augment.eval_image(example[IMAGE], image_size),
-                "label": tf.cast(example[LABEL], tf.int32)}
+                "label": tf.gather(labels, tf.cast(example[LABEL], tf.int32)),
+                INDEX: tf.cast(example[INDEX], tf.int32)}
 
     examples = tf.data.Dataset.range(num_batches).map(read).unbatch()
     batches = _numpy_batches(examples, prepare, local, num_threads, prefetch)
-    empty = {"image": np.zeros((0, image_size, image_size, 3), np.float32), "label": np.zeros(0, np.int32)}
+    empty = {"image": np.zeros((0, image_size, image_size, 3), np.float32), "label": np.zeros(0, np.int32),
+             INDEX: np.zeros(0, np.int32)}
     return (pad_batch(next(batches) if len(rows(batch)) else empty, local) for batch in range(num_batches))
+
+
+def file_names(name: str, data_dir: str | None, split: str, indices: Sequence[int],
+               chunk: int = 1024) -> list[str]:
+    """The source file names (relative to the dataset's root) of the examples at `indices` of
+    dataset `name`'s `split`."""
+    builder = _prepared_builder(name, data_dir)
+    records = _records(builder, _check_split(builder, split))
+    feature = {FILE_NAME: tf.io.FixedLenFeature([], tf.string, default_value="")}
+    indices = np.asarray(indices, np.int64)
+    names: list[str] = []
+    for start in range(0, len(indices), chunk):
+        serialized = _get(records, indices[start:start + chunk])
+        names += [n.decode() for n in tf.io.parse_example(serialized, feature)[FILE_NAME].numpy()]
+    return names
 
 
 _FEATURES = {IMAGE: tf.io.FixedLenFeature([], tf.string, default_value=""),
@@ -272,8 +299,9 @@ def _process(index: int | None, count: int | None) -> tuple[int, int]:
 
 
 def _prepared_builder(name: str, data_dir: str | None) -> FerBuilder:
-    """The builder of a prepared dataset; synthetic_faces is generated on first use. Raises
-    DataDirError naming `data_dir` when it is a file, or cannot be written to generate one."""
+    """The builder of a prepared dataset; synthetic_faces is generated on first use (TFDS's
+    messages go to stderr: stdout is the tools' output). Raises DataDirError naming `data_dir`
+    when it is a file, or cannot be written to generate one."""
     check_data_dir(data_dir)
     builder = make_builder(name, data_dir)
     if builder.is_prepared():
@@ -283,8 +311,9 @@ def _prepared_builder(name: str, data_dir: str | None) -> FerBuilder:
         with _lock(Path(resolve_data_dir(data_dir)) / f".{name.replace('/', '_')}.lock"):
             builder = make_builder(name, data_dir)
             if not builder.is_prepared():  # another process may have built it meanwhile
-                builder.download_and_prepare(
-                    download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+                with contextlib.redirect_stdout(sys.stderr):
+                    builder.download_and_prepare(
+                        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
         return make_builder(name, data_dir)
     base, _ = split_name(name)
     manual_dir = default_manual_dir(data_dir, base)

@@ -25,7 +25,7 @@ from manet_jax.accelerators import Chip, chip
 from manet_jax.data import pipeline
 from manet_jax.data.registry import SPLIT_NOTES
 from manet_jax.errors import ConfigError, ManetError
-from manet_jax.mesh import MASK, batch_sharded, make_mesh
+from manet_jax.mesh import INDEX, MASK, batch_sharded, make_mesh, replicated
 from manet_jax.models import model_flops
 from manet_jax.tpu.collectives import DCN, Collective, collectives
 from manet_jax.tpu.slices import hosts, slice_devices, slice_type
@@ -198,6 +198,7 @@ def abstract_batch(setup: Setup, mode: str, batch_size: int) -> dict[str, jax.Sh
              "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=sharding)}
     if mode == "eval":
         batch[MASK] = jax.ShapeDtypeStruct((batch_size,), jnp.float32, sharding=sharding)
+        batch[INDEX] = jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=sharding)
     return batch
 
 
@@ -206,7 +207,8 @@ def lower_step(setup: Setup, mode: str, batch_size: int) -> jax.stages.Lowered:
     state = setup.abstract_state()
     if mode == "train":
         return setup.train_step.lower(state, abstract_batch(setup, mode, batch_size))
-    return setup.eval_step.lower(state.variables, abstract_batch(setup, mode, batch_size))
+    classes = jax.ShapeDtypeStruct((setup.model.num_classes,), jnp.bool_, sharding=replicated(setup.mesh))
+    return setup.eval_step.lower(state.variables, abstract_batch(setup, mode, batch_size), classes)
 
 
 def compile_lowered(lowered: jax.stages.Lowered) -> jax.stages.Compiled:

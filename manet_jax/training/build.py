@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import jax
 import ml_collections
@@ -14,46 +14,16 @@ from jax.sharding import Mesh
 
 from manet_jax.bundle import ModelSpec
 from manet_jax.data import pipeline
-from manet_jax.data.errors import DatasetNameError
 from manet_jax.errors import ConfigError
 from manet_jax.forward import module_for
 from manet_jax.mesh import check_batch_size, make_mesh, prefetch_to_device
 from manet_jax.models import MANet
 from manet_jax.training.config import check_config, eval_sets, model_spec
+from manet_jax.training.eval_sets import EvalSet, Evaluator, GlobalBatches, find_eval_sets
 from manet_jax.training.initialisation import initial_variables
 from manet_jax.training.optim import sgd, step_lr, warmup_cosine
 from manet_jax.training.state import TrainState, abstract_train_state, create_train_state
-from manet_jax.training.steps import make_eval_step, make_train_step
-
-GlobalBatches = Iterator[dict[str, jax.Array]]
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalSet:
-    """A split a run evaluates: its examples of the model's classes, the first `num_classes`
-    (every dataset uses MA-Net's class order)."""
-
-    info: pipeline.DatasetInfo
-    split: str
-    num_classes: int
-
-    @property
-    def name(self) -> str:
-        """'<dataset>/<split>' (e.g. 'fed_ro/test'): its key in metrics and summaries, and in TensorBoard tags."""
-        return f"{self.info.name}/{self.split}"
-
-    @property
-    def num_examples(self) -> int:
-        """Its examples of the model's classes (without the data's class counts: the split's size)."""
-        counts = self.info.class_counts.get(self.split)
-        return self.info.splits.get(self.split, 0) if counts is None else sum(counts[:self.num_classes])
-
-    @property
-    def left_out(self) -> dict[str, int]:
-        """The examples of classes the model lacks, per class: not evaluated."""
-        counts = self.info.class_counts.get(self.split, [])
-        return {name: count for name, count in zip(self.info.class_names[self.num_classes:], counts[self.num_classes:])
-                if count}
+from manet_jax.training.steps import make_train_step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,8 +50,16 @@ class Setup:
         return make_train_step(self.model, self.optimizer, self.mesh, self.spec.beta)
 
     @functools.cached_property
+    def evaluator(self) -> Evaluator:
+        """How the run evaluates its model on its eval sets."""
+        config = self.config
+        return Evaluator(self.model, self.spec.beta, self.mesh, config.image_size, self.eval_batch_size,
+                         config.data_dir)
+
+    @property
     def eval_step(self) -> Callable:
-        return make_eval_step(self.model, self.mesh, self.spec.beta)
+        """The evaluator's eval step (`steps.make_eval_step`)."""
+        return self.evaluator.eval_step
 
     def abstract_state(self) -> TrainState:
         """Shapes, dtypes and shardings of the train state."""
@@ -101,13 +79,6 @@ class Setup:
             global_batch_size=config.batch_size, seed=config.seed, options=config.input, start_step=start_step,
             num_steps=self.total_steps - start_step), self.mesh)
 
-    def eval_batches(self, eval_set: EvalSet) -> GlobalBatches:
-        """Every example `eval_set` evaluates once, padding masked, on the mesh."""
-        config = self.config
-        return prefetch_to_device(pipeline.eval_iterator(
-            eval_set.info.name, config.data_dir, split=eval_set.split, image_size=config.image_size,
-            global_batch_size=self.eval_batch_size, num_classes=eval_set.num_classes), self.mesh)
-
 
 def build(config: ml_collections.ConfigDict, mesh: Mesh | None = None,
           dataset_info: Callable[[str, str | None], pipeline.DatasetInfo] = pipeline.dataset_info) -> Setup:
@@ -121,7 +92,8 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh | None = None,
     if info.train_split is None:
         raise ConfigError(f"config.dataset: {config.dataset} has no train split; it is for evaluation only "
                           f"(config.eval_dataset={config.dataset})")
-    sets = _eval_sets(config, info.num_classes, dataset_info)
+    sets = find_eval_sets(eval_sets(config), info.class_names, config.data_dir,
+                          f"config.eval_dataset={config.eval_dataset!r}", dataset_info, leave_out=True)
     mesh = make_mesh() if mesh is None else mesh
     eval_batch_size = config.eval_batch_size or config.batch_size
     check_batch_size(config.batch_size, mesh, "config.batch_size")
@@ -136,20 +108,3 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh | None = None,
     return Setup(config=config, mesh=mesh, info=info, spec=spec, model=module_for(spec, mesh), schedule=schedule,
                  optimizer=sgd(schedule, config.momentum, config.weight_decay), steps_per_epoch=steps_per_epoch,
                  eval_sets=sets, eval_batch_size=eval_batch_size)
-
-
-def _eval_sets(config: ml_collections.ConfigDict, num_classes: int,
-               dataset_info: Callable[[str, str | None], pipeline.DatasetInfo]) -> tuple[EvalSet, ...]:
-    """The config's eval sets, each checked to hold examples of the model's `num_classes` classes."""
-    found = []
-    for name, split in eval_sets(config):
-        info = dataset_info(name, config.data_dir)
-        eval_set = EvalSet(info, split or info.eval_split, num_classes)
-        if eval_set.split not in info.splits:
-            raise DatasetNameError(f"{name} has no split {eval_set.split!r} to evaluate; splits: {list(info.splits)}")
-        if not eval_set.num_examples:
-            raise ConfigError(f"{eval_set.name} has no examples of the model's {num_classes} classes to evaluate")
-        if eval_set.name in {s.name for s in found}:
-            raise ConfigError(f"{eval_set.name} is evaluated twice; config.eval_dataset={config.eval_dataset!r}")
-        found.append(eval_set)
-    return tuple(found)

@@ -164,13 +164,19 @@ def eval_sets(config: ml_collections.ConfigDict) -> list[tuple[str, str | None]]
     is config.eval_split (None: the dataset's own, the one the paper reports on)."""
     if config.eval_dataset is None:
         return [(name, config.eval_split) for name in config.dataset.split("+")]
+    return parse_eval_sets(config.eval_dataset, config.eval_split, "config.eval_dataset")
+
+
+def parse_eval_sets(text: str, default_split: str | None, option: str) -> list[tuple[str, str | None]]:
+    """'NAME[:SPLIT],...' (e.g. 'sfew,ferplus:test,fed_ro') -> [(name, split)], a split left out
+    being `default_split`; a malformed entry is a ConfigError naming `option`."""
     sets = []
-    for entry in config.eval_dataset.split(","):
+    for entry in text.split(","):
         name, _, split = entry.strip().partition(":")
         if not name or "+" in name or (":" in entry and not split):
-            raise ConfigError(f"config.eval_dataset: {entry.strip()!r} is not NAME or NAME:SPLIT of one dataset "
+            raise ConfigError(f"{option}: {entry.strip()!r} is not NAME or NAME:SPLIT of one dataset "
                               f"(separate several with ',', e.g. 'sfew,ferplus:test,fed_ro')")
-        sets.append((name, split or config.eval_split))
+        sets.append((name, split or default_split))
     return sets
 
 

@@ -1,16 +1,24 @@
-"""Evaluation over a whole split, its report (metrics.json, confusion-matrix PNG) and the evaluator.
+"""The one evaluator of whole splits (the trainer's per-epoch evaluation and the evaluate tool's),
+and its outputs: metrics.json and the confusion-matrix PNG per eval set, a summary table across
+sets and the per-image predictions.
 
 Results are `{'loss', 'count', 'fused', 'local', 'global'}`, each head's entry as in
-`metrics.classification_metrics`; every example counts exactly once (padding is masked out). Those
-of an eval set (`evaluate_set`) add its `dataset` and `split`, and `left_out`, the examples per
-class the model has no head for, when there are any.
+`metrics.classification_metrics`, in the model's classes; every example counts exactly once
+(padding is masked out). Those of an eval set (`evaluate_set`) add its `dataset` and `split`;
+`left_out`, the examples per class that count as no class of the model, when there are any; and
+`counted_as`, the dataset classes counted as a model class of another name, when there are any.
+Where the model has classes the set lacks, each head's metrics are those of its prediction
+restricted to the set's classes, and its `unrestricted_accuracy` that of its own prediction.
 """
 
 from __future__ import annotations
 
+import csv
+import dataclasses
+import io
 import json
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -20,45 +28,87 @@ import numpy as np
 from etils import epath
 from matplotlib.figure import Figure
 
-from manet_jax.bundle import BundleError, load_bundle
-from manet_jax.forward import HEADS
-from manet_jax.mesh import replicate
-from manet_jax.training.build import EvalSet, Setup, build
+from manet_jax.bundle import Bundle, BundleError, load_bundle
+from manet_jax.data import pipeline
+from manet_jax.errors import ConfigError
+from manet_jax.forward import HEADS, module_for
+from manet_jax.mesh import check_batch_size, make_mesh, replicate
+from manet_jax.training.build import build
+from manet_jax.training.config import eval_sets
+from manet_jax.training.eval_sets import EvalSet, Evaluator, find_eval_sets
 from manet_jax.training.metrics import classification_metrics
 
 METRICS_JSON, CONFUSION_PNG = "metrics.json", "confusion_matrix.png"
+DEFAULT_BATCH_SIZE = 64  # without a config: rounded up to a multiple of the number of devices
 
 logger = logging.getLogger(__name__)
 
 
-def evaluate(eval_step: Callable, variables: dict, batches: Iterator[dict[str, jax.Array]],
-             class_names: Sequence[str]) -> dict[str, Any]:
-    """Runs `eval_step` over every global batch (sums stay on device) and returns the split's results."""
-    totals = None
-    for batch in batches:
-        sums = eval_step(variables, batch)
-        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-    totals = jax.device_get(totals)
+@dataclasses.dataclass(frozen=True)
+class Predictions:
+    """An eval set's evaluated examples in the split's order: their position in the split, label
+    (model class index), the fused head's restricted prediction and its probabilities over all the
+    model's classes."""
+
+    index: np.ndarray  # (n,) int
+    label: np.ndarray  # (n,) int
+    prediction: np.ndarray  # (n,) int
+    probabilities: np.ndarray  # (n, number of model classes) float32
+
+
+@dataclasses.dataclass(frozen=True)
+class SetEvaluation:
+    """An eval set, its results (see the module's docstring) and, if the evaluator was asked for
+    them, its per-example predictions."""
+
+    eval_set: EvalSet
+    results: dict[str, Any]
+    predictions: Predictions | None = None
+
+
+def evaluate_set(evaluator: Evaluator, variables: dict, eval_set: EvalSet) -> SetEvaluation:
+    """Evaluates `variables` (on the evaluator's mesh) on `eval_set`: runs the eval step over every
+    global batch (its outputs stay on the devices until the end)."""
+    step, classes = evaluator.eval_step, evaluator.classes(eval_set)
+    totals, examples = None, []
+    for batch in evaluator.batches(eval_set):
+        outputs = step(variables, batch, classes)
+        totals = outputs["sums"] if totals is None else jax.tree.map(jnp.add, totals, outputs["sums"])
+        examples.append(outputs["examples"])
+    totals, examples = jax.device_get((totals, examples))
+    predictions = _predictions(examples) if evaluator.predictions else None
+    return SetEvaluation(eval_set, _results(eval_set, totals), predictions)
+
+
+def _results(eval_set: EvalSet, totals: dict[str, Any]) -> dict[str, Any]:
+    """The results (see the module's docstring) of the eval step's sums over `eval_set`."""
     count = int(totals["count"])
-    results: dict[str, Any] = {"loss": float(totals["loss"]) / count, "count": count}
+    results: dict[str, Any] = {"dataset": eval_set.info.name, "split": eval_set.split,
+                               "loss": float(totals["loss"]) / count, "count": count}
     for head in HEADS:
-        results[head] = classification_metrics(totals["confusion"][head], class_names)
-    return results
+        results[head] = classification_metrics(totals["confusion"][head], eval_set.model_classes)
+        if eval_set.restricted:
+            results[head]["unrestricted_accuracy"] = float(totals["unrestricted_correct"][head]) / count
+    extras = {"left_out": eval_set.left_out, "counted_as": eval_set.counted_as}
+    return {**results, **{key: value for key, value in extras.items() if value}}
 
 
-def evaluate_set(setup: Setup, variables: dict, eval_set: EvalSet) -> dict[str, Any]:
-    """The results of `variables` (on the mesh) on `eval_set`, as a run of `setup` evaluates it."""
-    results = evaluate(setup.eval_step, variables, setup.eval_batches(eval_set), setup.info.class_names)
-    left_out = {"left_out": eval_set.left_out} if eval_set.left_out else {}
-    return {"dataset": eval_set.info.name, "split": eval_set.split, **results, **left_out}
+def _predictions(examples: Sequence[dict[str, np.ndarray]]) -> Predictions:
+    """The real rows (mask 1) of the eval step's per-example outputs, in the split's order."""
+    joined = {key: np.concatenate([e[key] for e in examples]) for key in examples[0]}
+    real = joined["mask"] > 0
+    order = np.argsort(joined["index"][real], kind="stable")
+    return Predictions(**{field.name: joined[field.name][real][order] for field in dataclasses.fields(Predictions)})
 
 
 def describe(name: str, results: dict[str, Any]) -> str:
     """One line on an eval set's results: accuracy, mean class and branch accuracies, loss, count."""
     fused = results["fused"]
+    unrestricted = (f", unrestricted {fused['unrestricted_accuracy']:.2%}" if "unrestricted_accuracy" in fused
+                    else "")
     left_out = "".join(f", {n} {c} left out" for n, c in results.get("left_out", {}).items())
     return (f"{name} accuracy {fused['accuracy']:.2%} (mean class {fused['mean_class_accuracy']:.2%}; local "
-            f"{results['local']['accuracy']:.2%}, global {results['global']['accuracy']:.2%}), loss "
+            f"{results['local']['accuracy']:.2%}, global {results['global']['accuracy']:.2%}{unrestricted}), loss "
             f"{results['loss']:.4f}, n={results['count']}{left_out}")
 
 
@@ -97,12 +147,114 @@ def write_report(results: dict[str, Any], output_dir: epath.PathLike, class_name
         figure.savefig(f, format="png", dpi=120)
 
 
-def evaluate_checkpoint(config: ml_collections.ConfigDict, checkpoint: str, output_dir: str | None = None
-                        ) -> dict[str, dict[str, Any]]:
+def summary_rows(evaluations: Mapping[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per eval set and head (fused, then each branch): `set`, `head`, `accuracy`,
+    `mean_class_accuracy`, `unrestricted_accuracy` (None unless the prediction was restricted),
+    `recall_<class>` per model class (None for a class the set lacks) and `n`."""
+    rows = []
+    for name, results in evaluations.items():
+        for head in HEADS:
+            metrics = results[head]
+            rows.append({"set": name, "head": head, "accuracy": metrics["accuracy"],
+                         "mean_class_accuracy": metrics["mean_class_accuracy"],
+                         "unrestricted_accuracy": metrics.get("unrestricted_accuracy"),
+                         **{f"recall_{c}": recall for c, recall in metrics["recall"].items()}, "n": results["count"]})
+    return rows
+
+
+def format_summary(rows: Sequence[dict[str, Any]]) -> str:
+    """`summary_rows` as a fixed-width table: percentages, '-' where a value does not apply."""
+    keys = list(dict.fromkeys(key for row in rows for key in row))
+    titles = {"mean_class_accuracy": "mean class", "unrestricted_accuracy": "unrestricted"}
+
+    def cell(value: Any) -> str:
+        if value is None:
+            return "-"
+        return f"{value:.2%}" if isinstance(value, float) else str(value)
+
+    table = [[titles.get(key, key.removeprefix("recall_")) for key in keys]]
+    table += [[cell(row.get(key)) for key in keys] for row in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(keys))]
+    return "\n".join("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
+                     for line in table)
+
+
+def write_summary(path: epath.PathLike, rows: Sequence[dict[str, Any]]) -> None:
+    """`summary_rows` as JSON (a list of objects) or CSV (empty cells for None), by `path`'s suffix."""
+    path = epath.Path(path)
+    if path.suffix.lower() == ".json":
+        path.write_text(json.dumps(list(rows), indent=2) + "\n")
+    else:
+        path.write_text(_csv_text(rows))
+
+
+def write_predictions(path: epath.PathLike, evaluations: Sequence[SetEvaluation], data_dir: str | None) -> None:
+    """One CSV row per evaluated image: `set`, `index` (in the split), `file_name` (in the dataset),
+    `label` (the model class it counts as), `prediction` (the fused head's, restricted to the set's
+    classes) and `fused_<class>`, the probability of each model class."""
+    rows = []
+    for evaluation in evaluations:
+        eval_set, predictions = evaluation.eval_set, evaluation.predictions
+        names = eval_set.model_classes
+        files = pipeline.file_names(eval_set.info.name, data_dir, eval_set.split, predictions.index)
+        for index, file, label, prediction, probabilities in zip(
+                predictions.index, files, predictions.label, predictions.prediction, predictions.probabilities):
+            rows.append({"set": eval_set.name, "index": int(index), "file_name": file, "label": names[label],
+                         "prediction": names[prediction],
+                         **{f"fused_{name}": f"{p:.6f}" for name, p in zip(names, probabilities)}})
+    epath.Path(path).write_text(_csv_text(rows))
+
+
+def _csv_text(rows: Sequence[dict[str, Any]]) -> str:
+    """`rows` as CSV, a column per key (in the order they first occur), empty cells for None."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(dict.fromkeys(key for row in rows for key in row)))
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue()
+
+
+def evaluate_model(evaluator: Evaluator, bundle: Bundle, sets: Sequence[EvalSet], checkpoint: str
+                   ) -> list[SetEvaluation]:
+    """Evaluates `bundle`'s variables on every set with `evaluator`; each set's results also
+    name the `checkpoint`, its step and the image size."""
+    variables = replicate(bundle.variables, evaluator.mesh)
+    evaluations = []
+    for eval_set in sets:
+        evaluation = evaluate_set(evaluator, variables, eval_set)
+        evaluation.results.update({"checkpoint": checkpoint, "step": bundle.step, "image_size": evaluator.image_size})
+        evaluations.append(evaluation)
+    return evaluations
+
+
+def write_outputs(evaluations: Sequence[SetEvaluation], output_dir: epath.PathLike, data_dir: str | None,
+                  summary: str | None = None, predictions: str | None = None) -> dict[str, dict[str, Any]]:
+    """Process 0 writes a report per eval set to `<output_dir>/<dataset>_<split>`, and the summary
+    table (`summary_rows`) and per-image predictions (`write_predictions`) to the files named, if
+    any. Returns the results per eval set."""
+    results = {e.eval_set.name: e.results for e in evaluations}
+    if jax.process_index() != 0:
+        return results
+    for evaluation in evaluations:
+        name = evaluation.eval_set.name
+        report_dir = epath.Path(output_dir) / name.replace("/", "_")
+        write_report(evaluation.results, report_dir, evaluation.eval_set.model_classes)
+        logger.info("%s; report in %s", describe(name, evaluation.results), report_dir)
+    if summary:
+        write_summary(summary, summary_rows(results))
+    if predictions:
+        write_predictions(predictions, evaluations, data_dir)
+    return results
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, checkpoint: str, output_dir: str | None = None, *,
+                        class_map: Mapping[str, str | None] | None = None, summary: str | None = None,
+                        predictions: str | None = None) -> dict[str, dict[str, Any]]:
     """Evaluates a model (a bundle, or a trainer workdir's best checkpoint) on every eval set of
-    `config` (config.eval_dataset, else the splits of config.dataset) as a run of `config` would;
-    process 0 writes a report per set to `<output_dir>/<dataset>_<split>` (default output_dir:
-    `<checkpoint>/eval`). Returns the results per eval set."""
+    `config` (config.eval_dataset, else the splits of config.dataset) as a run of `config` would:
+    classes matched by name (and `class_map`), those the model lacks left out. Writes the outputs
+    (`write_outputs`; default output_dir: `<checkpoint>/eval`) once every set is evaluated.
+    Returns the results per eval set."""
     setup = build(config)
     bundle = load_bundle(checkpoint)
     info = setup.info
@@ -115,15 +267,34 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, checkpoint: str, outp
     if bundle.spec.class_names != info.class_names:
         logger.warning("%s was trained on classes %s; %s has %s", checkpoint, list(bundle.spec.class_names),
                        config.dataset, list(info.class_names))
-    variables = replicate(bundle.variables, setup.mesh)
-    output_dir = epath.Path(output_dir or epath.Path(checkpoint) / "eval")
-    evaluations = {}
-    for eval_set in setup.eval_sets:
-        results = {"checkpoint": str(checkpoint), "step": bundle.step, "image_size": config.image_size,
-                   **evaluate_set(setup, variables, eval_set)}
-        evaluations[eval_set.name] = results
-        report_dir = output_dir / eval_set.name.replace("/", "_")
-        if jax.process_index() == 0:
-            write_report(results, report_dir, info.class_names)
-            logger.info("%s; report in %s", describe(eval_set.name, results), report_dir)
-    return evaluations
+    sets = find_eval_sets(eval_sets(config), bundle.spec.class_names, config.data_dir,
+                          f"config.eval_dataset={config.eval_dataset!r}", class_map=class_map, leave_out=True)
+    evaluator = dataclasses.replace(setup.evaluator, predictions=predictions is not None)
+    evaluations = evaluate_model(evaluator, bundle, sets, str(checkpoint))
+    return write_outputs(evaluations, output_dir or epath.Path(checkpoint) / "eval", config.data_dir, summary,
+                         predictions)
+
+
+def evaluate_bundle(checkpoint: str, sets: Sequence[tuple[str, str | None]], output_dir: str | None = None, *,
+                    data_dir: str | None = None, batch_size: int | None = None,
+                    class_map: Mapping[str, str | None] | None = None, summary: str | None = None,
+                    predictions: str | None = None) -> dict[str, dict[str, Any]]:
+    """Evaluates a model on `sets` ((dataset, split or None: the one the paper reports on)) with
+    no config: image size, wiring, dtype, beta and classes come from the model's header; only the
+    eval sets are read (a generated dataset is generated). Every dataset class must count as a
+    model class, by name or by `class_map` (None: left out). Global batches of `batch_size`
+    (default: DEFAULT_BATCH_SIZE rounded up to a multiple of the devices). Writes the outputs
+    (`write_outputs`; default output_dir: `<checkpoint>/eval`) once every set is evaluated.
+    Returns the results per eval set."""
+    bundle = load_bundle(checkpoint)
+    spec = bundle.spec
+    if spec.dtype == "float64" and not jax.config.jax_enable_x64:
+        raise ConfigError(f"{checkpoint} computes in float64, which needs 64-bit JAX: set JAX_ENABLE_X64=1")
+    mesh = make_mesh()
+    batch_size = batch_size or -(-DEFAULT_BATCH_SIZE // mesh.size) * mesh.size
+    check_batch_size(batch_size, mesh, "--batch-size")
+    found = find_eval_sets(sets, spec.class_names, data_dir, "name each eval set once", class_map=class_map)
+    evaluator = Evaluator(module_for(spec, mesh), spec.beta, mesh, spec.image_size, batch_size, data_dir,
+                          predictions=predictions is not None)
+    evaluations = evaluate_model(evaluator, bundle, found, str(checkpoint))
+    return write_outputs(evaluations, output_dir or epath.Path(checkpoint) / "eval", data_dir, summary, predictions)

@@ -220,7 +220,7 @@ class Trainer:
         """Evaluates every eval set, updates the best and last entries; returns the accuracy that
         ranks the checkpoints (the first eval set's)."""
         setup = self.setup
-        results = {s.name: evaluate_set(setup, state.variables, s) for s in setup.eval_sets}
+        results = {s.name: evaluate_set(setup.evaluator, state.variables, s).results for s in setup.eval_sets}
         entry = {"epoch": epoch, "step": done, "eval": results}
         best, ranked_by = self.summary["best"], self.summary["ranked_by"]
         candidates = [(entry["step"], results[ranked_by]["fused"]["accuracy"])]

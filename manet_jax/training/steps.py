@@ -16,7 +16,7 @@ import optax
 from jax.sharding import Mesh
 
 from manet_jax.forward import HEADS, forward
-from manet_jax.mesh import MASK, data_parallel
+from manet_jax.mesh import INDEX, MASK, data_parallel
 from manet_jax.models import BETA, MANet, manet_loss
 from manet_jax.training.metrics import confusion_matrix
 from manet_jax.training.state import TrainState
@@ -50,19 +50,35 @@ def make_train_step(model: MANet, optimizer: optax.GradientTransformation, mesh:
     return data_parallel(train_step, mesh, donate=True)
 
 
-def make_eval_step(model: MANet, mesh: Mesh, beta: float = BETA) -> Callable[[dict, Batch], Metrics]:
-    """`eval_step(variables, batch) -> sums` on {'image', 'label', 'mask'} (mask 0: padding).
+def make_eval_step(model: MANet, mesh: Mesh, beta: float = BETA, examples: bool = False
+                   ) -> Callable[[dict, Batch, jax.Array], Metrics]:
+    """`eval_step(variables, batch, classes) -> outputs` on {'image', 'label', 'index', 'mask'}
+    (mask 0: padding; labels are model classes), with `classes` a (num_classes,) bool array: the
+    model classes the prediction is restricted to (those the eval set's classes count as).
 
-    Returns the masked sums of one batch: `loss` (beta-weighted CE summed over examples),
-    `count`, and a confusion matrix per head of `forward.HEADS` in `confusion`.
+    `outputs['sums']` are the masked sums of the batch: `loss` (beta-weighted CE over all classes,
+    summed over examples), `count`, a confusion matrix per head of `forward.HEADS` of the
+    restricted prediction (`confusion`) and the hits of the unrestricted one per head
+    (`unrestricted_correct`). With `examples`, `outputs['examples']` holds per row of the batch
+    (gathered from every device) its `index`, `label` and `mask`, the fused head's restricted
+    `prediction` and its `probabilities` over all classes; else it is empty.
     """
-    def eval_step(variables: dict, batch: Batch) -> Metrics:
+    def eval_step(variables: dict, batch: Batch, classes: jax.Array) -> Metrics:
         logits, _ = forward(model, variables, batch["image"], beta)
         mask = batch[MASK]
         loss, _ = manet_loss(logits["local"], logits["global"], batch["label"], beta, weights=mask)
         count = mask.sum()
-        confusion = {head: confusion_matrix(batch["label"], logits[head].argmax(-1), model.num_classes, mask)
-                     for head in HEADS}
-        return {"loss": loss * count, "count": count, "confusion": confusion}
+        restricted = {head: jnp.where(classes, logits[head], -jnp.inf).argmax(-1) for head in HEADS}
+        sums = {"loss": loss * count, "count": count,
+                "confusion": {head: confusion_matrix(batch["label"], restricted[head], model.num_classes, mask)
+                              for head in HEADS},
+                "unrestricted_correct": {head: jnp.sum((logits[head].argmax(-1) == batch["label"]) * mask)
+                                         for head in HEADS}}
+        outputs = {}
+        if examples:
+            outputs = {"index": batch[INDEX], "label": batch["label"], "mask": mask,
+                       "prediction": restricted["fused"],
+                       "probabilities": jax.nn.softmax(logits["fused"].astype(jnp.float32))}
+        return {"sums": sums, "examples": outputs}
 
-    return data_parallel(eval_step, mesh)
+    return data_parallel(eval_step, mesh, more_args=1)
