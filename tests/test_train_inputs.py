@@ -4,10 +4,7 @@ an init_from that is not a model. In process: each error comes before any JAX wo
 
 from __future__ import annotations
 
-import contextlib
 import re
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +14,7 @@ from manet_jax.errors import ConfigError
 from manet_jax.train import main
 from manet_jax.training.config import load_config
 from manet_jax.training.loop import train_and_evaluate
-from train_helpers import REPO, make_dataset, train_command
+from train_helpers import REPO, make_dataset, tmpfs, train_command
 
 BAD_DATASET = "--config.dataset=faces"  # an error the run would meet after the workdir checks
 
@@ -28,21 +25,6 @@ def refused(capsys, workdir: str, *overrides: str) -> str:
     lines = capsys.readouterr().err.splitlines()
     assert (code, len(lines)) == (2, 1), lines
     return lines[0]
-
-
-@contextlib.contextmanager
-def read_only(directory: Path) -> Iterator[Path]:
-    """`directory`, an empty read-only tmpfs for the `with` block (a test skip unless run as root:
-    as root, permission bits do not stop writes, a read-only file system does)."""
-    directory.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(directory)],
-                             capture_output=True, text=True, check=False)
-    if mounted.returncode:
-        pytest.skip(f"a read-only file system needs a tmpfs mounted as root: {mounted.stderr.strip()}")
-    try:
-        yield directory
-    finally:
-        subprocess.run(["umount", str(directory)], check=True)
 
 
 def test_an_empty_workdir_is_refused(capsys, tmp_path, monkeypatch):
@@ -80,7 +62,7 @@ def test_a_file_and_a_path_beneath_a_file_are_refused(capsys, tmp_path):
 
 
 def test_a_read_only_workdir_is_named(capsys, tmp_path):
-    with read_only(tmp_path / "disk") as disk:
+    with tmpfs(tmp_path / "disk", "ro,size=1m") as disk:
         assert refused(capsys, str(disk / "run")) == (
             f"error: --workdir {disk / 'run'} cannot be written: {disk} is read-only (a read-only file system or no "
             "write permission); give a workdir where this user can write")
@@ -105,7 +87,7 @@ def test_a_data_dir_that_is_a_file_or_read_only_is_named(capsys, tmp_path):
         f"error: data dir {file} is a file, not a directory; give a directory {where}")
     assert refused(capsys, str(tmp_path / "b"), dataset, f"--config.data_dir={file}/tfds") == (
         f"error: data dir {file}/tfds lies beneath the file {file}, not a directory; give a directory {where}")
-    with read_only(tmp_path / "disk") as disk:
+    with tmpfs(tmp_path / "disk", "ro,size=1m") as disk:
         assert refused(capsys, str(tmp_path / "c"), dataset, f"--config.data_dir={disk}") == (
             f"error: data dir {disk} cannot be written: {disk} is read-only (a read-only file system or no write "
             f"permission); give a directory where this user can write {where}")

@@ -3,11 +3,9 @@ the tiny dataset of test_train; a module of its own so that pytest-xdist can run
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +15,7 @@ import pytest
 
 from manet_jax.bundle import load_bundle
 from manet_jax.training.preemption import PreemptionGuard
-from train_helpers import STEPS_PER_EPOCH, command, random_variables, run, run_and_signal, trainer_setup
+from train_helpers import STEPS_PER_EPOCH, command, random_variables, run, run_and_signal, tmpfs, trainer_setup
 
 pytestmark = pytest.mark.slow  # each test runs the trainer
 
@@ -45,31 +43,17 @@ def checkpoint_bytes() -> int:
     return sum(x.nbytes for x in jax.tree.leaves((variables, variables["params"])))
 
 
-@contextlib.contextmanager
-def tmpfs(directory: Path, size: int) -> Iterator[Path]:
-    """`directory`, a tmpfs of `size` bytes mounted for the `with` block (a test skip unless run as root)."""
-    directory.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)],
-                             capture_output=True, text=True, check=False)
-    if mounted.returncode:
-        pytest.skip(f"a small disk needs a tmpfs mounted as root: {mounted.stderr.strip()}")
-    try:
-        yield directory
-    finally:
-        subprocess.run(["umount", str(directory)], check=True)
-
-
 @pytest.fixture
 def small_disk(tmp_path) -> Iterator[Path]:
     """A tmpfs that holds one checkpoint of the test runs but not two."""
-    with tmpfs(tmp_path / "disk", int(1.3 * checkpoint_bytes())) as disk:
+    with tmpfs(tmp_path / "disk", f"size={int(1.3 * checkpoint_bytes())}") as disk:
         yield disk
 
 
 @pytest.fixture
 def tiny_disk(tmp_path) -> Iterator[Path]:
     """A tmpfs of 32 KB: room for the run's config, lease and first metrics, not its first evaluation's."""
-    with tmpfs(tmp_path / "disk", 32 * 1024) as disk:
+    with tmpfs(tmp_path / "disk", "size=32k") as disk:
         yield disk
 
 

@@ -7,16 +7,18 @@ compilation cache, so each program compiles once.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 
 from manet_jax.bundle import ModelSpec, default_class_names, save_bundle
 from manet_jax.data import pipeline
@@ -150,3 +152,18 @@ def one_device_steps(data_dir: str, init_from: str, overrides: list[str], steps:
 def flat_params(variables: dict) -> np.ndarray:
     """A model's parameters as one vector."""
     return np.concatenate([x.ravel() for x in jax.tree.leaves(variables["params"])])
+
+
+@contextlib.contextmanager
+def tmpfs(directory: Path, options: str) -> Iterator[Path]:
+    """`directory`, a tmpfs mounted with `options` ('size=32k', 'ro,size=1m') for the `with` block; a
+    test skip unless run as root (as root, permission bits stop no write: a read-only mount does)."""
+    directory.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(directory)],
+                             capture_output=True, text=True, check=False)
+    if mounted.returncode:
+        pytest.skip(f"a small or read-only disk needs a tmpfs mounted as root: {mounted.stderr.strip()}")
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", str(directory)], check=True)
