@@ -68,17 +68,28 @@ def run(work: Callable[[], int | None]) -> int:
         return 130
 
 
-def quiet_libtpu_without_tpus() -> None:
+GOOGLE_PCI_VENDOR = "0x1ae0"  # the PCI vendor of TPU chips (and of Compute Engine's gVNIC network card)
+
+
+def quiet_libtpu_without_tpus(pci_devices: Path = Path("/sys/bus/pci/devices")) -> None:
     """With libtpu installed (the `tpu` extra), JAX looks for TPUs when it starts, and on a machine
     without any libtpu logs that it cannot tell the TPU's type and hosts. Tell it some there: it
-    still finds no TPU, and JAX uses the other devices. Left alone: machines with TPU chips on the
-    PCI bus (as JAX itself finds them), a JAX_PLATFORMS choice and TPU settings already set."""
-    from jax._src import hardware_utils  # the PCI scan JAX runs before it loads libtpu
-
-    if os.environ.get("JAX_PLATFORMS") or hardware_utils.num_available_tpu_chips_and_device_id()[0]:
+    still finds no TPU, and JAX uses the other devices. Left alone: a JAX_PLATFORMS choice, TPU
+    settings already set, and machines with a Google PCI device among `pci_devices`, TPU chips as
+    JAX finds them (a Compute Engine VM's network card too: there libtpu's lines stay, rather than a
+    new TPU's type going unrecognised)."""
+    if os.environ.get("JAX_PLATFORMS") or any(_pci_vendor(path) == GOOGLE_PCI_VENDOR
+                                              for path in pci_devices.glob("*/vendor")):
         return
     os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5litepod-1")
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+
+
+def _pci_vendor(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
 
 
 def start_runtime() -> None:

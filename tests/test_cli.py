@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -51,3 +53,29 @@ def test_console_scripts(script):
     assert path, f"{script} is not installed: pip install -e ."
     result = subprocess.run([path, "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.startswith(f"usage: {script} "), result.stderr[-2000:]
+
+
+TPU_SETTINGS = ("JAX_PLATFORMS", "TPU_ACCELERATOR_TYPE", "TPU_WORKER_HOSTNAMES")
+
+
+def pci_devices(root: Path, *vendors: str) -> Path:
+    """A /sys/bus/pci/devices-like folder of devices with these vendor ids."""
+    for i, vendor in enumerate(vendors):
+        (root / f"0000:00:0{i}.0").mkdir(parents=True)
+        (root / f"0000:00:0{i}.0" / "vendor").write_text(f"{vendor}\n")
+    return root
+
+
+@pytest.mark.parametrize("vendors, platforms, quieted", [
+    (("0x8086", "0x1af4"), None, True),  # no TPU: libtpu is told of one, finds none, says nothing
+    (("0x8086", "0x1ae0"), None, False),  # a Google device (TPU chips): left to libtpu
+    (("0x8086",), "cpu", False),  # the user chose the platforms
+])
+def test_libtpu_is_quieted_only_where_no_tpu_can_be(tmp_path, monkeypatch, vendors, platforms, quieted):
+    for name in TPU_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    if platforms:
+        monkeypatch.setenv("JAX_PLATFORMS", platforms)
+    cli.quiet_libtpu_without_tpus(pci_devices(tmp_path, *vendors))
+    assert ("TPU_ACCELERATOR_TYPE" in os.environ) == quieted
+    assert ("TPU_WORKER_HOSTNAMES" in os.environ) == quieted
