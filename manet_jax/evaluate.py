@@ -8,7 +8,7 @@ summary table across them and, if asked, the predictions per image.
 --checkpoint is a model: a trainer workdir (its best checkpoint by eval accuracy), one of its
 checkpoints, or a converted bundle (`python -m manet_jax.convert to-flax ...`). Without --config,
 its header gives the image size, wiring, dtype and classes, and only the --dataset sets are read
-(a generated dataset such as synthetic_faces/48 is generated). A dataset's classes count as the
+(a generated dataset such as synthetic_faces/32 is generated). A dataset's classes count as the
 model's classes of the same name; one the model lacks is an error unless --class-map names the
 model class it counts as, or none to leave it out. Where the model has classes the dataset lacks,
 its prediction is restricted to the dataset's classes, and the unrestricted accuracy is reported
