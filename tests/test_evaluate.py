@@ -14,6 +14,8 @@ import pytest
 
 from manet_jax import evaluate as evaluate_tool
 from manet_jax.bundle import BundleError, ModelSpec, load_bundle, save_bundle
+from manet_jax.convert import flax_to_torch, save_state_dict_file
+from manet_jax.convert.__main__ import main as convert_main
 from manet_jax.data.errors import ClassMapError, DatasetNameError
 from manet_jax.data.labels import LEFT_OUT, match_classes
 from manet_jax.data.pipeline import DatasetInfo
@@ -27,7 +29,8 @@ from manet_jax.training.eval_sets import EvalSet, Evaluator, find_eval_sets
 from manet_jax.training.evaluation import (SetEvaluation, evaluate_bundle, evaluate_checkpoint,
                                           evaluate_model, format_summary, summary_rows, write_outputs, write_summary)
 from manet_jax.training.metrics import classification_metrics, confusion_matrix
-from train_helpers import DATASET, REPO, TEST_LABEL_COUNTS, environment, make_checkpoint, make_dataset, run
+from train_helpers import (DATASET, REPO, TEST_LABEL_COUNTS, environment, make_checkpoint, make_dataset, random_variables,
+                           run)
 
 CLASSES = ("Neutral", "Happiness", "Sadness", "Surprise", "Fear", "Disgust", "Anger")
 EIGHT = (*CLASSES, "Contempt")
@@ -345,14 +348,17 @@ def test_a_model_of_another_class_order_is_evaluated_by_class_name(setup, evalua
 
 @pytest.mark.slow
 def test_an_eight_class_model_on_other_datasets_without_a_config(setup, tmp_path):
-    """The tool end to end with no config and no other dataset on disk: an 8-class model (a bundle
-    as `convert to-flax` writes one) on FED-RO and a generated set, both of 7 classes: predictions
+    """The tool end to end with no config and no other dataset on disk: an 8-class model converted
+    by `convert to-flax` from a reference state_dict, on FED-RO and a generated set, both of 7 classes: predictions
     restricted to them, the unrestricted accuracy reported; the summary table printed and written,
     the predictions written, the reports in <checkpoint>/eval."""
     data_dir = tmp_path / "data"
     fx.make_class_folders(tmp_path / "manual", {"test": "."}, fx.FED_RO_FOLDERS, ".jpg", {"test": 1})
     fx.build("fed_ro", data_dir, tmp_path / "manual")
-    checkpoint = make_checkpoint(tmp_path / "eight", num_classes=8)
+    weights = save_state_dict_file(flax_to_torch(random_variables(8)), tmp_path / "affectnet8.npz")
+    checkpoint = tmp_path / "eight"
+    assert convert_main(["to-flax", str(weights), str(checkpoint), "--image-size", "64"]) == 0
+    assert load_bundle(checkpoint).spec.class_names == EIGHT
     result = run([sys.executable, "-m", "manet_jax.evaluate", "--checkpoint", str(checkpoint), "--dataset",
                   f"fed_ro,{DATASET}", "--data-dir", str(data_dir), "--batch-size", "8", "--summary",
                   str(tmp_path / "summary.csv"), "--predictions", str(tmp_path / "predictions.csv")], setup["env"])
