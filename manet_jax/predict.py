@@ -1,9 +1,9 @@
 """Facial expression prediction on image files: `python -m manet_jax.predict PATH... --checkpoint DIR`.
 
-Finds faces (OpenCV's frontal-face cascade), crops each with a margin, preprocesses it as the
-evaluation pipeline does and runs MA-Net in batches; prints a table, optionally writes JSON or
-CSV (--output) and a PNG per face with attention maps (--visualize). Exits with 1 only if no
-input could be processed.
+Finds faces (OpenCV's frontal-face cascade, or --detector mtcnn) and crops each with a margin, or
+crops the boxes of --boxes; preprocesses each face as the evaluation pipeline does and runs MA-Net
+in batches; prints a table, optionally writes JSON or CSV (--output) and a PNG per face with
+attention maps (--visualize). Exits with 1 only if no input could be processed.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from etils import epath
 
 from manet_jax import cli
 from manet_jax.bundle import load_bundle
+from manet_jax.inference.boxes import BoxesFile
+from manet_jax.inference.detectors import DETECTORS
 from manet_jax.inference.faces import MARGIN
 from manet_jax.inference.photos import predict_paths
 from manet_jax.inference.predictor import Predictor
@@ -31,6 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="model: a converted bundle, trainer checkpoint or workdir (a local path or gs:// URL)")
     parser.add_argument("--image-size", type=int, metavar="S", help="model input size (default: the model's)")
     parser.add_argument("--no-detect", action="store_true", help="take each image as an aligned face crop")
+    parser.add_argument("--detector", choices=DETECTORS, default="cascade",
+                        help="face detector: cascade (OpenCV's) or mtcnn (needs the mtcnn extra) (%(default)s)")
+    parser.add_argument("--boxes", type=Path, metavar="FILE",
+                        help="crop these face boxes instead of detecting: JSON or CSV of file, x, y, width, height")
     parser.add_argument("--margin", type=float, default=MARGIN,
                         help="crop margin per side, a fraction of the face box (%(default)s)")
     parser.add_argument("--min-neighbors", type=int, default=5,
@@ -50,6 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  ("--batch-size", args.batch_size, 1)):
         if value < least:
             parser.error(f"{option} {value}: must be at least {least}")
+    if args.boxes and args.no_detect:
+        parser.error("--boxes and --no-detect: choose one")
     if args.output and args.output.suffix.lower() not in WRITERS:
         parser.error(f"--output {args.output}: unknown format; use a .json or .csv file name")
     if args.output and not args.output.absolute().parent.is_dir():
@@ -58,11 +66,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def predict(args: argparse.Namespace) -> int:
+    boxes = BoxesFile(args.boxes) if args.boxes else None
     cli.start_runtime()
     bundle = load_bundle(args.checkpoint).resized(args.image_size, "--image-size")
     predictor = Predictor(bundle, args.batch_size, maps=args.visualize is not None)
     records = predict_paths(args.paths, predictor, detect=not args.no_detect, margin=args.margin,
-                            min_neighbors=args.min_neighbors, visualize=args.visualize)
+                            min_neighbors=args.min_neighbors, detector=args.detector, boxes=boxes,
+                            visualize=args.visualize)
     class_names = bundle.spec.class_names
     print(format_table(records, class_names))
     if args.output:

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from manet_jax.inference.faces import MARGIN, Box, detect_faces
-from manet_jax.inference.images import ImageLoadError, find_images, load_image
+from manet_jax.inference.boxes import BoxesFile
+from manet_jax.inference.detectors import Detector, get_detector
+from manet_jax.inference.faces import MARGIN, Box
+from manet_jax.inference.images import ImageLoadError, LoadedImage, find_images, load_image
 from manet_jax.inference.predictor import Predictor
 from manet_jax.inference.preprocess import eval_view
 from manet_jax.inference.records import BRANCHES, ERROR, NO_FACE, OK, Record
@@ -59,32 +61,47 @@ class _Batcher:
 
 
 def predict_paths(paths: Sequence[str], predictor: Predictor, *, detect: bool = True, margin: float = MARGIN,
-                  min_neighbors: int = 5, visualize: Path | None = None) -> list[Record]:
+                  min_neighbors: int = 5, detector: str = "cascade", boxes: BoxesFile | None = None,
+                  visualize: Path | None = None) -> list[Record]:
     """Records for every face in the images named by `paths` (files, folders, globs), in file order.
 
-    With `detect`, faces are found by `detect_faces` and cropped with `margin`; without, each
-    image is taken as one face crop. Images without faces and inputs that fail give a record
-    each (NO_FACE, ERROR). A record's box is the crop fed to the model, in original pixels.
+    With `detect`, faces are found by the detector named `detector` (`detectors.get_detector`) and
+    cropped with `margin`; without, each image is taken as one face crop. With `boxes`, the crops
+    are an image's boxes in that file (clipped to the image; no margin). Images without faces and
+    inputs that fail give a record each (NO_FACE, ERROR). A record's box is the crop fed to the
+    model, in original pixels.
     """
     if visualize is not None:
         visualize.mkdir(parents=True, exist_ok=True)
     files, missing = find_images(paths)
     records = [Record(path, ERROR, reason) for path, reason in missing]
     batcher = _Batcher(predictor, visualize)
+    detect_faces = get_detector(detector, min_neighbors) if detect and boxes is None else None
     for path in files:
         try:
             image = load_image(path)
         except ImageLoadError as e:
             records.append(Record(str(path), ERROR, str(e)))
             continue
-        height, width = image.pixels.shape[:2]
-        boxes = ([box.expanded(margin, width, height) for box in detect_faces(image.pixels, min_neighbors)]
-                 if detect else [Box(0, 0, width, height)])
-        if not boxes:
+        crops = _crops(image, path, detect_faces, boxes, margin)
+        if not crops:
             records.append(Record(str(path), NO_FACE))
-        for face, box in enumerate(boxes):
-            record = Record(str(path), OK, face=face, box=box.scaled(1 / image.scale))
+        for face, (box, original) in enumerate(crops):
+            record = Record(str(path), OK, face=face, box=original)
             records.append(record)
             batcher.add(record, eval_view(box.crop(image.pixels), predictor.spec.image_size))
     batcher.flush()
     return records
+
+
+def _crops(image: LoadedImage, path: Path, detect_faces: Detector | None, boxes: BoxesFile | None,
+           margin: float) -> list[tuple[Box, Box]]:
+    """(box in `image.pixels`, box in original pixels) of each face crop of `image`."""
+    if boxes is not None:  # in original pixels, cropped as given (clipped to the image)
+        given = (box.expanded(0, *image.size) for box in boxes.boxes_for(path))
+        pairs = [(box.scaled(image.scale), box) for box in given]
+        return [(box, original) for box, original in pairs if box.width > 0 and box.height > 0]
+    height, width = image.pixels.shape[:2]
+    found = ([box.expanded(margin, width, height) for box in detect_faces(image.pixels)] if detect_faces
+             else [Box(0, 0, width, height)])
+    return [(box, box.scaled(1 / image.scale)) for box in found]
