@@ -9,6 +9,7 @@ import dataclasses
 import io
 import itertools
 import json
+from pathlib import Path
 
 import cv2
 import jax
@@ -20,6 +21,7 @@ from skimage import data
 from manet_jax import predict
 from manet_jax.bundle import ModelSpec, default_class_names, load_bundle, save_bundle
 from manet_jax.data.prepare import prepare
+from manet_jax.inference.boxes import BoxesFile
 from manet_jax.inference.faces import Box, detect_faces
 from manet_jax.inference.images import MAX_SIDE, find_images, load_image
 from manet_jax.inference.photos import predict_paths
@@ -208,6 +210,27 @@ def test_very_large_image(records, photos):
 def test_bad_files_are_reported(records, photos, name, message):
     record, = records[name]
     assert record.status == ERROR and str(photos / name) in record.message and message in record.message
+
+
+@pytest.mark.slow  # MA-Net's initialiser and the predictor compiled (module fixtures)
+def test_boxes_file_crops_exactly_its_boxes(photos, predictor, tmp_path):
+    """--boxes: each record carries a box of the file (matched by path, else by name; clipped to
+    the image), predicted as that crop alone is; an image without boxes has no face."""
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps([
+        {"file": str(photos / "astronaut.png"), "x": 175, "y": 60, "width": 100, "height": 105},
+        {"file": str(photos / "astronaut.png"), "x": 480, "y": 500, "width": 100, "height": 100},  # clipped
+        {"file": "elsewhere/two_faces.png", "x": 700, "y": 50, "width": 120, "height": 110}]))
+    paths = [str(photos / name) for name in ("astronaut.png", "two_faces.png", "coffee.png")]
+    records = predict_paths(paths, predictor, boxes=BoxesFile(boxes))
+    assert [(Path(r.file).name, r.status, r.box) for r in records] == [
+        ("astronaut.png", OK, Box(175, 60, 100, 105)), ("astronaut.png", OK, Box(480, 500, 32, 12)),
+        ("two_faces.png", OK, Box(700, 50, 120, 110)), ("coffee.png", NO_FACE, None)]
+    Image.fromarray(data.astronaut()[60:165, 175:275]).save(tmp_path / "crop.png")
+    alone, = predict_paths([str(tmp_path / "crop.png")], predictor, detect=False)
+    assert alone.box == Box(0, 0, 100, 105) and alone.label == records[0].label
+    np.testing.assert_allclose(list(alone.probabilities["fused"].values()),
+                               list(records[0].probabilities["fused"].values()), atol=1e-6)
 
 
 def test_each_real_file_is_found_once_and_looping_links_are_reported(tmp_path):
