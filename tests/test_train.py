@@ -474,6 +474,8 @@ def test_every_numeric_key_has_a_range():
 def test_bad_values_and_dataset_names_stop_with_one_line_before_any_workdir(setup, tmp_path):
     cases = {  # --config.KEY=VALUE: the error line
         "learning_rate=-0.1": "error: config.learning_rate must be a positive finite number, got -0.1",
+        "learning_rate=fast": "error: --config.learning_rate=fast: config.learning_rate of configs/demo.py takes a "
+                              "number, not 'fast'",
         "image_size=50": "error: config.image_size=50: MA-Net needs an input size that is a positive multiple of 16 "
                          "(224 as in the paper)",
         "dataset=synthetic_faces/33": "error: synthetic_faces/33: the sizes are 32, 48, 64, 96, 112, 224; another size "

@@ -2,24 +2,27 @@
 
 Configs are `ml_collections.ConfigDict`s returned by a config file's `get_config()`. On the
 command line `--config configs/raf.py --config.learning_rate=0.02` loads a file and overrides
-keys (`--config.input.flip_prob=0` for the input sub-config); the config is locked, so setting an
-unknown key, in a file or an override, is an error naming the key.
+keys (`--config.input.flip_prob=0` for the input sub-config), each value read as its key's type (as
+ml_collections' config flags read them; `None` for keys whose default is None). A key that
+`base_config` lacks, set by the file or an override, and a value that does not read as its key's
+type are errors naming the key and the file; the loaded config is locked.
 """
 
 from __future__ import annotations
 
+import ast
+import difflib
 import importlib.util
 import json
 import math
 import os
-import re
-from collections.abc import Callable, Sequence
+import traceback
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import ml_collections
 from absl import flags
 from etils import epath
-from ml_collections import config_flags
 from ml_collections.config_dict import placeholder
 
 from manet_jax.bundle import ModelSpec
@@ -73,7 +76,8 @@ RANGES: dict[str, tuple[Callable, str]] = {
 
 
 def base_config() -> ml_collections.ConfigDict:
-    """Every key the trainer reads, with the reference's common settings (MA-Net `main.py`)."""
+    """Every key the trainer reads, with the reference's common settings (MA-Net `main.py`); a
+    config file sets some of them, and `load_config` refuses any other key."""
     c = ml_collections.ConfigDict()
     # Data (manet_jax.data): a dataset name such as 'raf_db', 'affectnet/7', 'synthetic_faces/96', or
     # several joined by '+' ('affectnet/7+raf_db'): the union of their train splits, each example once an epoch.
@@ -109,7 +113,6 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_every_epochs = 1
     c.checkpoint_every_epochs = 1
     c.keep_checkpoints = 2  # the latest N; the best by eval accuracy is kept as well
-    c.lock()  # config files and overrides can only set these keys
     return c
 
 
@@ -125,13 +128,106 @@ def load_config_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
 
 def load_config(path: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
     """The locked, checked config of file `path` after `key=value` overrides (as --config.key=value)."""
-    argv = ["load_config", f"--config={path}", *(f"--config.{o}" for o in overrides)]
-    flag_values = flags.FlagValues()
-    holder = config_flags.DEFINE_config_file("config", flag_values=flag_values, lock_config=True, sys_argv=argv)
-    _parse(flag_values, argv)
-    config = holder.value
+    try:
+        config = load_config_file(path)
+    except ConfigError:
+        raise
+    except Exception as e:  # the file's own code failed: its line and the error, on one line
+        raise ConfigError(f"cannot load the config file {path}{_line_in(path, e)}: "
+                          f"{type(e).__name__}: {' '.join(str(e).split())}") from e
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(f"{path}: get_config() must return base_config() with its settings "
+                          f"(manet_jax/training/config.py), not a {type(config).__name__}")
+    base = base_config()
+    unknown = next(_unknown_keys(config, base), None)
+    if unknown is not None:
+        raise ConfigError(f"{_unknown(unknown, base)} set by {path}; {KEYS_LISTED}")
+    config.lock()
+    for override in overrides:
+        key, _, text = override.partition("=")
+        _override(config, key, text, f"--config.{override}", path, base)
     check_config(config)
     return config
+
+
+KEYS_LISTED = "the keys are listed in manet_jax/training/config.py"
+_PARSERS: dict[type, tuple[flags.ArgumentParser, str]] = {  # as ml_collections' config flags parse them
+    bool: (flags.BooleanParser(), "true or false"),
+    int: (flags.IntegerParser(), "an integer"),
+    float: (flags.FloatParser(), "a number"),
+    str: (flags.ArgumentParser(), "a string"),
+}
+
+
+def _override(config: ml_collections.ConfigDict, key: str, text: str, option: str, path: str,
+              base: ml_collections.ConfigDict) -> None:
+    """Sets `config`'s dotted `key` to `text` read as the key's type, or raises a ConfigError
+    naming the key and the config file."""
+    *groups, name = key.split(".")
+    node, base_node = config, base
+    for group in groups:
+        if not isinstance(node.get(group), ml_collections.ConfigDict):
+            raise ConfigError(f"{_unknown(key, base)} in {option} for {path}; {KEYS_LISTED}")
+        node, base_node = node[group], base_node[group]
+    if name not in node:
+        raise ConfigError(f"{_unknown(key, base)} in {option} for {path}; {KEYS_LISTED}")
+    kind = node.get_type(name)
+    if kind is ml_collections.ConfigDict:
+        raise ConfigError(f"{option}: config.{key} of {path} is a group of keys; set one of them, "
+                          f"e.g. --config.{key}.{next(iter(node[name].keys()))}=VALUE")
+    if text == "None" and base_node[name] is None:  # an optional key, e.g. eval_batch_size: batch_size
+        node[name] = None
+        return
+    try:
+        node[name] = _tuple(text) if kind is tuple else _PARSERS[kind][0].parse(text)
+    except ValueError:
+        allowed = "a tuple such as (0.5, 1.0)" if kind is tuple else _PARSERS[kind][1]
+        raise ConfigError(f"{option}: config.{key} of {path} takes {allowed}, not {text!r}") from None
+
+
+def _tuple(text: str) -> tuple:
+    """'(0.5, 1.0)', '0.5,1.0' or '[0.5, 1.0]' as a tuple; a single value as a 1-tuple."""
+    try:
+        value = ast.literal_eval(text)
+    except (SyntaxError, ValueError):
+        raise ValueError(text) from None
+    return tuple(value) if isinstance(value, (tuple, list)) else (value,)
+
+
+def _unknown_keys(config: ml_collections.ConfigDict, base: ml_collections.ConfigDict,
+                  prefix: str = "") -> Iterator[str]:
+    """The dotted keys of `config` that `base` lacks."""
+    for key in config.keys():
+        if key not in base:
+            yield prefix + key
+        elif isinstance(config[key], ml_collections.ConfigDict) and isinstance(base[key], ml_collections.ConfigDict):
+            yield from _unknown_keys(config[key], base[key], f"{prefix}{key}.")
+
+
+def _unknown(key: str, base: ml_collections.ConfigDict) -> str:
+    """"unknown config key 'x' (did you mean 'y'?)", the suggestion's first wrong part replaced by
+    the closest base key beside it."""
+    parts = key.split(".")
+    node = base
+    for i, part in enumerate(parts):
+        if part not in node:
+            close = difflib.get_close_matches(part, list(node.keys()), n=1, cutoff=0.75)
+            if close:
+                return f"unknown config key '{key}' (did you mean '{'.'.join([*parts[:i], close[0], *parts[i + 1:]])}'?)"
+            break
+        node = node[part]
+        if not isinstance(node, ml_collections.ConfigDict):
+            break
+    return f"unknown config key '{key}'"
+
+
+def _line_in(path: str, error: BaseException) -> str:
+    """', line N' of the config file where `error` was raised (a syntax error's own line), if there."""
+    if isinstance(error, SyntaxError):
+        return f", line {error.lineno}" if error.lineno else ""
+    lines = [frame.lineno for frame in traceback.extract_tb(error.__traceback__)
+             if os.path.abspath(frame.filename) == os.path.abspath(path)]
+    return f", line {lines[-1]}" if lines else ""
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -185,32 +281,6 @@ def model_spec(config: ml_collections.ConfigDict, class_names: Sequence[str]) ->
     source = f"trained on {config.dataset} from {config.init_from or 'random initialisation'}"
     return ModelSpec(tuple(class_names), image_size=config.image_size, beta=config.beta, dtype=config.dtype,
                      multiscale_wiring=config.multiscale_wiring, source=source)
-
-
-def _parse(flag_values: flags.FlagValues, argv: list[str]) -> list[str]:
-    """Parses `argv` and loads the config file, turning ml_collections' errors into ConfigError."""
-    try:
-        remaining = flag_values(argv)
-        config = flag_values["config"].value
-        if config is None:
-            raise ConfigError("--config is required, e.g. --config=configs/demo.py")
-        config.keys()  # a config file that failed to load raises here
-    except AttributeError as e:  # ml_collections: the config file or an override sets a key it lacks
-        raise ConfigError(_unknown_key_message(str(e))) from e
-    except (OSError, TypeError, SyntaxError) as e:  # missing file, bad get_config, broken file
-        raise ConfigError(f"cannot load the config file: {e}") from e
-    except flags.Error as e:  # an override's value does not parse, or an unknown flag
-        raise ConfigError(str(e)) from e
-    return remaining
-
-
-def _unknown_key_message(error: str) -> str:
-    """'unknown config key 'x' (did you mean 'y'?)' from ml_collections' locked-config errors."""
-    key = re.search(r'Key \\?"(\w+)', error) or re.search(r'^\W*(\w+)', error)  # a file's or an override's
-    suggestion = re.search(r'Did you mean \\?"(\w+)', error)
-    name = key.group(1) if key else "?"
-    hint = f" (did you mean '{suggestion.group(1)}'?)" if suggestion else ""
-    return f"unknown config key '{name}'{hint}; the keys are listed in manet_jax/training/config.py"
 
 
 def save_config(config: ml_collections.ConfigDict, path: os.PathLike) -> list[str]:
