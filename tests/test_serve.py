@@ -135,6 +135,27 @@ def test_the_server_listens_on_this_machine_only_by_default():
     assert (args.host, args.port) == ("127.0.0.1", 8000)
 
 
+@pytest.mark.parametrize("option, message", [
+    (["--port", "-1"], "--port -1: must be at least 0"), (["--max-bytes", "0"], "--max-bytes 0: must be at least 1"),
+    (["--threads", "0"], "--threads 0: must be at least 1"), (["--batch-size", "0"], "--batch-size 0: must be at least 1"),
+])
+def test_bad_options_are_refused(capsys, option, message):
+    with pytest.raises(SystemExit) as exit_:
+        serve.main(["--checkpoint", "model", *option])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(f"error: {message}")
+
+
+@pytest.mark.slow
+def test_a_port_in_use_is_an_error(server, setup):
+    port = server.rsplit(":", 1)[1]
+    result = run([sys.executable, "-m", "manet_jax.serve", "--checkpoint", str(setup["checkpoint"]), "--port", port,
+                  "--batch-size", str(BATCH)], setup["env"])
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == \
+        f"error: --host 127.0.0.1 --port {port}: cannot listen there (Address already in use)"
+
+
 @pytest.mark.slow
 def test_health(server):
     assert request(server + "/health") == (200, {"status": "ok", "classes": list(default_class_names(7)),
