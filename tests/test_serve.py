@@ -176,6 +176,11 @@ def test_predict_answers_with_predicts_records(server, setup, photos):
     assert status == 200
     assert_same_records(answer, setup["expected"]["astronaut.png"], "astronaut.png")
 
+    body, content_type = multipart({"image": ("../vis", astronaut, "image/png")})  # the server's own folder's name
+    status, answer = request(server + "/predict?visualize=1", body, content_type)
+    assert status == 200
+    assert_same_records(answer, setup["expected"]["astronaut.png"], "vis")
+
     status, answer = request(server + "/predict", (photos / "grey.png").read_bytes(), "image/png")
     assert status == 200
     assert_same_records(answer, setup["expected"]["grey.png"], "upload")

@@ -61,12 +61,12 @@ def create_app(predictor: Predictor, *, margin: float = MARGIN, min_neighbors: i
         name, data = _upload(request)
         visualize = request.args.get("visualize", "") not in ("", "0", "false")
         with tempfile.TemporaryDirectory(prefix="manet-serve-") as tmp:
-            folder = Path(tmp)
-            path = folder / name
+            path = Path(tmp, "upload", name)  # the upload's name may be any, "vis" too
+            path.parent.mkdir()
             path.write_bytes(data)
             with lock:
                 records = predict_paths([str(path)], predictor, margin=margin, min_neighbors=min_neighbors,
-                                        visualize=folder / "vis" if visualize else None)
+                                        visualize=Path(tmp, "vis") if visualize else None)
             rows = []
             for record in records:
                 record.file, record.message = name, record.message.replace(str(path), name)
