@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("forward", "convert"),  # the one forward pass; PyTorch <-> Flax weights
     ("inference", "reference_model", "training"),  # prediction and export; the official model; the trainer
     ("tpu",),  # Cloud TPU slices and the trainer's steps compiled for them
-    ("train", "evaluate", "predict", "export", "compare", "benchmark", "report", "tpu_plan",
+    ("train", "evaluate", "predict", "serve", "export", "compare", "benchmark", "report", "tpu_plan",
      "input_benchmark"),  # the tools
 ]
 

@@ -28,13 +28,15 @@ class Record:
     visualization: str | None = None  # the PNG written for this face
 
 
+def json_row(record: Record, branches: Sequence[str] = BRANCHES[:1]) -> dict[str, object]:
+    """`record` as a JSON object, with the probabilities of `branches` only."""
+    row = dataclasses.asdict(record)
+    row["probabilities"] = {b: p for b, p in record.probabilities.items() if b in branches}
+    return row
+
+
 def _write_json(path: Path, records: Sequence[Record], class_names: Sequence[str], branches: Sequence[str]) -> None:
-    rows = []
-    for record in records:
-        row = dataclasses.asdict(record)
-        row["probabilities"] = {b: p for b, p in record.probabilities.items() if b in branches}
-        rows.append(row)
-    path.write_text(json.dumps(rows, indent=2) + "\n")
+    path.write_text(json.dumps([json_row(record, branches) for record in records], indent=2) + "\n")
 
 
 def _csv_row(record: Record, class_names: Sequence[str], branches: Sequence[str]) -> dict[str, object]:
