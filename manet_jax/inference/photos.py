@@ -17,9 +17,10 @@ from manet_jax.inference.visualize import save_visualization
 _OUTPUT_KEYS = dict(zip(BRANCHES, ("probabilities", "probabilities_local", "probabilities_global")))
 
 
-class _Batcher:
+class Batcher:
     """Collects preprocessed faces and predicts them `predictor.batch_size` at a time, filling in
-    their records (and writing visualisations into `visualize`, when given)."""
+    their records (and writing visualisations into `visualize`, when given). Faces stay pending
+    until their forward returns, so a flush cut short by Ctrl-C can be run again."""
 
     def __init__(self, predictor: Predictor, visualize: Path | None):
         self.predictor = predictor
@@ -36,8 +37,8 @@ class _Batcher:
         if not self.pending:
             return
         records, views = zip(*self.pending)
-        self.pending = []
         out = self.predictor(np.stack(views))
+        self.pending = []
         names = self.predictor.spec.class_names
         for i, (record, view) in enumerate(zip(records, views)):
             record.probabilities = {branch: dict(zip(names, out[key][i].tolist()))
@@ -58,6 +59,14 @@ class _Batcher:
         return self.visualize / name
 
 
+def crop_boxes(pixels: np.ndarray, detect: bool, margin: float, min_neighbors: int) -> list[Box]:
+    """The face crops of an (H, W, 3) image: with `detect`, each face `detect_faces` finds grown by
+    `margin`; without, the whole image."""
+    height, width = pixels.shape[:2]
+    return ([box.expanded(margin, width, height) for box in detect_faces(pixels, min_neighbors)]
+            if detect else [Box(0, 0, width, height)])
+
+
 def predict_paths(paths: Sequence[str], predictor: Predictor, *, detect: bool = True, margin: float = MARGIN,
                   min_neighbors: int = 5, visualize: Path | None = None) -> list[Record]:
     """Records for every face in the images named by `paths` (files, folders, globs), in file order.
@@ -70,16 +79,14 @@ def predict_paths(paths: Sequence[str], predictor: Predictor, *, detect: bool = 
         visualize.mkdir(parents=True, exist_ok=True)
     files, missing = find_images(paths)
     records = [Record(path, ERROR, reason) for path, reason in missing]
-    batcher = _Batcher(predictor, visualize)
+    batcher = Batcher(predictor, visualize)
     for path in files:
         try:
             image = load_image(path)
         except ImageLoadError as e:
             records.append(Record(str(path), ERROR, str(e)))
             continue
-        height, width = image.pixels.shape[:2]
-        boxes = ([box.expanded(margin, width, height) for box in detect_faces(image.pixels, min_neighbors)]
-                 if detect else [Box(0, 0, width, height)])
+        boxes = crop_boxes(image.pixels, detect, margin, min_neighbors)
         if not boxes:
             records.append(Record(str(path), NO_FACE))
         for face, box in enumerate(boxes):
