@@ -98,6 +98,9 @@ def check_video_options(parser: argparse.ArgumentParser, args: argparse.Namespac
         parser.error(f"--fps {args.fps}: must be positive")
     if args.annotate and args.annotate.suffix.lower() not in WRITER_CODECS:
         parser.error(f"--annotate {args.annotate}: use a .mp4 or .avi file name")
+    for option, path in (("--annotate", args.annotate), ("--timeline", args.timeline)):
+        if path and not path.absolute().parent.is_dir():
+            parser.error(f"{option} {path}: its folder does not exist")
 
 
 def predict(args: argparse.Namespace) -> int:

@@ -22,7 +22,7 @@ from manet_jax.bundle import load_bundle
 from manet_jax.inference.clips import predict_video
 from manet_jax.inference.faces import Box
 from manet_jax.inference.predictor import Predictor
-from manet_jax.inference.records import NO_FACE, OK
+from manet_jax.inference.records import NO_FACE, OK, Record, format_table, write_records
 from manet_jax.inference.tracking import Smoother, Tracker
 from manet_jax.inference.video import VideoError, VideoSource, open_camera, open_video
 from manet_jax.inference.visualize import TIMELINE_TRACK_HEIGHT, TIMELINE_WIDTH
@@ -138,6 +138,22 @@ def test_smoother_averages_the_last_k_per_track():
     assert smoother(0, p[2])["fused"] == pytest.approx({"a": 0.65, "b": 0.35})
 
 
+def test_video_fields_only_in_video_outputs(tmp_path):
+    """frame, time_s and track are written for videos; image outputs keep their fields."""
+    image, video = Record("a.png", NO_FACE), Record("a.mp4", NO_FACE, frame=3, time_s=0.3)
+    assert format_table([image], ["x"]).splitlines()[1].split() == ["a.png", "no", "face"]
+    assert format_table([video], ["x"]).splitlines()[1].split() == ["a.mp4", "3", "0.300", "no", "face"]
+    for records, fields in (([image], []), ([video], ["frame", "time_s", "track"])):
+        write_records(tmp_path / "out.csv", records, ["x"])
+        header = next(csv.reader((tmp_path / "out.csv").open()))
+        assert header == ["file", "status", "message", *fields, "face", "x", "y", "width", "height", "label",
+                          "fused_x", "visualization"]
+        write_records(tmp_path / "out.json", records, ["x"])
+        row, = json.loads((tmp_path / "out.json").read_text())
+        assert [key for key in ("frame", "time_s", "track") if key in row] == fields
+    assert row["frame"] == 3 and row["time_s"] == 0.3 and row["track"] is None
+
+
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory):
     d = tmp_path_factory.mktemp("clips")
@@ -168,6 +184,7 @@ def exit_status(argv):
     (["x.png", "--smooth", "3"], "--smooth applies to video files and --camera only"),
     (["{clips}/clip.mp4", "--every", "2", "--fps", "3"], "not allowed with argument --every"),
     (["{clips}/clip.mp4", "--annotate", "out.gif"], "--annotate out.gif: use a .mp4 or .avi"),
+    (["{clips}/clip.mp4", "--timeline", "nowhere/t.png"], "--timeline nowhere/t.png: its folder does not exist"),
     (["{clips}/clip.mp4", "--visualize", "vis"], "--visualize applies to images only")])
 def test_cli_errors(clips, checkpoint, capsys, argv, message):
     assert exit_status([a.format(clips=clips) for a in argv] + ["--checkpoint", str(checkpoint)]) == 2

@@ -95,8 +95,9 @@ def format_table(records: Sequence[Record], class_names: Sequence[str]) -> str:
 
 def _table_row(record: Record, class_names: Sequence[str], video: bool) -> list[str]:
     box = record.box
-    times = [str(record.frame), f"{record.time_s:.3f}", "" if record.track is None else str(record.track)]
-    cells = [record.file, *(times if video else ()), "" if record.face is None else str(record.face),
+    times = [str(record.frame), f"{record.time_s:.3f}", "" if record.track is None else str(record.track)
+             ] if video else []
+    cells = [record.file, *times, "" if record.face is None else str(record.face),
              f"{box.x},{box.y},{box.width},{box.height}" if box else ""]
     if record.status == OK:
         return [*cells, record.label, *(f"{record.probabilities['fused'][name]:.2f}" for name in class_names)]
