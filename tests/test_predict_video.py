@@ -216,7 +216,7 @@ def probabilities(record):
 
 
 @pytest.mark.slow  # the predictor compiled (module fixture)
-def test_rows_frames_times_and_tracks(every_frame, clips):
+def test_rows_frames_times_and_tracks(every_frame, clips, predictor):
     records = every_frame.records
     assert every_frame.frames == FRAMES and not every_frame.interrupted
     assert [r.frame for r in records] == list(range(FRAMES))  # one face or one `no face` row a frame
@@ -225,6 +225,8 @@ def test_rows_frames_times_and_tracks(every_frame, clips):
     assert [r.track for r in records] == [0 if i in FIRST_TRACK else 1 if i in FACE_FRAMES else None
                                          for i in range(FRAMES)]
     assert {r.file for r in records} == {str(clips / "clip.mp4")}
+    avi = predict_video(open_video(str(clips / "clip.avi")), predictor).records  # MJPEG: the same faces
+    assert [(r.frame, r.status, r.track) for r in avi] == [(r.frame, r.status, r.track) for r in records]
     for record in records:
         if record.status == OK:
             fused = record.probabilities["fused"]
@@ -236,8 +238,7 @@ def test_rows_frames_times_and_tracks(every_frame, clips):
 @pytest.mark.parametrize("option, frames", [(["--every", "3"], range(0, FRAMES, 3)),
                                             (["--fps", "4"], [0, 3, 5, 8, 10, 13, 15, 18, 20, 23])])
 def test_cli_sampling(clips, checkpoint, predictor, every_frame, tmp_path, capsys, option, frames):
-    """The sampled frames' rows are the every-frame run's rows (the same decoded pixels); the avi
-    (MJPEG) clip has the same faces as the mp4."""
+    """The sampled frames' rows are the every-frame run's rows (the same decoded pixels)."""
     out = tmp_path / "out.csv"
     assert predict.main([str(clips / "clip.mp4"), "--checkpoint", str(checkpoint), "--batch-size", str(BATCH),
                          "--output", str(out)] + option) == 0
@@ -262,19 +263,21 @@ def test_cli_sampling(clips, checkpoint, predictor, every_frame, tmp_path, capsy
 @pytest.mark.slow  # the predictor compiled (module fixture)
 def test_smoothing_annotate_and_timeline(clips, checkpoint, every_frame, tmp_path):
     out, annotated, timeline = tmp_path / "out.json", tmp_path / "annotated.avi", tmp_path / "timeline.png"
-    assert predict.main([str(clips / "clip.avi"), "--checkpoint", str(checkpoint), "--batch-size", str(BATCH),
+    assert predict.main([str(clips / "clip.mp4"), "--checkpoint", str(checkpoint), "--batch-size", str(BATCH),
                          "--smooth", "3", "--output", str(out), "--annotate", str(annotated),
                          "--timeline", str(timeline)]) == 0
     rows = json.loads(out.read_text())
     assert [(r["frame"], r["track"]) for r in rows] == [(r.frame, r.track) for r in every_frame.records]
-    history = {}
+    history, changes = {}, []
     for row, plain in zip(rows, every_frame.records):
         if plain.status != OK:
             continue
         history.setdefault(plain.track, []).append(probabilities(plain))
-        expected = np.mean(history[plain.track][-3:], axis=0)  # the avi decodes like the mp4 to within 1e-2
-        np.testing.assert_allclose(list(row["probabilities"]["fused"].values()), expected, atol=1e-2)
+        smoothed = list(row["probabilities"]["fused"].values())
+        np.testing.assert_allclose(smoothed, np.mean(history[plain.track][-3:], axis=0), atol=1e-6)
         assert row["label"] == max(row["probabilities"]["fused"], key=row["probabilities"]["fused"].get)
+        changes.append(np.abs(np.subtract(smoothed, probabilities(plain))).max())
+    assert changes[0] == pytest.approx(0, abs=1e-6) and max(changes) > 1e-4  # a track's first face is its own
 
     capture = cv2.VideoCapture(str(annotated))
     assert capture.get(cv2.CAP_PROP_FPS) == FPS and capture.get(cv2.CAP_PROP_FRAME_COUNT) == FRAMES
