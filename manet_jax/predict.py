@@ -1,34 +1,44 @@
-"""Facial expression prediction on image files: `python -m manet_jax.predict PATH... --checkpoint DIR`.
+"""Facial expression prediction on image and video files: `python -m manet_jax.predict PATH... --checkpoint DIR`.
 
 Finds faces (OpenCV's frontal-face cascade, or --detector mtcnn) and crops each with a margin, or
 crops the boxes of --boxes; preprocesses each face as the evaluation pipeline does and runs MA-Net
 in batches; prints a table, optionally writes JSON or CSV (--output) and a PNG per face with
-attention maps (--visualize). Exits with 1 only if no input could be processed.
+attention maps (--visualize). Exits with 1 only if no input could be processed. Video files (by
+extension) and --camera N give a row per face per sampled frame, with the frame, its time and the
+face's track.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 from etils import epath
 
 from manet_jax import cli
 from manet_jax.bundle import load_bundle
 from manet_jax.inference.boxes import BoxesFile
-from manet_jax.inference.detectors import DETECTORS
+from manet_jax.inference.clips import predict_video
+from manet_jax.inference.detectors import DETECTORS, get_detector
 from manet_jax.inference.faces import MARGIN
 from manet_jax.inference.photos import predict_paths
 from manet_jax.inference.predictor import Predictor
 from manet_jax.inference.records import BRANCHES, ERROR, NO_FACE, OK, WRITERS, format_table, write_records
+from manet_jax.inference.video import (VIDEO_SUFFIXES, WRITER_CODECS, VideoSource, is_video_file, open_camera,
+                                       open_video)
+from manet_jax.inference.visualize import save_timeline
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = cli.parser("manet_jax.predict", __doc__)
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="image file, folder (searched recursively) or glob")
+    parser.add_argument("paths", nargs="*", metavar="PATH",
+                        help=f"image file, folder (searched recursively) or glob; or video files "
+                             f"({', '.join(VIDEO_SUFFIXES)})")
     parser.add_argument("--checkpoint", required=True, type=epath.Path, metavar="DIR",
                         help="model: a converted bundle, trainer checkpoint or workdir (a local path or gs:// URL)")
     parser.add_argument("--image-size", type=int, metavar="S", help="model input size (default: the model's)")
@@ -46,6 +56,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--branch-probabilities", action="store_true",
                         help="also write the local and global branches' probabilities to --output")
     parser.add_argument("--visualize", type=Path, metavar="DIR", help="write a PNG per face into DIR")
+    video = parser.add_argument_group("videos and cameras")
+    video.add_argument("--camera", type=int, metavar="N", help="read camera N (as cv2.VideoCapture(N)) until Ctrl-C")
+    sampling = video.add_mutually_exclusive_group()
+    sampling.add_argument("--every", type=int, default=1, metavar="N", help="take every Nth frame (%(default)s)")
+    sampling.add_argument("--fps", type=float, metavar="F", help="take F frames a second")
+    video.add_argument("--smooth", type=int, default=1, metavar="K",
+                       help="average each face's probabilities over its track's last K frames (%(default)s)")
+    video.add_argument("--annotate", type=Path, metavar="FILE",
+                       help="write the sampled frames with boxes and labels to this .mp4 or .avi file")
+    video.add_argument("--timeline", type=Path, metavar="FILE", help="plot each track's probabilities over time (PNG)")
     return parser
 
 
@@ -53,7 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     for option, value, least in (("--margin", args.margin, 0), ("--min-neighbors", args.min_neighbors, 0),
-                                 ("--batch-size", args.batch_size, 1)):
+                                 ("--batch-size", args.batch_size, 1), ("--every", args.every, 1),
+                                 ("--smooth", args.smooth, 1)):
         if value < least:
             parser.error(f"{option} {value}: must be at least {least}")
     if args.boxes and args.no_detect:
@@ -62,14 +83,46 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--output {args.output}: unknown format; use a .json or .csv file name")
     if args.output and not args.output.absolute().parent.is_dir():
         parser.error(f"--output {args.output}: its folder does not exist")
+    check_video_options(parser, args)
     return cli.run(lambda: predict(args))
+
+
+def check_video_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Videos (or --camera) and images are not mixed, and the video options come with videos."""
+    videos = [is_video_file(path) for path in args.paths]
+    if args.camera is None and not args.paths:
+        parser.error("give image or video PATHs, or --camera N")
+    if args.camera is not None and args.paths or 0 < sum(videos) < len(videos):
+        parser.error("images, video files and --camera cannot be mixed: run them separately")
+    if args.camera is None and not any(videos):
+        given = [option for option, value in (("--every", args.every != 1), ("--fps", args.fps), ("--smooth",
+                 args.smooth != 1), ("--annotate", args.annotate), ("--timeline", args.timeline)) if value]
+        if given:
+            parser.error(f"{given[0]} applies to video files and --camera only")
+    elif args.visualize:
+        parser.error("--visualize applies to images only; use --annotate or --timeline for videos")
+    elif args.boxes:
+        parser.error("--boxes applies to images only")
+    elif (args.annotate or args.timeline) and len(args.paths) > 1:
+        parser.error("--annotate and --timeline take one video")
+    if args.fps is not None and not args.fps > 0:
+        parser.error(f"--fps {args.fps}: must be positive")
+    if args.annotate and args.annotate.suffix.lower() not in WRITER_CODECS:
+        parser.error(f"--annotate {args.annotate}: use a .mp4 or .avi file name")
+    for option, path in (("--annotate", args.annotate), ("--timeline", args.timeline)):
+        if path and not path.absolute().parent.is_dir():
+            parser.error(f"{option} {path}: its folder does not exist")
 
 
 def predict(args: argparse.Namespace) -> int:
     boxes = BoxesFile(args.boxes) if args.boxes else None
     cli.start_runtime()
+    sources = [open_camera(args.camera)] if args.camera is not None else [open_video(p) for p in args.paths
+                                                                           if is_video_file(p)]
     bundle = load_bundle(args.checkpoint).resized(args.image_size, "--image-size")
     predictor = Predictor(bundle, args.batch_size, maps=args.visualize is not None)
+    if sources:
+        return predict_videos(args, sources, predictor)
     records = predict_paths(args.paths, predictor, detect=not args.no_detect, margin=args.margin,
                             min_neighbors=args.min_neighbors, detector=args.detector, boxes=boxes,
                             visualize=args.visualize)
@@ -82,6 +135,37 @@ def predict(args: argparse.Namespace) -> int:
     print(f"{len(statuses)} inputs: {sum(r.status == OK for r in records)} face(s) in {counts[OK]} image(s), "
           f"{counts[NO_FACE]} without a face, {counts[ERROR]} skipped", file=sys.stderr)
     return 0 if counts[OK] or counts[NO_FACE] else 1
+
+
+def predict_videos(args: argparse.Namespace, sources: list[VideoSource], predictor: Predictor) -> int:
+    """Runs the videos (or the camera) in turn, then prints and writes what was collected, also
+    after Ctrl-C (exit status 0 for a camera, where Ctrl-C is how it ends; else 130). The forward
+    compiles before the first frame is read, so frames/s is the steady rate."""
+    size = predictor.spec.image_size
+    predictor(np.zeros((1, size, size, 3), np.float32))
+    detect_faces = None if args.no_detect else get_detector(args.detector, args.min_neighbors)
+    records, frames, start = [], 0, time.perf_counter()
+    for source in sources:
+        result = predict_video(source, predictor, every=args.every, fps=args.fps, detect_faces=detect_faces,
+                               margin=args.margin, smooth=args.smooth, annotate=args.annotate)
+        records += result.records
+        frames += result.frames
+        if result.interrupted:
+            print(f"{source.name}: stopped by Ctrl-C after {result.frames} sampled frames", file=sys.stderr)
+            break
+    seconds = time.perf_counter() - start
+    class_names = predictor.spec.class_names
+    print(format_table(records, class_names))
+    if args.output:
+        write_records(args.output, records, class_names, BRANCHES if args.branch_probabilities else BRANCHES[:1])
+    if args.timeline:
+        save_timeline(args.timeline, records, class_names)
+    faces = [r for r in records if r.status == OK]
+    print(f"{frames} frames from {len(sources)} source(s): {len(faces)} face(s) in "
+          f"{len({(r.file, r.frame) for r in faces})} frame(s), {sum(r.status == NO_FACE for r in records)} "
+          f"without a face, {len({(r.file, r.track) for r in faces})} track(s); {frames / seconds:.1f} frames/s",
+          file=sys.stderr)
+    return 130 if result.interrupted and args.camera is None else 0
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ def compilation_cache(tmp_path_factory) -> Path:
 # test_train compiles the 64x64 steps into the shared compilation cache before test_train_parallel's
 # one-device reference needs them.
 SLOWEST = ["test_train.py", "test_model_parity.py", "test_train_parallel.py", "test_tpu_plan.py",
-           "test_recipe_parity.py", "test_train_stops.py", "test_predict.py", "test_export.py", "test_convert.py",
+           "test_recipe_parity.py", "test_train_stops.py", "test_predict.py", "test_predict_video.py", "test_export.py", "test_convert.py",
            "test_compare.py"]
 
 

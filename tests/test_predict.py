@@ -27,6 +27,7 @@ from manet_jax.inference.images import MAX_SIDE, find_images, load_image
 from manet_jax.inference.photos import predict_paths
 from manet_jax.inference.predictor import Predictor
 from manet_jax.inference.records import ERROR, NO_FACE, OK
+from manet_jax.inference.tracking import iou
 from manet_jax.inference.visualize import HEIGHT, WIDTH
 from manet_jax.models import MANet, init_variables
 from manet_jax.training.checkpointing import Checkpoints
@@ -41,12 +42,6 @@ BATCH = 4
 ASTRONAUT_FACE = Box(175, 60, 100, 105)  # by eye: hairline to chin, ear to ear
 LARGE_SCALE, LARGE_OFFSET = 16, 1000  # the large image: the astronaut scaled 16x, shifted right
 ORIENTATION = 0x0112
-
-
-def iou(a: Box, b: Box) -> float:
-    w = max(0, min(a.x + a.width, b.x + b.width) - max(a.x, b.x))
-    h = max(0, min(a.y + a.height, b.y + b.height) - max(a.y, b.y))
-    return w * h / (a.width * a.height + b.width * b.height - w * h)
 
 
 @pytest.fixture(scope="module")

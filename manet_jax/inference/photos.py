@@ -19,9 +19,10 @@ from manet_jax.inference.visualize import save_visualization
 _OUTPUT_KEYS = dict(zip(BRANCHES, ("probabilities", "probabilities_local", "probabilities_global")))
 
 
-class _Batcher:
+class Batcher:
     """Collects preprocessed faces and predicts them `predictor.batch_size` at a time, filling in
-    their records (and writing visualisations into `visualize`, when given)."""
+    their records (and writing visualisations into `visualize`, when given). Faces stay pending
+    until their forward returns, so a flush cut short by Ctrl-C can be run again."""
 
     def __init__(self, predictor: Predictor, visualize: Path | None):
         self.predictor = predictor
@@ -38,8 +39,8 @@ class _Batcher:
         if not self.pending:
             return
         records, views = zip(*self.pending)
-        self.pending = []
         out = self.predictor(np.stack(views))
+        self.pending = []
         names = self.predictor.spec.class_names
         for i, (record, view) in enumerate(zip(records, views)):
             record.probabilities = {branch: dict(zip(names, out[key][i].tolist()))
@@ -60,6 +61,14 @@ class _Batcher:
         return self.visualize / name
 
 
+def crop_boxes(pixels: np.ndarray, detect_faces: Detector | None, margin: float) -> list[Box]:
+    """The face crops of an (H, W, 3) image: each face `detect_faces` finds, grown by `margin`;
+    without a detector, the whole image."""
+    height, width = pixels.shape[:2]
+    return ([box.expanded(margin, width, height) for box in detect_faces(pixels)] if detect_faces
+            else [Box(0, 0, width, height)])
+
+
 def predict_paths(paths: Sequence[str], predictor: Predictor, *, detect: bool = True, margin: float = MARGIN,
                   min_neighbors: int = 5, detector: str = "cascade", boxes: BoxesFile | None = None,
                   visualize: Path | None = None) -> list[Record]:
@@ -75,7 +84,7 @@ def predict_paths(paths: Sequence[str], predictor: Predictor, *, detect: bool = 
         visualize.mkdir(parents=True, exist_ok=True)
     files, missing = find_images(paths)
     records = [Record(path, ERROR, reason) for path, reason in missing]
-    batcher = _Batcher(predictor, visualize)
+    batcher = Batcher(predictor, visualize)
     detect_faces = get_detector(detector, min_neighbors) if detect and boxes is None else None
     for path in files:
         try:
@@ -101,7 +110,4 @@ def _crops(image: LoadedImage, path: Path, detect_faces: Detector | None, boxes:
         given = (box.expanded(0, *image.size) for box in boxes.boxes_for(path))
         pairs = [(box.scaled(image.scale), box) for box in given]
         return [(box, original) for box, original in pairs if box.width > 0 and box.height > 0]
-    height, width = image.pixels.shape[:2]
-    found = ([box.expanded(margin, width, height) for box in detect_faces(image.pixels)] if detect_faces
-             else [Box(0, 0, width, height)])
-    return [(box, box.scaled(1 / image.scale)) for box in found]
+    return [(box, box.scaled(1 / image.scale)) for box in crop_boxes(image.pixels, detect_faces, margin)]
