@@ -186,7 +186,8 @@ def exit_status(argv):
     (["{clips}/clip.mp4", "--every", "2", "--fps", "3"], "not allowed with argument --every"),
     (["{clips}/clip.mp4", "--annotate", "out.gif"], "--annotate out.gif: use a .mp4 or .avi"),
     (["{clips}/clip.mp4", "--timeline", "nowhere/t.png"], "--timeline nowhere/t.png: its folder does not exist"),
-    (["{clips}/clip.mp4", "--visualize", "vis"], "--visualize applies to images only")])
+    (["{clips}/clip.mp4", "--visualize", "vis"], "--visualize applies to images only"),
+    (["{clips}/clip.mp4", "--boxes", "boxes.json"], "--boxes applies to images only")])
 def test_cli_errors(clips, tmp_path, capfd, argv, message):
     """Each is reported before the model would load (there is none at --checkpoint)."""
     assert exit_status([a.format(clips=clips) for a in argv] + ["--checkpoint", str(tmp_path / "none")]) == 2
