@@ -22,7 +22,7 @@ from etils import epath
 from manet_jax.bundle import CHECKPOINTS, best_step
 from manet_jax.errors import ConfigError, Interrupted, ManetError, is_disk_full
 from manet_jax.training.build import Setup, build
-from manet_jax.training.checkpointing import Checkpoints
+from manet_jax.training.checkpointing import Checkpoints, check_room
 from manet_jax.training.config import save_config
 from manet_jax.training.evaluation import confusion_figure, describe, evaluate_set, figure_title
 from manet_jax.training.initialisation import check_init_from
@@ -53,15 +53,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     the end); on SIGTERM saves a checkpoint and returns early; on a first SIGINT (Ctrl-C) saves one
     and raises `errors.Interrupted` (a KeyboardInterrupt), on a second raises KeyboardInterrupt at
     once. Raises NonFiniteLossError, naming the step, when the loss stops being finite (the
-    checkpoints saved before stay as they are), WorkdirFullError or CheckpointSaveError when the
-    disk fills up, and WorkdirBusyError, naming the other trainer, when one holds the workdir's
-    lease. A workdir it must not write to (`workdir.check_workdir`), or a config.init_from that is
-    no model, is refused before anything is written.
+    checkpoints saved before stay as they are), CheckpointSaveError before the first step when the
+    disk has no room for a checkpoint, WorkdirFullError or CheckpointSaveError when it fills up, and
+    WorkdirBusyError, naming the other trainer, when one holds the workdir's lease. A workdir it
+    must not write to (`workdir.check_workdir`), a config.init_from that is no model, or a disk
+    without room for one checkpoint is refused before anything is written.
     """
     check_workdir(workdir)
     setup, workdir = build(config), epath.Path(workdir)
     if not (workdir / CHECKPOINTS).exists():  # a new run: its weights are read after the workdir is made
         check_init_from(config.init_from)
+    check_room(workdir / CHECKPOINTS, setup.abstract_state())  # a disk without room for one checkpoint
     with hold(workdir) as lease:
         trainer = Trainer(setup, workdir, lease)
         try:
