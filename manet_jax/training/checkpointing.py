@@ -7,7 +7,8 @@ kept, plus the best by eval accuracy (`bundle.best_step`). A checkpoint that can
 is moved to `<workdir>/checkpoints_corrupt/` when an older one restores, so the run goes on from
 there; one whose arrays differ from the config's is reported array by array. A write that fails
 (a full disk) is reported by the next `check`, `save` or `wait` as a CheckpointSaveError naming
-the cause and the last complete checkpoint, and its unfinished folder is removed.
+the cause and the last complete checkpoint, and its unfinished folder is removed. Given the
+workdir's lease, a save first checks that this trainer still holds it (`lease.check_held`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from orbax.checkpoint import checkpoint_managers
 
 from manet_jax.bundle import HEADER, HEADER_FILE, LEGACY_STATE, METRIC, VARIABLES, ModelSpec, absolute_path, best_step
 from manet_jax.errors import ManetError, is_disk_full
+from manet_jax.training.lease import Lease, check_held
 from manet_jax.training.state import TrainState
 
 TRAIN_STATE, HOST_STATE = "train_state", "host_state"
@@ -66,10 +68,11 @@ class KeepBest(checkpoint_managers.PreservationPolicy):
 class Checkpoints:
     """Save and restore train states, with the model's spec and the run's host state, in `directory`."""
 
-    def __init__(self, directory: epath.PathLike, keep: int = 2):
+    def __init__(self, directory: epath.PathLike, keep: int = 2, lease: Lease | None = None):
         """Opens `directory`, first removing unfinished writes and setting aside checkpoints with a
-        damaged JSON file (Orbax would fail to open the directory on a damaged metrics file)."""
-        self.directory = absolute_path(directory)
+        damaged JSON file (Orbax would fail to open the directory on a damaged metrics file). Saves
+        are made while this trainer holds `lease` (if given)."""
+        self.directory, self.lease = absolute_path(directory), lease
         self._saving: int | None = None  # the step being written, until `wait` has seen it done
         self._size: int | None = None  # bytes of a checkpoint's arrays
         self._failed = False  # a write failed: its folder is removed again once Orbax's threads are done
@@ -86,7 +89,9 @@ class Checkpoints:
     def save(self, step: int, state: TrainState, spec: ModelSpec, host_state: dict,
              accuracy: float | None = None) -> None:
         """Starts writing checkpoint `step` (returns once the arrays are copied off the devices) after
-        the previous write has finished; raises CheckpointSaveError if that one failed."""
+        the previous write has finished; raises CheckpointSaveError if that one failed, LeaseLostError
+        if another trainer took the lease."""
+        check_held(self.lease)
         self.wait()
         if self._size is None:
             self._size = sum(leaf.nbytes for leaf in jax.tree.leaves(state))
