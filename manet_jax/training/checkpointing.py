@@ -12,6 +12,7 @@ save compare the disk's free space with a checkpoint's size (its arrays' bytes, 
 complete checkpoint's size on disk if larger, plus a margin) and raise CheckpointSaveError naming
 what is needed, what is free and the last complete checkpoint. A write that fails all the same is
 reported by the next `check`, `save` or `wait` as such an error, and its unfinished folder is removed.
+Given the workdir's lease, a save first checks that this trainer still holds it (`lease.check_held`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from orbax.checkpoint import checkpoint_managers
 
 from manet_jax.bundle import HEADER, HEADER_FILE, LEGACY_STATE, METRIC, VARIABLES, ModelSpec, absolute_path, best_step
 from manet_jax.errors import ManetError, is_disk_full
+from manet_jax.training.lease import Lease, check_held
 from manet_jax.training.state import TrainState
 
 TRAIN_STATE, HOST_STATE = "train_state", "host_state"
@@ -82,10 +84,11 @@ class KeepBest(checkpoint_managers.PreservationPolicy):
 class Checkpoints:
     """Save and restore train states, with the model's spec and the run's host state, in `directory`."""
 
-    def __init__(self, directory: epath.PathLike, keep: int = 2):
+    def __init__(self, directory: epath.PathLike, keep: int = 2, lease: Lease | None = None):
         """Opens `directory`, first removing unfinished writes and setting aside checkpoints with a
-        damaged JSON file (Orbax would fail to open the directory on a damaged metrics file)."""
-        self.directory = absolute_path(directory)
+        damaged JSON file (Orbax would fail to open the directory on a damaged metrics file). Saves
+        are made while this trainer holds `lease` (if given)."""
+        self.directory, self.lease = absolute_path(directory), lease
         self._saving: int | None = None  # the step being written, until `wait` has seen it done
         self._size: int | None = None  # bytes of a checkpoint's arrays
         self._failed = False  # a write failed: its folder is removed again once Orbax's threads are done
@@ -102,9 +105,11 @@ class Checkpoints:
     def save(self, step: int, state: TrainState, spec: ModelSpec, host_state: dict,
              accuracy: float | None = None) -> None:
         """Starts writing checkpoint `step` (returns once the arrays are copied off the devices) after
-        the previous write has finished; raises CheckpointSaveError if that one failed, or, writing
-        nothing, if the disk has no room for this one (`checkpoint_bytes` and a margin). Where the
-        disk has room for less than two, waits for the write, so that a failure stops the run at once."""
+        the previous write has finished; raises LeaseLostError if another trainer took the lease,
+        CheckpointSaveError if the previous write failed, or, writing nothing, if the disk has no room
+        for this one (`checkpoint_bytes` and a margin). Where the disk has room for less than two,
+        waits for the write, so that a failure stops the run at once."""
+        check_held(self.lease)
         self.wait()
         first, self._size = self._size is None, state_bytes(state)
         size, free = self.checkpoint_bytes(), self._free_bytes()
