@@ -205,9 +205,7 @@ class Checkpoints:
             lines = "\n".join(f"  {self.directory / str(s)}: {problem}" for s, problem in damaged.items())
             raise CheckpointRestoreError(f"no checkpoint in {self.directory} can be restored; use a new workdir or "
                                          f"fix the checkpoints:\n{lines}")
-        for step, problem in damaged.items():
-            logger.warning("checkpoint %s cannot be restored: %s", self.directory / str(step), problem)
-        self._move_aside(list(damaged))
+        self._move_aside(damaged)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -215,7 +213,8 @@ class Checkpoints:
     def restore_latest(self, target: TrainState) -> tuple[TrainState, dict] | None:
         """(state, host state) of the newest checkpoint that restores into `target` (abstract arrays
         with shardings), or None when there is none. Newer checkpoints that fail are reported and
-        moved aside; if none restores, raises CheckpointRestoreError and moves nothing."""
+        moved aside, each with one warning; if none restores, raises CheckpointRestoreError and moves
+        nothing."""
         failures = []
         for step in reversed(self.manager.all_steps()):
             if (self.directory / str(step) / LEGACY_STATE).is_dir():
@@ -230,14 +229,11 @@ class Checkpoints:
                     VARIABLES: ocp.args.StandardRestore(target.variables),
                     TRAIN_STATE: ocp.args.StandardRestore(target.run_state), HOST_STATE: ocp.args.JsonRestore()}))
             except Exception as e:  # Orbax raises many types for damaged or incompatible trees
-                cause = str(e) if isinstance(e, CheckpointDamagedError) else \
-                    f"{type(e).__name__}: {str(e).splitlines()[0]}"
-                logger.warning("checkpoint %s cannot be restored (%s); trying the previous one",
-                               self.directory / str(step), cause)
                 failures.append((step, e))
                 continue
             if failures:
-                self._move_aside([s for s, _ in failures])
+                self._move_aside({s: str(e) if isinstance(e, CheckpointDamagedError) else
+                                  f"{type(e).__name__}: {str(e).splitlines()[0]}" for s, e in failures})
                 self.manager.reload()
             state = TrainState(**restored[VARIABLES], **restored[TRAIN_STATE])
             return state, restored[HOST_STATE]
@@ -248,16 +244,18 @@ class Checkpoints:
                 f"dataset, class count or optimizer?); use a new workdir or fix the checkpoints:\n{lines}")
         return None
 
-    def _move_aside(self, steps: list[int]) -> None:
-        """Moves checkpoints `steps` to CORRUPT (as `<step>`, or `<step>-2`, ... beside an earlier one)."""
-        if jax.process_index() == 0 and steps:
+    def _move_aside(self, problems: dict[int, str]) -> None:
+        """Moves the checkpoints of `problems` (step: why it cannot be restored) to CORRUPT (as
+        `<step>`, or `<step>-2`, ... beside an earlier one), with one warning each."""
+        if jax.process_index() == 0 and problems:
             corrupt = self.directory.parent / CORRUPT
             corrupt.mkdir(parents=True, exist_ok=True)
-            for step in steps:
+            for step, problem in problems.items():
                 target = next(path for n in itertools.count(1)
                               if not (path := corrupt / (str(step) if n == 1 else f"{step}-{n}")).exists())
                 self.directory.joinpath(str(step)).rename(target)
-                logger.warning("moved unrestorable checkpoint %d to %s", step, target)
+                logger.warning("checkpoint %s cannot be restored (%s); moved to %s", self.directory / str(step),
+                               problem, target)
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices("manet_jax.checkpoints_moved_aside")
 
