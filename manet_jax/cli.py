@@ -6,6 +6,8 @@ returns its exit status: 0 on success; 1 when the work ran but did not succeed (
 no readable input, compare found a difference); 2 when it cannot run as given: a malformed
 command line (argparse's usage message) or a `ManetError` (a problem with the user's input,
 printed as one `error:` line); 130 when Ctrl-C stopped it after it saved its work (`Interrupted`).
+SIGTERM or SIGINT before a tool takes them over (while JAX and TensorFlow load, a dataset builds)
+ends it with one line and status 143 or 130.
 Any other exception is a bug and keeps its traceback.
 """
 
@@ -14,13 +16,16 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from manet_jax.errors import Interrupted, ManetError
 
 CONFIG_OVERRIDE = "--config."
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def parser(module: str, description: str) -> argparse.ArgumentParser:
@@ -57,8 +62,11 @@ def parse_with_overrides(parser_: argparse.ArgumentParser, argv: Sequence[str] |
 
 
 def run(work: Callable[[], int | None]) -> int:
-    """Runs a tool's work: its status (None is 0), or 2 with one `error:` line for a ManetError."""
+    """Runs a tool's work: its status (None is 0), or 2 with one `error:` line for a ManetError;
+    SIGTERM and SIGINT stop it quietly (`stop_quietly_on_signals`) until it returns."""
     quiet_libtpu_without_tpus()
+    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    stop_quietly_on_signals()
     try:
         return work() or 0
     except ManetError as e:
@@ -66,6 +74,10 @@ def run(work: Callable[[], int | None]) -> int:
         return 2
     except Interrupted:  # the work has logged what it saved
         return 130
+    finally:  # for callers that go on (tests call tools' `main` in their process)
+        if threading.current_thread() is threading.main_thread():
+            for signum, handler in previous.items():
+                signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
 
 
 GOOGLE_PCI_VENDOR = "0x1ae0"  # the PCI vendor of TPU chips (and of Compute Engine's gVNIC network card)
@@ -99,29 +111,31 @@ def start_runtime() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname).1s%(asctime)s %(message)s",
                         datefmt="%m%d %H:%M:%S", force=True)
     logging.getLogger("manet_jax").setLevel(logging.INFO)
-    absl = logging.getLogger("absl")
-    absl.setLevel(logging.ERROR)  # Orbax and TFDS log each file operation
-    absl.addFilter(_not_from_orbax)
-    sys.unraisablehook = _unraisable_unless_late_write
+    # Orbax and TFDS log each file operation, and Orbax a failed checkpoint write with tracebacks from
+    # each of its threads: the tools report what goes wrong as errors, in one line.
+    logging.getLogger("absl").setLevel(logging.CRITICAL)
     import tensorflow as tf  # quiet already: manet_jax/__init__.py sets its log level
 
     try:
         tf.config.set_visible_devices([], "GPU")
     except RuntimeError:  # TensorFlow already initialised its devices
         pass
+    stop_quietly_on_signals()  # again: importing TensorFlow may have installed its own handlers
 
 
-def _not_from_orbax(record: logging.LogRecord) -> bool:
-    """Drops Orbax's log records: it logs a failed checkpoint write with tracebacks from each of its
-    threads (thousands of lines for a full disk), and the error reaches the tools, which report it
-    in one line."""
-    return f"{os.sep}orbax{os.sep}" not in record.pathname
+def stop_quietly_on_signals() -> None:
+    """Until a tool installs its own handlers (the trainer's `PreemptionGuard`), SIGTERM and SIGINT
+    end it with one line and status 128 + the signal's number (143, 130), rather than with a
+    Python traceback or the C++ stack trace of the handler a native library (libtpu, ...) installs
+    as it loads. Call again once such a library is loaded. A signal that is ignored (SIGINT in a
+    background job) stays ignored."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in STOP_SIGNALS:
+        if signal.getsignal(signum) != signal.SIG_IGN:
+            signal.signal(signum, _stop)
 
 
-def _unraisable_unless_late_write(unraisable) -> None:
-    """Python's report of an exception nothing could catch, except one per write that tensorstore
-    completes after Orbax has given up on its failed checkpoint and closed the event loop it was
-    to report to ('Event loop is closed'; hundreds for a full disk)."""
-    error = unraisable.exc_value
-    if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
-        sys.__unraisablehook__(unraisable)
+def _stop(signum: int, frame) -> None:
+    print(f"stopped by {signal.Signals(signum).name}", file=sys.stderr)
+    raise SystemExit(128 + signum)

@@ -1,4 +1,5 @@
-"""The workdir lease: one trainer per workdir, stale leases taken over, a lost lease noticed.
+"""The workdir lease: one trainer per workdir, stale leases taken over, a lost lease noticed by
+each of the trainer's writers before it writes.
 
 Two trainers on one workdir as real processes: tests/test_train.py (the second trainer started on
 the reference run's workdir; a killed run's lease taken over on resume).
@@ -12,10 +13,18 @@ import os
 import subprocess
 import time
 
+import jax
+import numpy as np
 import pytest
+from matplotlib.figure import Figure
 
+from manet_jax.bundle import ModelSpec
 from manet_jax.training import lease as lease_module
+from manet_jax.training.checkpointing import Checkpoints
 from manet_jax.training.lease import LEASE_FILE, STALE_SECONDS, Holder, Lease, LeaseLostError, WorkdirBusyError, hold
+from manet_jax.training.metric_writer import MetricWriter
+from manet_jax.training.run_summary import RunSummary
+from manet_jax.training.state import TrainState
 
 
 def write_lease(workdir, **changes) -> Holder:
@@ -71,6 +80,29 @@ def test_a_lost_lease_stops_the_next_write_and_is_left_to_its_new_holder(tmp_pat
         lease.check()
     lease.release()
     assert lease.read() == other
+
+
+def test_a_lost_lease_stops_each_writer_of_the_workdir_before_it_writes(tmp_path):
+    lease = Lease.acquire(tmp_path)
+    writer = MetricWriter(tmp_path, lease=lease)
+    summary = RunSummary("set/test", tmp_path / "summary.json", lease=lease)
+    checkpoints = Checkpoints(tmp_path / "checkpoints", lease=lease)
+    state = jax.device_put(TrainState(step=np.int32(1), params={"w": np.arange(3.0, dtype=np.float32)},
+                                      batch_stats={}, opt_state={}))
+    writer.write({"step": 1, "train": {"loss": 0.5}})  # while it holds the lease
+    summary.write()
+    written = {name: (tmp_path / name).read_text() for name in ("metrics.jsonl", "summary.json")}
+    write_lease(tmp_path, host="elsewhere")
+    for write in (lambda: writer.truncate(0), lambda: writer.write({"step": 2, "train": {"loss": 0.25}}),
+                  lambda: writer.write_figure("figure", Figure(), 2), summary.write,
+                  lambda: checkpoints.save(2, state, ModelSpec(("a", "b")), summary.host_state())):
+        with pytest.raises(LeaseLostError, match="now held by pid .* on elsewhere"):
+            write()
+    assert {name: (tmp_path / name).read_text() for name in written} == written
+    assert checkpoints.latest_step() is None and not list((tmp_path / "checkpoints").glob("*"))
+    checkpoints.close()
+    writer.close()
+    lease.release()
 
 
 def test_the_holder_refreshes_its_lease(tmp_path, monkeypatch):

@@ -7,6 +7,7 @@ killed by SIGKILL and resumed again. Runs are subprocesses sharing a compilation
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
@@ -32,7 +33,8 @@ from manet_jax.mesh import make_mesh
 from manet_jax.models import MANet
 from manet_jax.report import main as report
 from manet_jax.training.build import build
-from manet_jax.training.checkpointing import CORRUPT, CheckpointRestoreError, Checkpoints
+from manet_jax.training.checkpointing import (CORRUPT, CheckpointRestoreError, Checkpoints, CheckpointSaveError,
+                                             check_room, state_bytes)
 from manet_jax.training.config import RANGES, base_config, eval_sets, load_config
 from manet_jax.training.loop import train_and_evaluate
 from manet_jax.training.metric_writer import MetricWriter, MetricsFileError
@@ -40,7 +42,7 @@ from manet_jax.training.optim import sgd, step_lr
 from manet_jax.training.state import TrainState, abstract_train_state
 from manet_jax.training.workdir import remove_temporary_files, replace_text
 from train_helpers import (DATASET, EPOCHS, REPO, STEPS_PER_EPOCH, TEST_LABEL_COUNTS, command, run, run_and_signal,
-                           run_timing_exit, trainer_setup)
+                           run_timing_exit, tmpfs, trainer_setup)
 
 TOTAL = EPOCHS * STEPS_PER_EPOCH
 TEST_SET = f"{DATASET}/test"  # the eval set of the runs on DATASET
@@ -401,6 +403,81 @@ def test_checkpoints_in_a_relative_directory(tmp_path, monkeypatch):
     bundle = load_bundle("runs/demo")
     assert bundle.step == 1 and bundle.spec.class_names == ("a", "b")
     np.testing.assert_array_equal(bundle.variables["params"]["w"], state.params["w"])
+
+
+def random_state(size: int, step: int = 1) -> TrainState:
+    """A train state of `size` random float32 parameters (which hardly compress: a checkpoint of it
+    takes about 4 * `size` bytes on disk)."""
+    params = np.random.default_rng(step).standard_normal(size).astype(np.float32)
+    return TrainState(step=np.int32(step), params={"w": params}, batch_stats={"m": np.ones(2, np.float32)},
+                      opt_state={"t": np.zeros(3, np.float32)})
+
+
+def megabytes(size: int) -> str:
+    return f"{size / 1e6:,.0f} MB"
+
+
+def test_a_save_without_room_stops_before_it_writes_anything(tmp_path, caplog):
+    """A 4 MB disk holds one checkpoint of 2 MB, not two: the second save is refused as it starts."""
+    with tmpfs(tmp_path / "disk", "size=4m") as disk:
+        checkpoints, spec = Checkpoints(disk / "checkpoints"), ModelSpec(("a", "b"))
+        checkpoints.save(1, jax.device_put(random_state(500_000)), spec, {"epoch": 1})
+        assert f"less than two checkpoints ({megabytes(state_bytes(random_state(500_000)))} each)" in caplog.text
+        checkpoints.wait()
+        on_disk = sum(p.stat().st_size for p in (disk / "checkpoints/1").rglob("*") if p.is_file())
+        assert checkpoints.checkpoint_bytes() == max(on_disk, state_bytes(random_state(500_000)))
+        with pytest.raises(CheckpointSaveError) as error:
+            checkpoints.save(2, jax.device_put(random_state(500_000, 2)), spec, {"epoch": 2})
+        directory = disk / "checkpoints"
+        assert str(error.value) == (
+            f"checkpoint 2 could not be written to {directory}: no space left on device (a checkpoint needs "
+            f"{megabytes(checkpoints.checkpoint_bytes())}; {megabytes(shutil.disk_usage(disk).free)} free now); "
+            f"the last complete checkpoint is {directory}/1: run the same command to resume from it once the cause "
+            "is fixed")
+        assert sorted(p.name for p in directory.iterdir()) == ["1"]  # nothing of checkpoint 2 was written
+        checkpoints.close()
+        assert load_bundle(disk).step == 1
+
+
+def test_a_disk_without_room_for_one_checkpoint_is_refused_before_the_run(tmp_path):
+    state = random_state(500_000)
+    abstract = jax.eval_shape(lambda: state)
+    assert state_bytes(abstract) == state_bytes(state) == sum(x.nbytes for x in jax.tree.leaves(state))
+    with tmpfs(tmp_path / "disk", "size=1m") as disk:
+        with pytest.raises(CheckpointSaveError) as error:
+            check_room(disk / "run/checkpoints", abstract)
+        assert str(error.value) == (
+            f"checkpoints cannot be written to {disk}/run/checkpoints: no space left on device (a checkpoint needs "
+            f"2 MB; 1 MB free now); no checkpoint was saved: run the same command to start again once the cause is "
+            "fixed")
+        assert list(disk.iterdir()) == []
+        check_room(disk / "run/checkpoints", random_state(100))  # room for a smaller one
+
+
+def test_a_damaged_array_file_is_named_in_one_warning_and_the_previous_checkpoint_restored(tmp_path, caplog,
+                                                                                         capfd):
+    checkpoints, spec = Checkpoints(tmp_path / "checkpoints"), ModelSpec(("a", "b"))
+    for step in (1, 2):
+        checkpoints.save(step, jax.device_put(random_state(30_000, step)), spec, {"epoch": step})
+        checkpoints.wait()
+    checkpoints.close()
+    truncate(max((p for p in (tmp_path / "checkpoints/2/variables").rglob("*") if p.is_file()),
+                 key=lambda p: p.stat().st_size))  # the data file of params.w
+    checkpoints = Checkpoints(tmp_path / "checkpoints")
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), random_state(30_000))
+    state, host_state = checkpoints.restore_latest(target)
+    checkpoints.close()
+    gc.collect()  # Python reports a coroutine left unawaited as it collects it
+    np.testing.assert_array_equal(state.params["w"], random_state(30_000, 1).params["w"])
+    assert int(state.step) == 1 and host_state == {"epoch": 1}
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "manet_jax" in r.name]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith(f"checkpoint {tmp_path / 'checkpoints/2'} cannot be restored (variables/params.w "
+                                  'is damaged: OUT_OF_RANGE: Error reading "params.w/0"'), warnings[0]
+    assert warnings[0].endswith(f"); moved to {tmp_path / CORRUPT / '2'}"), warnings[0]
+    assert "pybind11" not in warnings[0] and "Exception ignored" not in capfd.readouterr().err
+    assert (tmp_path / CORRUPT / "2").is_dir()
 
 
 def test_bucket_workdirs_stay_urls(tmp_path, monkeypatch):

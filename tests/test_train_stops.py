@@ -15,7 +15,8 @@ import pytest
 
 from manet_jax.bundle import load_bundle
 from manet_jax.training.preemption import PreemptionGuard
-from train_helpers import STEPS_PER_EPOCH, command, random_variables, run, run_and_signal, tmpfs, trainer_setup
+from train_helpers import (STEPS_PER_EPOCH, command, random_variables, run, run_and_signal, run_timing_exit, tmpfs,
+                           trainer_setup)
 
 pytestmark = pytest.mark.slow  # each test runs the trainer
 
@@ -52,7 +53,7 @@ def small_disk(tmp_path) -> Iterator[Path]:
 
 @pytest.fixture
 def tiny_disk(tmp_path) -> Iterator[Path]:
-    """A tmpfs of 32 KB: room for the run's config, lease and first metrics, not its first evaluation's."""
+    """A tmpfs of 32 KB: no room for a checkpoint."""
     with tmpfs(tmp_path / "disk", "size=32k") as disk:
         yield disk
 
@@ -74,16 +75,47 @@ def test_a_full_disk_stops_the_run_when_the_save_fails_in_one_line(setup, small_
     assert load_bundle(workdir / "checkpoints" / "4").step == 4
 
 
-def test_a_full_disk_stops_the_run_at_any_write_in_one_line(setup, tiny_disk):
-    """The disk fills up with the metrics of the first evaluation (TensorBoard's figures, summary.json)."""
-    workdir = tiny_disk / "workdir"
-    result = run(command(setup, workdir, "--config.checkpoint_every_epochs=3"), setup["env"])
+def test_a_disk_without_room_for_a_checkpoint_stops_the_run_before_it_starts(setup, tiny_disk):
+    workdir, size = tiny_disk / "workdir", f"{checkpoint_bytes() / 1e6:,.0f} MB"
+    result = run(command(setup, workdir), setup["env"])
     assert result.returncode == 2, result.stderr[-3000:]
     lines = result.stderr.splitlines()
+    assert lines[-1] == (f"error: checkpoints cannot be written to {workdir / 'checkpoints'}: no space left on "
+                         f"device (a checkpoint needs {size}; 0 MB free now); no checkpoint was saved: run the same "
+                         "command to start again once the cause is fixed"), lines[-1]
+    assert "step 1/12" not in result.stderr and len(lines) < 10
+    assert list(tiny_disk.iterdir()) == []  # nothing written, not even the workdir
+
+
+def fill(disk: Path) -> None:
+    """Fills `disk` with a file of zeros."""
+    with open(disk / "ballast", "wb", buffering=0) as ballast:
+        try:
+            while True:
+                ballast.write(bytes(1 << 16))
+        except OSError:
+            pass
+
+
+def test_a_full_disk_stops_the_run_at_any_write_in_one_line(setup, small_disk):
+    """Another program fills the disk after step 2: the metrics of the first evaluation (TensorBoard's
+    figures, summary.json) find no room."""
+    workdir = small_disk / "workdir"
+    filled = []
+
+    def fill_after_step_2(line: str, process) -> None:
+        if "step 2/12" in line and not filled:
+            fill(small_disk)
+            filled.append(line)
+
+    code, output, _ = run_timing_exit(command(setup, workdir, "--config.checkpoint_every_epochs=3"), setup["env"],
+                                      on_line=fill_after_step_2)
+    assert code == 2, output[-3000:]
+    lines = output.splitlines()
     assert re.fullmatch(rf"error: {re.escape(str(workdir))}\S* could not be written: no space left on device "
                         r"\(0 MB free now\); no checkpoint was saved: run the same command to start again once "
                         "the cause is fixed", lines[-1]), lines[-1]
-    assert "step 4/12" in result.stderr and "step 5/12" not in result.stderr
+    assert filled and "step 5/12" not in output
     assert len(lines) < 30
     assert not (workdir / "summary.json").exists()  # not left empty: written whole or not at all
 

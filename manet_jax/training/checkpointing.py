@@ -5,9 +5,14 @@ state it resumes from: `train_state/` (step and optimizer state) and `host_state
 best and last evaluation so far, ...). Writes are asynchronous; the latest `keep` checkpoints are
 kept, plus the best by eval accuracy (`bundle.best_step`). A checkpoint that cannot be restored
 is moved to `<workdir>/checkpoints_corrupt/` when an older one restores, so the run goes on from
-there; one whose arrays differ from the config's is reported array by array. A write that fails
-(a full disk) is reported by the next `check`, `save` or `wait` as a CheckpointSaveError naming
-the cause and the last complete checkpoint, and its unfinished folder is removed.
+there; one whose arrays differ from the config's is reported array by array, one with an array
+that cannot be read in full (each is read with tensorstore before the restore) by that array.
+A full disk is caught before anything is written: `check_room` (before a run starts) and each
+save compare the disk's free space with a checkpoint's size (its arrays' bytes, or the last
+complete checkpoint's size on disk if larger, plus a margin) and raise CheckpointSaveError naming
+what is needed, what is free and the last complete checkpoint. A write that fails all the same is
+reported by the next `check`, `save` or `wait` as such an error, and its unfinished folder is removed.
+Given the workdir's lease, a save first checks that this trainer still holds it (`lease.check_held`).
 """
 
 from __future__ import annotations
@@ -16,19 +21,24 @@ import dataclasses
 import itertools
 import json
 import logging
+import math
+import os
 import shutil
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import tensorstore as ts
 from etils import epath
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
 from manet_jax.bundle import HEADER, HEADER_FILE, LEGACY_STATE, METRIC, VARIABLES, ModelSpec, absolute_path, best_step
 from manet_jax.errors import ManetError, is_disk_full
+from manet_jax.training.lease import Lease, check_held
 from manet_jax.training.state import TrainState
 
 TRAIN_STATE, HOST_STATE = "train_state", "host_state"
@@ -38,6 +48,10 @@ CORRUPT = "checkpoints_corrupt"  # beside the checkpoints directory
 JSON_FILES = {"_CHECKPOINT_METADATA": True, f"{HEADER}/{HEADER_FILE}": True, f"{HOST_STATE}/metadata": True,
               "metrics/metrics": False}
 UNFINISHED = f"*{ocp.path.atomicity.TMP_DIR_SUFFIX}*"  # a write in progress, or one that never finished
+# An array's metadata key in an item's OCDBT database (Orbax's layout) -> tensorstore's driver for it.
+ARRAY_DRIVERS = {".zarray": "zarr", "zarr.json": "zarr3"}
+# Room a save needs beyond a checkpoint's size: its metadata files and the file system's blocks.
+MARGIN_FACTOR, MARGIN_BYTES = 1.05, 1_000_000
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +62,10 @@ class CheckpointRestoreError(ManetError, RuntimeError):
 
 class CheckpointSaveError(ManetError, OSError):
     """A checkpoint could not be written; the message names the cause and the last complete one."""
+
+
+class CheckpointDamagedError(ValueError):
+    """An array of a checkpoint cannot be read in full; the message names the array and the error."""
 
 
 class CheckpointMismatchError(ValueError):
@@ -66,10 +84,11 @@ class KeepBest(checkpoint_managers.PreservationPolicy):
 class Checkpoints:
     """Save and restore train states, with the model's spec and the run's host state, in `directory`."""
 
-    def __init__(self, directory: epath.PathLike, keep: int = 2):
+    def __init__(self, directory: epath.PathLike, keep: int = 2, lease: Lease | None = None):
         """Opens `directory`, first removing unfinished writes and setting aside checkpoints with a
-        damaged JSON file (Orbax would fail to open the directory on a damaged metrics file)."""
-        self.directory = absolute_path(directory)
+        damaged JSON file (Orbax would fail to open the directory on a damaged metrics file). Saves
+        are made while this trainer holds `lease` (if given)."""
+        self.directory, self.lease = absolute_path(directory), lease
         self._saving: int | None = None  # the step being written, until `wait` has seen it done
         self._size: int | None = None  # bytes of a checkpoint's arrays
         self._failed = False  # a write failed: its folder is removed again once Orbax's threads are done
@@ -86,14 +105,21 @@ class Checkpoints:
     def save(self, step: int, state: TrainState, spec: ModelSpec, host_state: dict,
              accuracy: float | None = None) -> None:
         """Starts writing checkpoint `step` (returns once the arrays are copied off the devices) after
-        the previous write has finished; raises CheckpointSaveError if that one failed."""
+        the previous write has finished; raises LeaseLostError if another trainer took the lease,
+        CheckpointSaveError if the previous write failed, or, writing nothing, if the disk has no room
+        for this one (`checkpoint_bytes` and a margin). Where the disk has room for less than two,
+        waits for the write, so that a failure stops the run at once."""
+        check_held(self.lease)
         self.wait()
-        if self._size is None:
-            self._size = sum(leaf.nbytes for leaf in jax.tree.leaves(state))
-            free = self._free_bytes()
-            if free is not None and free < 2 * self._size:
-                logger.warning("%s has %s free, less than two checkpoints (%s each): saves may fail for lack of "
-                               "space", self.directory, _megabytes(free), _megabytes(self._size))
+        first, self._size = self._size is None, state_bytes(state)
+        size, free = self.checkpoint_bytes(), self._free_bytes()
+        if free is not None and free < _with_margin(size):
+            raise CheckpointSaveError(_no_space(f"checkpoint {step} could not be written to", self.directory, size,
+                                                free, self.resume_hint()))
+        tight = free is not None and free < 2 * _with_margin(size)
+        if tight and first:
+            logger.warning("%s has %s free, less than two checkpoints (%s each): saves may fail for lack of space",
+                           self.directory, _megabytes(free), _megabytes(size))
         self._saving = step
         try:
             self.manager.save(step, args=ocp.args.Composite(**{
@@ -102,6 +128,14 @@ class Checkpoints:
                 metrics=None if accuracy is None else {METRIC: accuracy})
         except Exception as e:  # the part written before save returns: directories, small files
             raise self._save_failed(e) from e
+        if tight:
+            self.wait()
+
+    def checkpoint_bytes(self) -> int:
+        """A checkpoint's size: its arrays' bytes, or the latest complete checkpoint's size on disk if larger."""
+        latest = self.manager.latest_step()
+        measured = 0 if latest is None else _bytes_on_disk(self.directory / str(latest))
+        return max(self._size or 0, measured)
 
     def check(self) -> None:
         """Raises CheckpointSaveError if the last write has failed; returns at once while it runs."""
@@ -117,37 +151,20 @@ class Checkpoints:
         self._saving = None
 
     def _save_failed(self, error: Exception) -> CheckpointSaveError:
-        """The error that reports the failed write of step `_saving`, once its folder is removed."""
+        """The error that reports the failed write of step `_saving` (one that fails although `save`
+        found room: the disk filled up meanwhile), once its folder is removed."""
         step, self._saving, self._failed = self._saving, None, True
-        self._wait_for_abandoned_writes()
         self._remove_unfinished(after_failure=True)
-        # The write's other tasks fail alike; asyncio would log each at exit ("Task exception was never retrieved").
-        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+        what = f"checkpoint {step} could not be written to"
         if is_disk_full(error):
-            free = self.free_now()
-            cause = f"no space left on device (a checkpoint needs {_megabytes(self._size)}{free and '; ' + free})"
-        else:
-            cause = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
-        return CheckpointSaveError(f"checkpoint {step} could not be written to {self.directory}: {cause}; "
-                                   f"{self.resume_hint()}")
-
-    def _wait_for_abandoned_writes(self, timeout: float = 120) -> None:
-        """Waits for the failed checkpoint's other item writes: Orbax stops waiting at the first that
-        fails (its ChainedFuture) and leaves the rest writing into the folder about to be removed."""
-        async_manager = getattr(getattr(self.manager, "_checkpointer", None), "_async_manager", None)
-        for write in getattr(async_manager, "_commit_futures", None) or ():
-            try:
-                write.result(timeout=timeout)
-            except Exception:  # noqa: BLE001 - they fail alike; the first failure is the one reported
-                pass
+            return CheckpointSaveError(_no_space(what, self.directory, self.checkpoint_bytes(), self._free_bytes(),
+                                                 self.resume_hint()))
+        cause = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+        return CheckpointSaveError(f"{what} {self.directory}: {cause}; {self.resume_hint()}")
 
     def resume_hint(self) -> str:
         """Where a run stopped by an error resumes from, once the error's cause is fixed."""
-        latest = self.manager.latest_step()
-        if latest is None:
-            return "no checkpoint was saved: run the same command to start again once the cause is fixed"
-        return (f"the last complete checkpoint is {self.directory / str(latest)}: run the same command to resume "
-                "from it once the cause is fixed")
+        return _resume_hint(self.directory, self.manager.latest_step())
 
     def free_now(self) -> str:
         """'N MB free now' on the directory's disk ('' for a bucket)."""
@@ -155,19 +172,18 @@ class Checkpoints:
         return "" if free is None else f"{_megabytes(free)} free now"
 
     def _free_bytes(self) -> int | None:
-        """Free bytes on the directory's disk (None for a bucket)."""
-        if "://" in str(self.directory):
-            return None
-        existing = next(p for p in (self.directory, *self.directory.parents) if p.exists())
-        return shutil.disk_usage(existing).free
+        return _free_bytes(self.directory)
 
     def _remove_unfinished(self, after_failure: bool = False) -> None:
         """Deletes the folders of writes that did not finish (a killed run, a failed save). After a
-        failed write whose other item writes outlived `_wait_for_abandoned_writes`, its folder may
-        fail to go: it is left for `close` to remove, and never hides the write's error."""
+        failed write, Orbax stops waiting at the first item write that fails and leaves the others
+        writing into its folder: it is removed once its files stop changing (`_settled`); if it still
+        fails to go, it is left for `close` to remove, and never hides the write's error."""
         if jax.process_index() == 0 and self.directory.is_dir():
             for path in self.directory.glob(UNFINISHED):
                 logger.warning("removing %s, left by a checkpoint write that did not finish", path)
+                if after_failure:
+                    _settled(path)
                 try:
                     path.rmtree()
                 except OSError:
@@ -189,9 +205,7 @@ class Checkpoints:
             lines = "\n".join(f"  {self.directory / str(s)}: {problem}" for s, problem in damaged.items())
             raise CheckpointRestoreError(f"no checkpoint in {self.directory} can be restored; use a new workdir or "
                                          f"fix the checkpoints:\n{lines}")
-        for step, problem in damaged.items():
-            logger.warning("checkpoint %s cannot be restored: %s", self.directory / str(step), problem)
-        self._move_aside(list(damaged))
+        self._move_aside(damaged)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -199,7 +213,8 @@ class Checkpoints:
     def restore_latest(self, target: TrainState) -> tuple[TrainState, dict] | None:
         """(state, host state) of the newest checkpoint that restores into `target` (abstract arrays
         with shardings), or None when there is none. Newer checkpoints that fail are reported and
-        moved aside; if none restores, raises CheckpointRestoreError and moves nothing."""
+        moved aside, each with one warning; if none restores, raises CheckpointRestoreError and moves
+        nothing."""
         failures = []
         for step in reversed(self.manager.all_steps()):
             if (self.directory / str(step) / LEGACY_STATE).is_dir():
@@ -209,16 +224,16 @@ class Checkpoints:
             try:
                 metadata = self.manager.item_metadata(step)
                 _check_matches(TrainState(**metadata[VARIABLES].tree, **metadata[TRAIN_STATE].tree), target)
+                _check_readable(self.directory / str(step), (VARIABLES, TRAIN_STATE))
                 restored = self.manager.restore(step, args=ocp.args.Composite(**{
                     VARIABLES: ocp.args.StandardRestore(target.variables),
                     TRAIN_STATE: ocp.args.StandardRestore(target.run_state), HOST_STATE: ocp.args.JsonRestore()}))
             except Exception as e:  # Orbax raises many types for damaged or incompatible trees
-                logger.warning("checkpoint %s cannot be restored (%s: %s); trying the previous one",
-                               self.directory / str(step), type(e).__name__, str(e).splitlines()[0])
                 failures.append((step, e))
                 continue
             if failures:
-                self._move_aside([s for s, _ in failures])
+                self._move_aside({s: str(e) if isinstance(e, CheckpointDamagedError) else
+                                  f"{type(e).__name__}: {str(e).splitlines()[0]}" for s, e in failures})
                 self.manager.reload()
             state = TrainState(**restored[VARIABLES], **restored[TRAIN_STATE])
             return state, restored[HOST_STATE]
@@ -229,16 +244,18 @@ class Checkpoints:
                 f"dataset, class count or optimizer?); use a new workdir or fix the checkpoints:\n{lines}")
         return None
 
-    def _move_aside(self, steps: list[int]) -> None:
-        """Moves checkpoints `steps` to CORRUPT (as `<step>`, or `<step>-2`, ... beside an earlier one)."""
-        if jax.process_index() == 0 and steps:
+    def _move_aside(self, problems: dict[int, str]) -> None:
+        """Moves the checkpoints of `problems` (step: why it cannot be restored) to CORRUPT (as
+        `<step>`, or `<step>-2`, ... beside an earlier one), with one warning each."""
+        if jax.process_index() == 0 and problems:
             corrupt = self.directory.parent / CORRUPT
             corrupt.mkdir(parents=True, exist_ok=True)
-            for step in steps:
+            for step, problem in problems.items():
                 target = next(path for n in itertools.count(1)
                               if not (path := corrupt / (str(step) if n == 1 else f"{step}-{n}")).exists())
                 self.directory.joinpath(str(step)).rename(target)
-                logger.warning("moved unrestorable checkpoint %d to %s", step, target)
+                logger.warning("checkpoint %s cannot be restored (%s); moved to %s", self.directory / str(step),
+                               problem, target)
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices("manet_jax.checkpoints_moved_aside")
 
@@ -254,6 +271,79 @@ class Checkpoints:
             self._remove_unfinished(after_failure=True)
 
 
+def check_room(directory: epath.PathLike, state: Any) -> None:
+    """Raises CheckpointSaveError, before a run starts, if the disk of `directory` has no room for a
+    checkpoint of `state` (arrays or abstract arrays), as a save would find later."""
+    directory = absolute_path(directory)
+    free, size = _free_bytes(directory), state_bytes(state)
+    if free is not None and free < _with_margin(size):
+        steps = [int(p.name) for p in directory.iterdir() if p.name.isdigit()] if directory.is_dir() else []
+        raise CheckpointSaveError(_no_space("checkpoints cannot be written to", directory, size, free,
+                                            _resume_hint(directory, max(steps, default=None))))
+
+
+def state_bytes(state: Any) -> int:
+    """Bytes of the arrays (or abstract arrays) in `state`: a checkpoint's size before it is written."""
+    return sum(math.prod(leaf.shape) * np.dtype(leaf.dtype).itemsize for leaf in jax.tree.leaves(state))
+
+
+def _with_margin(size: int) -> int:
+    return int(size * MARGIN_FACTOR) + MARGIN_BYTES
+
+
+def _bytes_on_disk(directory: epath.Path) -> int:
+    """The size of the files under a local `directory` (0 for a bucket)."""
+    if "://" in str(directory):
+        return 0
+    return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(directory) for name in names)
+
+
+def _free_bytes(directory: epath.Path) -> int | None:
+    """Free bytes on the disk of `directory` or its nearest existing parent (None for a bucket)."""
+    if "://" in str(directory):
+        return None
+    existing = next(p for p in (directory, *directory.parents) if p.exists())
+    return shutil.disk_usage(existing).free
+
+
+def _no_space(what: str, directory: epath.Path, size: int | None, free: int | None, hint: str) -> str:
+    """'<what> <directory>: no space left on device (a checkpoint needs X MB; Y MB free now); <hint>'."""
+    needs = "" if size is None else f"a checkpoint needs {_megabytes(size)}"
+    room = "; ".join(filter(None, [needs, None if free is None else f"{_megabytes(free)} free now"]))
+    return f"{what} {directory}: no space left on device{room and f' ({room})'}; {hint}"
+
+
+def _resume_hint(directory: epath.Path, latest: int | None) -> str:
+    """Where a run stopped by an error resumes from (checkpoint `latest` in `directory`)."""
+    if latest is None:
+        return "no checkpoint was saved: run the same command to start again once the cause is fixed"
+    return (f"the last complete checkpoint is {directory / str(latest)}: run the same command to resume from it "
+            "once the cause is fixed")
+
+
+def _settled(directory: epath.Path, interval: float = 0.5, timeout: float = 120) -> None:
+    """Returns once the files under a local `directory` have stopped changing for `interval` seconds
+    (or after `timeout`): the writes Orbax abandoned after a failed one are done. Orbax has no public
+    way to wait for them."""
+    def snapshot() -> list[tuple[str, int]]:
+        files = []
+        for root, _, names in os.walk(directory):
+            for name in names:
+                try:
+                    files.append((os.path.join(root, name), os.stat(os.path.join(root, name)).st_size))
+                except OSError:  # removed meanwhile
+                    pass
+        return sorted(files)
+
+    deadline, last = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        current = snapshot()
+        if current == last:
+            return
+        last = current
+        time.sleep(interval)
+
+
 def _json_problem(step_directory: epath.Path) -> str | None:
     """What is wrong with a checkpoint's JSON files (a missing one, one that does not parse), if anything."""
     for name, required in JSON_FILES.items():
@@ -267,6 +357,27 @@ def _json_problem(step_directory: epath.Path) -> str | None:
         except ValueError as e:
             return f"{name} is damaged: {e}"
     return None
+
+
+def _check_readable(checkpoint: epath.Path, items: Sequence[str]) -> None:
+    """Raises CheckpointDamagedError naming the first array of `items` (Orbax items of arrays, each
+    an OCDBT database of zarr arrays) whose data cannot be read in full. Read one by one with
+    tensorstore, each read awaited: a restore by Orbax that fails on a damaged file leaves its other
+    reads unawaited, and Python reports each with a traceback as it collects them."""
+    for item in items:
+        database = {"driver": "ocdbt", "base": str(checkpoint / item).rstrip("/") + "/"}
+        if "://" not in database["base"]:
+            database["base"] = "file://" + database["base"]
+        array = ""
+        try:
+            for key in sorted(key.decode() for key in ts.KvStore.open(database).result().list().result()):
+                array, _, name = key.rpartition("/")
+                if name in ARRAY_DRIVERS:
+                    spec = {"driver": ARRAY_DRIVERS[name], "kvstore": {**database, "path": f"{array}/"}}
+                    ts.open(spec, open=True, read=True).result().read().result()
+        except Exception as e:  # tensorstore's ValueError, or an OSError
+            where = f"{item}/{array}" if array else item
+            raise CheckpointDamagedError(f"{where} is damaged: {str(e).strip().splitlines()[0]}") from e
 
 
 def _megabytes(size: int) -> str:

@@ -5,8 +5,9 @@ creates it (atomically on a local disk: a hard link to a complete file; on a buc
 `gs://`, a check then a write) and rewrites it every REFRESH_SECONDS. A second trainer finds it
 and stops with WorkdirBusyError naming the holder. A lease whose holder is gone (its pid no longer
 runs on this machine; from another machine, no refresh for STALE_SECONDS) is taken over with a
-warning. The holder reads its token back before each write to the workdir (`check`), so that a
-trainer that lost the lease, e.g. to a simultaneous start on a bucket, stops before it writes.
+warning. The holder reads its token back before each write to the workdir (`check_held`, called
+by what writes there: the metric writer, the checkpoints, the run summary), so that a trainer that
+lost the lease, e.g. to a simultaneous start on a bucket, stops before it writes.
 """
 
 from __future__ import annotations
@@ -146,6 +147,13 @@ class Lease:
                     dataclasses.replace(self.holder, refreshed=time.time()))))
             except OSError as e:  # a full disk or a bucket's hiccup: the next refresh tries again
                 logger.warning("cannot refresh the lease %s: %s", self.path, e)
+
+
+def check_held(lease: Lease | None) -> None:
+    """Raises LeaseLostError, before a write to the workdir, if another trainer took `lease` (None:
+    a process that holds none, as all but process 0)."""
+    if lease is not None:
+        lease.check()
 
 
 @contextlib.contextmanager

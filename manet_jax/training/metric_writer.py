@@ -4,7 +4,8 @@ A record is a JSON object with `step` (optimizer steps done), `epoch` and nested
 e.g. `{"step": 96, "epoch": 1, "train": {"loss": ...}, "eval": {"raf_db/test": {"fused": {"accuracy":
 ...}}}}`. TensorBoard gets every number as a scalar tagged by its path (`eval/raf_db/test/fused/accuracy`,
 `eval/raf_db/test/fused/recall/Happiness`); lists (confusion matrices) stay in the JSON, and are drawn as
-images. TensorFlow's summary writer writes local paths and `gs://` buckets alike.
+images. TensorFlow's summary writer writes local paths and `gs://` buckets alike. Each write first
+checks that this trainer still holds the workdir's lease (`lease.check_held`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from manet_jax.errors import ManetError
+from manet_jax.training.lease import Lease, check_held
 from manet_jax.training.workdir import replace_text
 
 METRICS_FILE, TENSORBOARD_DIR = "metrics.jsonl", "tensorboard"
@@ -32,10 +34,11 @@ class MetricsFileError(ManetError, ValueError):
 
 
 class MetricWriter:
-    """Writes records when `enabled` (process 0); does nothing elsewhere."""
+    """Writes records when `enabled` (process 0), while this trainer holds `lease` (if given); does
+    nothing elsewhere."""
 
-    def __init__(self, workdir: epath.PathLike, enabled: bool = True):
-        self.enabled = enabled
+    def __init__(self, workdir: epath.PathLike, enabled: bool = True, lease: Lease | None = None):
+        self.enabled, self.lease = enabled, lease
         self.path = epath.Path(workdir) / METRICS_FILE
         self._tensorboard = None
         if enabled:
@@ -62,11 +65,13 @@ class MetricWriter:
                 continue
             if record_step <= step:
                 kept.append(line)
+        check_held(self.lease)
         replace_text(self.path, "".join(line + "\n" for line in kept))
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
+        check_held(self.lease)
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
         with self._tensorboard.as_default(step=record["step"]):
@@ -76,6 +81,7 @@ class MetricWriter:
 
     def write_figure(self, tag: str, figure: Figure, step: int) -> None:
         if self.enabled:
+            check_held(self.lease)
             canvas = FigureCanvasAgg(figure)
             canvas.draw()
             pixels = np.asarray(canvas.buffer_rgba())[None, ..., :3]

@@ -18,7 +18,8 @@ class PreemptionGuard:
 
     One process: handlers of SIGTERM and SIGINT (installed while the guard is entered; SIGINT's only
     where it is not ignored, as in a background job) set a flag. The first SIGINT puts back the
-    handler from before, Python's KeyboardInterrupt, so that a second one stops the run at once.
+    handler from before (the tools' quiet stop, `cli.stop_quietly_on_signals`; elsewhere Python's
+    KeyboardInterrupt), so that a second one stops the run at once.
     Several processes: JAX's preemption sync point, which `jax.distributed` arms for SIGTERM and
     which makes every process stop at the same step; SIGINT is left as it is.
     """
