@@ -172,17 +172,14 @@ class Trainer:
             "config.learning_rate, or check config.init_from and the data.")
 
     def _end_epoch(self, state: TrainState, done: int) -> None:
-        """Evaluates, reports the epoch, writes the summary and checkpoints, as often as the config says."""
+        """Evaluates, reports the epoch (and the summary) and checkpoints, as often as the config says."""
         setup = self.setup
         epoch, last = done // setup.steps_per_epoch, done == setup.total_steps
         accuracy = None
-        evaluated = epoch % self.config.eval_every_epochs == 0 or last
-        if evaluated:
+        if epoch % self.config.eval_every_epochs == 0 or last:
             results = {s.name: evaluate_set(setup.evaluator, state.variables, s).results for s in setup.eval_sets}
             accuracy = self.summary.add_evaluation(epoch, done, results)
         self.reporter.epoch(epoch, done, self.summary.take_epoch_metrics(), self.summary)
-        if evaluated:
-            self.summary.write()
         if epoch % self.config.checkpoint_every_epochs == 0 or last:
             self.checkpoints.save(done, state, setup.spec, self.summary.host_state(), accuracy)
         self.reporter.progress.skip()

@@ -1,6 +1,7 @@
 """What a training run shows: its log lines (the plan, train metrics with throughput and ETA, each
-epoch's evaluation, the end), its metric records (`metric_writer`: metrics.jsonl and TensorBoard)
-and each evaluation's confusion matrices as TensorBoard images. Logs come from process 0 alone.
+epoch's evaluation, the end), its metric records (`metric_writer`: metrics.jsonl and TensorBoard),
+each evaluation's confusion matrices as TensorBoard images and, after each evaluation, its
+summary (`run_summary`). Logs come from process 0 alone.
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ class Reporter:
 
     def epoch(self, epoch: int, done: int, epoch_metrics: list[dict[str, float]], summary: RunSummary) -> None:
         """Writes the epoch's record (the means of its train metrics, and the evaluation if there was
-        one at this step); an evaluation's confusion matrices are drawn and its results logged."""
+        one at this step); after an evaluation, draws its confusion matrices, writes the summary
+        (`RunSummary.write`) and logs the results."""
         record: dict[str, Any] = {"step": done, "epoch": epoch,
                                   "train_epoch": mean_train_metrics(epoch_metrics, self.config.batch_size)}
         last, best = summary.last, summary.best
@@ -69,6 +71,7 @@ class Reporter:
         for name, results in last["eval"].items():
             self.writer.write_figure(f"eval/{name}/fused/confusion_matrix", confusion_figure(
                 results["fused"]["confusion_matrix"], self.setup.info.class_names, figure_title(results)), done)
+        summary.write()
         lines = [f"epoch {epoch}/{self.config.num_epochs} {describe(name, results)}"
                  for name, results in last["eval"].items()]
         logger.info("%s; train accuracy %.2f%%; best %.2f%% at epoch %d%s", lines[0],
