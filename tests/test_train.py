@@ -33,8 +33,8 @@ from manet_jax.mesh import make_mesh
 from manet_jax.models import MANet
 from manet_jax.report import main as report
 from manet_jax.training.build import build
-from manet_jax.training.checkpointing import (CORRUPT, CheckpointRestoreError, Checkpoints, CheckpointSaveError,
-                                             check_room, state_bytes)
+from manet_jax.training.checkpointing import CORRUPT, CheckpointRestoreError, Checkpoints
+from manet_jax.training.disk_space import CheckpointSaveError, check_room, state_bytes
 from manet_jax.training.config import RANGES, base_config, eval_sets, load_config
 from manet_jax.training.loop import train_and_evaluate
 from manet_jax.training.metric_writer import MetricWriter, MetricsFileError

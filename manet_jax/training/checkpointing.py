@@ -7,10 +7,9 @@ kept, plus the best by eval accuracy (`bundle.best_step`). A checkpoint that can
 is moved to `<workdir>/checkpoints_corrupt/` when an older one restores, so the run goes on from
 there; one whose arrays differ from the config's is reported array by array, one with an array
 that cannot be read in full (each is read with tensorstore before the restore) by that array.
-A full disk is caught before anything is written: `check_room` (before a run starts) and each
-save compare the disk's free space with a checkpoint's size (its arrays' bytes, or the last
-complete checkpoint's size on disk if larger, plus a margin) and raise CheckpointSaveError naming
-what is needed, what is free and the last complete checkpoint. A write that fails all the same is
+A full disk is caught before anything is written: each save checks the room on disk
+(`disk_space`) and raises CheckpointSaveError naming what is needed, what is free and the last
+complete checkpoint; the checks before a restore are in `checkpoint_checks`. A write that fails all the same is
 reported by the next `check`, `save` or `wait` as such an error, and its unfinished folder is removed.
 Given the workdir's lease, a save first checks that this trainer still holds it (`lease.check_held`).
 """
@@ -19,57 +18,34 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import logging
-import math
-import os
-import shutil
-import time
 from collections.abc import Sequence
 from typing import Any
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
-import tensorstore as ts
 from etils import epath
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
 from manet_jax.bundle import HEADER, HEADER_FILE, LEGACY_STATE, METRIC, VARIABLES, ModelSpec, absolute_path, best_step
 from manet_jax.errors import ManetError, is_disk_full
+from manet_jax.training.checkpoint_checks import (HOST_STATE, CheckpointDamagedError, check_matches, check_readable,
+                                                  json_problem)
+from manet_jax.training.disk_space import (CheckpointSaveError, bytes_on_disk, free_bytes, megabytes, no_space,
+                                           resume_hint, settled, state_bytes, with_margin)
 from manet_jax.training.lease import Lease, check_held
 from manet_jax.training.state import TrainState
 
-TRAIN_STATE, HOST_STATE = "train_state", "host_state"
+TRAIN_STATE = "train_state"
 CORRUPT = "checkpoints_corrupt"  # beside the checkpoints directory
-# A checkpoint's small JSON files, which Orbax reads outside any restore (the metrics as it opens
-# the directory), and whether every checkpoint has one.
-JSON_FILES = {"_CHECKPOINT_METADATA": True, f"{HEADER}/{HEADER_FILE}": True, f"{HOST_STATE}/metadata": True,
-              "metrics/metrics": False}
 UNFINISHED = f"*{ocp.path.atomicity.TMP_DIR_SUFFIX}*"  # a write in progress, or one that never finished
-# An array's metadata key in an item's OCDBT database (Orbax's layout) -> tensorstore's driver for it.
-ARRAY_DRIVERS = {".zarray": "zarr", "zarr.json": "zarr3"}
-# Room a save needs beyond a checkpoint's size: its metadata files and the file system's blocks.
-MARGIN_FACTOR, MARGIN_BYTES = 1.05, 1_000_000
 
 logger = logging.getLogger(__name__)
 
 
 class CheckpointRestoreError(ManetError, RuntimeError):
     """No checkpoint in a directory can be restored; the message lists each one's error."""
-
-
-class CheckpointSaveError(ManetError, OSError):
-    """A checkpoint could not be written; the message names the cause and the last complete one."""
-
-
-class CheckpointDamagedError(ValueError):
-    """An array of a checkpoint cannot be read in full; the message names the array and the error."""
-
-
-class CheckpointMismatchError(ValueError):
-    """A checkpoint's arrays differ in shape or dtype from the state they would restore into."""
 
 
 @dataclasses.dataclass
@@ -112,14 +88,14 @@ class Checkpoints:
         check_held(self.lease)
         self.wait()
         first, self._size = self._size is None, state_bytes(state)
-        size, free = self.checkpoint_bytes(), self._free_bytes()
-        if free is not None and free < _with_margin(size):
-            raise CheckpointSaveError(_no_space(f"checkpoint {step} could not be written to", self.directory, size,
+        size, free = self.checkpoint_bytes(), free_bytes(self.directory)
+        if free is not None and free < with_margin(size):
+            raise CheckpointSaveError(no_space(f"checkpoint {step} could not be written to", self.directory, size,
                                                 free, self.resume_hint()))
-        tight = free is not None and free < 2 * _with_margin(size)
+        tight = free is not None and free < 2 * with_margin(size)
         if tight and first:
             logger.warning("%s has %s free, less than two checkpoints (%s each): saves may fail for lack of space",
-                           self.directory, _megabytes(free), _megabytes(size))
+                           self.directory, megabytes(free), megabytes(size))
         self._saving = step
         try:
             self.manager.save(step, args=ocp.args.Composite(**{
@@ -134,7 +110,7 @@ class Checkpoints:
     def checkpoint_bytes(self) -> int:
         """A checkpoint's size: its arrays' bytes, or the latest complete checkpoint's size on disk if larger."""
         latest = self.manager.latest_step()
-        measured = 0 if latest is None else _bytes_on_disk(self.directory / str(latest))
+        measured = 0 if latest is None else bytes_on_disk(self.directory / str(latest))
         return max(self._size or 0, measured)
 
     def check(self) -> None:
@@ -157,22 +133,19 @@ class Checkpoints:
         self._remove_unfinished(after_failure=True)
         what = f"checkpoint {step} could not be written to"
         if is_disk_full(error):
-            return CheckpointSaveError(_no_space(what, self.directory, self.checkpoint_bytes(), self._free_bytes(),
+            return CheckpointSaveError(no_space(what, self.directory, self.checkpoint_bytes(), free_bytes(self.directory),
                                                  self.resume_hint()))
         cause = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
         return CheckpointSaveError(f"{what} {self.directory}: {cause}; {self.resume_hint()}")
 
     def resume_hint(self) -> str:
         """Where a run stopped by an error resumes from, once the error's cause is fixed."""
-        return _resume_hint(self.directory, self.manager.latest_step())
+        return resume_hint(self.directory, self.manager.latest_step())
 
     def free_now(self) -> str:
         """'N MB free now' on the directory's disk ('' for a bucket)."""
-        free = self._free_bytes()
-        return "" if free is None else f"{_megabytes(free)} free now"
-
-    def _free_bytes(self) -> int | None:
-        return _free_bytes(self.directory)
+        free = free_bytes(self.directory)
+        return "" if free is None else f"{megabytes(free)} free now"
 
     def _remove_unfinished(self, after_failure: bool = False) -> None:
         """Deletes the folders of writes that did not finish (a killed run, a failed save). After a
@@ -183,7 +156,7 @@ class Checkpoints:
             for path in self.directory.glob(UNFINISHED):
                 logger.warning("removing %s, left by a checkpoint write that did not finish", path)
                 if after_failure:
-                    _settled(path)
+                    settled(path)
                 try:
                     path.rmtree()
                 except OSError:
@@ -198,7 +171,7 @@ class Checkpoints:
         damaged = {}
         for step in steps:
             if not (self.directory / str(step) / LEGACY_STATE).is_dir():  # restore_latest explains those
-                problem = _json_problem(self.directory / str(step))
+                problem = json_problem(self.directory / str(step))
                 if problem:
                     damaged[step] = problem
         if damaged and len(damaged) == len(steps):
@@ -223,8 +196,8 @@ class Checkpoints:
                     f"cannot be resumed; start a new workdir with --config.init_from={self.directory.parent}")
             try:
                 metadata = self.manager.item_metadata(step)
-                _check_matches(TrainState(**metadata[VARIABLES].tree, **metadata[TRAIN_STATE].tree), target)
-                _check_readable(self.directory / str(step), (VARIABLES, TRAIN_STATE))
+                check_matches(TrainState(**metadata[VARIABLES].tree, **metadata[TRAIN_STATE].tree), target)
+                check_readable(self.directory / str(step), (VARIABLES, TRAIN_STATE))
                 restored = self.manager.restore(step, args=ocp.args.Composite(**{
                     VARIABLES: ocp.args.StandardRestore(target.variables),
                     TRAIN_STATE: ocp.args.StandardRestore(target.run_state), HOST_STATE: ocp.args.JsonRestore()}))
@@ -269,134 +242,3 @@ class Checkpoints:
                 raise
         if self._failed:
             self._remove_unfinished(after_failure=True)
-
-
-def check_room(directory: epath.PathLike, state: Any) -> None:
-    """Raises CheckpointSaveError, before a run starts, if the disk of `directory` has no room for a
-    checkpoint of `state` (arrays or abstract arrays), as a save would find later."""
-    directory = absolute_path(directory)
-    free, size = _free_bytes(directory), state_bytes(state)
-    if free is not None and free < _with_margin(size):
-        steps = [int(p.name) for p in directory.iterdir() if p.name.isdigit()] if directory.is_dir() else []
-        raise CheckpointSaveError(_no_space("checkpoints cannot be written to", directory, size, free,
-                                            _resume_hint(directory, max(steps, default=None))))
-
-
-def state_bytes(state: Any) -> int:
-    """Bytes of the arrays (or abstract arrays) in `state`: a checkpoint's size before it is written."""
-    return sum(math.prod(leaf.shape) * np.dtype(leaf.dtype).itemsize for leaf in jax.tree.leaves(state))
-
-
-def _with_margin(size: int) -> int:
-    return int(size * MARGIN_FACTOR) + MARGIN_BYTES
-
-
-def _bytes_on_disk(directory: epath.Path) -> int:
-    """The size of the files under a local `directory` (0 for a bucket)."""
-    if "://" in str(directory):
-        return 0
-    return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(directory) for name in names)
-
-
-def _free_bytes(directory: epath.Path) -> int | None:
-    """Free bytes on the disk of `directory` or its nearest existing parent (None for a bucket)."""
-    if "://" in str(directory):
-        return None
-    existing = next(p for p in (directory, *directory.parents) if p.exists())
-    return shutil.disk_usage(existing).free
-
-
-def _no_space(what: str, directory: epath.Path, size: int | None, free: int | None, hint: str) -> str:
-    """'<what> <directory>: no space left on device (a checkpoint needs X MB; Y MB free now); <hint>'."""
-    needs = "" if size is None else f"a checkpoint needs {_megabytes(size)}"
-    room = "; ".join(filter(None, [needs, None if free is None else f"{_megabytes(free)} free now"]))
-    return f"{what} {directory}: no space left on device{room and f' ({room})'}; {hint}"
-
-
-def _resume_hint(directory: epath.Path, latest: int | None) -> str:
-    """Where a run stopped by an error resumes from (checkpoint `latest` in `directory`)."""
-    if latest is None:
-        return "no checkpoint was saved: run the same command to start again once the cause is fixed"
-    return (f"the last complete checkpoint is {directory / str(latest)}: run the same command to resume from it "
-            "once the cause is fixed")
-
-
-def _settled(directory: epath.Path, interval: float = 0.5, timeout: float = 120) -> None:
-    """Returns once the files under a local `directory` have stopped changing for `interval` seconds
-    (or after `timeout`): the writes Orbax abandoned after a failed one are done. Orbax has no public
-    way to wait for them."""
-    def snapshot() -> list[tuple[str, int]]:
-        files = []
-        for root, _, names in os.walk(directory):
-            for name in names:
-                try:
-                    files.append((os.path.join(root, name), os.stat(os.path.join(root, name)).st_size))
-                except OSError:  # removed meanwhile
-                    pass
-        return sorted(files)
-
-    deadline, last = time.monotonic() + timeout, None
-    while time.monotonic() < deadline:
-        current = snapshot()
-        if current == last:
-            return
-        last = current
-        time.sleep(interval)
-
-
-def _json_problem(step_directory: epath.Path) -> str | None:
-    """What is wrong with a checkpoint's JSON files (a missing one, one that does not parse), if anything."""
-    for name, required in JSON_FILES.items():
-        path = step_directory / name
-        if not path.exists():
-            if required:
-                return f"{name} is missing"
-            continue
-        try:
-            json.loads(path.read_text())
-        except ValueError as e:
-            return f"{name} is damaged: {e}"
-    return None
-
-
-def _check_readable(checkpoint: epath.Path, items: Sequence[str]) -> None:
-    """Raises CheckpointDamagedError naming the first array of `items` (Orbax items of arrays, each
-    an OCDBT database of zarr arrays) whose data cannot be read in full. Read one by one with
-    tensorstore, each read awaited: a restore by Orbax that fails on a damaged file leaves its other
-    reads unawaited, and Python reports each with a traceback as it collects them."""
-    for item in items:
-        database = {"driver": "ocdbt", "base": str(checkpoint / item).rstrip("/") + "/"}
-        if "://" not in database["base"]:
-            database["base"] = "file://" + database["base"]
-        array = ""
-        try:
-            for key in sorted(key.decode() for key in ts.KvStore.open(database).result().list().result()):
-                array, _, name = key.rpartition("/")
-                if name in ARRAY_DRIVERS:
-                    spec = {"driver": ARRAY_DRIVERS[name], "kvstore": {**database, "path": f"{array}/"}}
-                    ts.open(spec, open=True, read=True).result().read().result()
-        except Exception as e:  # tensorstore's ValueError, or an OSError
-            where = f"{item}/{array}" if array else item
-            raise CheckpointDamagedError(f"{where} is damaged: {str(e).strip().splitlines()[0]}") from e
-
-
-def _megabytes(size: int) -> str:
-    return f"{size / 1e6:,.0f} MB"
-
-
-def _check_matches(saved: Any, target: Any, shown: int = 5) -> None:
-    """Raises CheckpointMismatchError naming the arrays whose shape or dtype differ between a
-    checkpoint's metadata and the target (checked before restoring: Orbax's own error names no key)."""
-    def arrays(tree: Any) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-        return {jax.tree_util.keystr(path, simple=True, separator="/"): (tuple(leaf.shape), np.dtype(leaf.dtype))
-                for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-    ours, theirs = arrays(target), arrays(saved)
-    differences = [f"{key}: only in the checkpoint" for key in sorted(theirs.keys() - ours.keys())]
-    differences += [f"{key}: not in the checkpoint" for key in sorted(ours.keys() - theirs.keys())]
-    differences += [f"{key}: checkpoint {theirs[key][0]} {theirs[key][1]}, this config {ours[key][0]} {ours[key][1]}"
-                    for key in ours if key in theirs and ours[key] != theirs[key]]  # in the state's order
-    if differences:
-        more = f"; and {len(differences) - shown} more" if len(differences) > shown else ""
-        raise CheckpointMismatchError(f"{len(differences)} array(s) differ from this config: "
-                                      + "; ".join(differences[:shown]) + more)

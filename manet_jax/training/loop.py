@@ -21,8 +21,9 @@ from etils import epath
 from manet_jax.bundle import CHECKPOINTS
 from manet_jax.errors import Interrupted, ManetError, is_disk_full
 from manet_jax.training.build import Setup, build
-from manet_jax.training.checkpointing import Checkpoints, check_room
+from manet_jax.training.checkpointing import Checkpoints
 from manet_jax.training.config import save_config
+from manet_jax.training.disk_space import check_room
 from manet_jax.training.eval_sets import GlobalBatches
 from manet_jax.training.evaluation import evaluate_set
 from manet_jax.training.initialisation import check_init_from
