@@ -11,6 +11,7 @@ face's track.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from collections import Counter
@@ -143,6 +144,7 @@ def predict_videos(args: argparse.Namespace, sources: list[VideoSource], predict
     compiles before the first frame is read, so frames/s is the steady rate."""
     size = predictor.spec.image_size
     predictor(np.zeros((1, size, size, 3), np.float32))
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C now ends the reading: what was read is written
     detect_faces = None if args.no_detect else get_detector(args.detector, args.min_neighbors)
     records, frames, start = [], 0, time.perf_counter()
     for source in sources:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
 
 import cv2
 import numpy as np
@@ -261,6 +263,31 @@ def test_cli_sampling(clips, checkpoint, predictor, every_frame, tmp_path, capsy
     assert summary.startswith(f"{len(frames)} frames from 1 source(s): {faces} face(s) in {faces} frame(s), "
                               f"{len(frames) - faces} without a face, 2 track(s); ")
     assert summary.endswith(" frames/s") and float(summary.split()[-2]) > 0
+
+
+@pytest.mark.slow  # the predictor compiled (module fixture)
+def test_ctrl_c_on_a_video_writes_the_frames_read(clips, checkpoint, every_frame, tmp_path, monkeypatch):
+    """Ctrl-C (a real SIGINT, under the command line's signal handlers) while the sixth frame is
+    read: the five read before are predicted and written, and the status is 130."""
+    read_video = predict.predict_video
+
+    def interrupted_at_the_sixth_frame(source, predictor, **options):
+        frames = source.frames
+
+        def sampled(every, fps):
+            for n, frame in enumerate(frames(every, fps)):
+                if n == 5:
+                    os.kill(os.getpid(), signal.SIGINT)
+                yield frame
+        source.frames = sampled
+        return read_video(source, predictor, **options)
+
+    monkeypatch.setattr(predict, "predict_video", interrupted_at_the_sixth_frame)
+    out = tmp_path / "out.csv"
+    assert exit_status([str(clips / "clip.mp4"), "--checkpoint", str(checkpoint), "--batch-size", str(BATCH),
+                        "--output", str(out)]) == 130
+    rows = list(csv.DictReader(out.open()))
+    assert [(int(r["frame"]), r["status"]) for r in rows] == [(r.frame, r.status) for r in every_frame.records[:5]]
 
 
 @pytest.mark.slow  # the predictor compiled (module fixture)
