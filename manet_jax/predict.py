@@ -19,14 +19,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from etils import epath
 
 from manet_jax import cli
 from manet_jax.bundle import load_bundle
 from manet_jax.inference.boxes import BoxesFile
 from manet_jax.inference.clips import predict_video
-from manet_jax.inference.detectors import DETECTORS, get_detector
-from manet_jax.inference.faces import MARGIN
+from manet_jax.inference.detectors import get_detector
+from manet_jax.inference.face_options import add_face_options, check_face_options
 from manet_jax.inference.photos import predict_paths
 from manet_jax.inference.predictor import Predictor
 from manet_jax.inference.records import BRANCHES, ERROR, NO_FACE, OK, WRITERS, format_table, write_records
@@ -40,19 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("paths", nargs="*", metavar="PATH",
                         help=f"image file, folder (searched recursively) or glob; or video files "
                              f"({', '.join(VIDEO_SUFFIXES)})")
-    parser.add_argument("--checkpoint", required=True, type=epath.Path, metavar="DIR",
-                        help="model: a converted bundle, trainer checkpoint or workdir (a local path or gs:// URL)")
-    parser.add_argument("--image-size", type=int, metavar="S", help="model input size (default: the model's)")
+    add_face_options(parser, batch_size=32)
     parser.add_argument("--no-detect", action="store_true", help="take each image as an aligned face crop")
-    parser.add_argument("--detector", choices=DETECTORS, default="cascade",
-                        help="face detector: cascade (OpenCV's) or mtcnn (needs the mtcnn extra) (%(default)s)")
     parser.add_argument("--boxes", type=Path, metavar="FILE",
                         help="crop these face boxes instead of detecting: JSON or CSV of file, x, y, width, height")
-    parser.add_argument("--margin", type=float, default=MARGIN,
-                        help="crop margin per side, a fraction of the face box (%(default)s)")
-    parser.add_argument("--min-neighbors", type=int, default=5,
-                        help="detector strictness: more, fewer false faces (%(default)s)")
-    parser.add_argument("--batch-size", type=int, default=32, help="faces per forward (%(default)s)")
     parser.add_argument("--output", type=Path, metavar="FILE", help="write the results to this .json or .csv file")
     parser.add_argument("--branch-probabilities", action="store_true",
                         help="also write the local and global branches' probabilities to --output")
@@ -73,11 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    for option, value, least in (("--margin", args.margin, 0), ("--min-neighbors", args.min_neighbors, 0),
-                                 ("--batch-size", args.batch_size, 1), ("--every", args.every, 1),
-                                 ("--smooth", args.smooth, 1)):
-        if value < least:
-            parser.error(f"{option} {value}: must be at least {least}")
+    check_face_options(parser, args, ("--every", args.every, 1), ("--smooth", args.smooth, 1))
     if args.boxes and args.no_detect:
         parser.error("--boxes and --no-detect: choose one")
     if args.output and args.output.suffix.lower() not in WRITERS:

@@ -14,12 +14,11 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from etils import epath
-
 from manet_jax import cli
 from manet_jax.bundle import load_bundle
 from manet_jax.errors import ManetError
-from manet_jax.inference.faces import MARGIN
+from manet_jax.inference.detectors import get_detector
+from manet_jax.inference.face_options import add_face_options, check_face_options
 from manet_jax.inference.predictor import Predictor
 
 MAX_BYTES = 20 * 2**20  # the largest request body accepted by default
@@ -27,17 +26,10 @@ MAX_BYTES = 20 * 2**20  # the largest request body accepted by default
 
 def build_parser() -> argparse.ArgumentParser:
     parser = cli.parser("manet_jax.serve", __doc__)
-    parser.add_argument("--checkpoint", required=True, type=epath.Path, metavar="DIR",
-                        help="model: a converted bundle, trainer checkpoint or workdir (a local path or gs:// URL)")
+    add_face_options(parser, batch_size=8)
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (%(default)s: this machine only; 0.0.0.0 for all)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (%(default)s)")
-    parser.add_argument("--image-size", type=int, metavar="S", help="model input size (default: the model's)")
-    parser.add_argument("--margin", type=float, default=MARGIN,
-                        help="crop margin per side, a fraction of the face box (%(default)s)")
-    parser.add_argument("--min-neighbors", type=int, default=5,
-                        help="detector strictness: more, fewer false faces (%(default)s)")
-    parser.add_argument("--batch-size", type=int, default=8, help="faces per forward (%(default)s)")
     parser.add_argument("--max-bytes", type=int, default=MAX_BYTES,
                         help="largest request body accepted, in bytes (%(default)s)")
     parser.add_argument("--threads", type=int, default=4, help="threads handling requests (%(default)s)")
@@ -47,11 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    for option, value, least in (("--port", args.port, 0), ("--margin", args.margin, 0),
-                                 ("--min-neighbors", args.min_neighbors, 0), ("--batch-size", args.batch_size, 1),
-                                 ("--max-bytes", args.max_bytes, 1), ("--threads", args.threads, 1)):
-        if value < least:
-            parser.error(f"{option} {value}: must be at least {least}")
+    check_face_options(parser, args, ("--port", args.port, 0), ("--max-bytes", args.max_bytes, 1),
+                       ("--threads", args.threads, 1))
     return cli.run(lambda: serve(args))
 
 
@@ -62,10 +51,12 @@ def serve(args: argparse.Namespace) -> int:
     except ImportError as e:
         raise ManetError(f"the server needs the serve extra ({e}): pip install -e '.[serve]'") from None
     cli.start_runtime()
+    get_detector(args.detector, args.min_neighbors)  # a missing detector package is an error now, not per request
     bundle = load_bundle(args.checkpoint).resized(args.image_size, "--image-size")
     predictor = Predictor(bundle, args.batch_size, maps=True)
     warm_up(predictor)
-    app = create_app(predictor, margin=args.margin, min_neighbors=args.min_neighbors, max_bytes=args.max_bytes)
+    app = create_app(predictor, detector=args.detector, margin=args.margin, min_neighbors=args.min_neighbors,
+                     max_bytes=args.max_bytes)
     logging.getLogger("waitress").setLevel(logging.INFO)  # its "Serving on http://..." line
     try:
         waitress.serve(app, host=args.host, port=args.port, threads=args.threads)

@@ -26,7 +26,7 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from manet_jax import serve
+from manet_jax import predict, serve
 from manet_jax.bundle import default_class_names
 from manet_jax.inference.visualize import HEIGHT, WIDTH
 from train_helpers import REPO, environment, make_checkpoint, run
@@ -133,6 +133,15 @@ def assert_same_records(answer: list, expected: list, file: str) -> None:
 def test_the_server_listens_on_this_machine_only_by_default():
     args = serve.build_parser().parse_args(["--checkpoint", "model"])
     assert (args.host, args.port) == ("127.0.0.1", 8000)
+
+
+def test_the_server_takes_predicts_face_options():
+    argv = ["--checkpoint", "model", "--detector", "mtcnn", "--margin", "0.3", "--min-neighbors", "3",
+            "--image-size", "112"]
+    served, predicted = serve.build_parser().parse_args(argv), predict.build_parser().parse_args(["x.png", *argv])
+    for key in ("checkpoint", "detector", "margin", "min_neighbors", "image_size"):
+        assert getattr(served, key) == getattr(predicted, key)
+    assert (served.batch_size, predicted.batch_size) == (8, 32)
 
 
 @pytest.mark.parametrize("option, message", [

@@ -36,10 +36,10 @@ class BadUpload(HTTPException):
         self.code = code
 
 
-def create_app(predictor: Predictor, *, margin: float = MARGIN, min_neighbors: int = 5,
+def create_app(predictor: Predictor, *, detector: str = "cascade", margin: float = MARGIN, min_neighbors: int = 5,
                max_bytes: int) -> Flask:
     """The application around `predictor` (made with `maps=True`, for the attention maps); faces are
-    found and cropped as predict does with `margin` and `min_neighbors`; request bodies over
+    found and cropped as predict does with `detector`, `margin` and `min_neighbors`; request bodies over
     `max_bytes` are refused with 413."""
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = max_bytes
@@ -65,7 +65,8 @@ def create_app(predictor: Predictor, *, margin: float = MARGIN, min_neighbors: i
             path.parent.mkdir()
             path.write_bytes(data)
             with lock:
-                records = predict_paths([str(path)], predictor, margin=margin, min_neighbors=min_neighbors,
+                records = predict_paths([str(path)], predictor, detector=detector, margin=margin,
+                                        min_neighbors=min_neighbors,
                                         visualize=Path(tmp, "vis") if visualize else None)
             rows = []
             for record in records:

@@ -1,0 +1,35 @@
+"""The command-line options of the tools that find and crop faces and run a model on them
+(`predict`, `serve`): the model, its input size, the detector and the crop, the batch."""
+
+from __future__ import annotations
+
+import argparse
+
+from etils import epath
+
+from manet_jax.inference.detectors import DETECTORS
+from manet_jax.inference.faces import MARGIN
+
+
+def add_face_options(parser: argparse.ArgumentParser, batch_size: int) -> None:
+    """--checkpoint, --image-size, --detector, --margin, --min-neighbors and --batch-size (default `batch_size`)."""
+    parser.add_argument("--checkpoint", required=True, type=epath.Path, metavar="DIR",
+                        help="model: a converted bundle, trainer checkpoint or workdir (a local path or gs:// URL)")
+    parser.add_argument("--image-size", type=int, metavar="S", help="model input size (default: the model's)")
+    parser.add_argument("--detector", choices=DETECTORS, default="cascade",
+                        help="face detector: cascade (OpenCV's) or mtcnn (needs the mtcnn extra) (%(default)s)")
+    parser.add_argument("--margin", type=float, default=MARGIN,
+                        help="crop margin per side, a fraction of the face box (%(default)s)")
+    parser.add_argument("--min-neighbors", type=int, default=5,
+                        help="the cascade's strictness: more, fewer false faces (%(default)s)")
+    parser.add_argument("--batch-size", type=int, default=batch_size, help="faces per forward (%(default)s)")
+
+
+def check_face_options(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                       *more: tuple[str, float, float]) -> None:
+    """Stops with argparse's usage error where --margin or --min-neighbors is below 0, --batch-size
+    below 1, or one of `more` ((option, value, least), ...) below its least."""
+    for option, value, least in (("--margin", args.margin, 0), ("--min-neighbors", args.min_neighbors, 0),
+                                 ("--batch-size", args.batch_size, 1), *more):
+        if value < least:
+            parser.error(f"{option} {value}: must be at least {least}")
