@@ -2,7 +2,9 @@
 
 Finds faces (OpenCV's frontal-face cascade), crops each with a margin, preprocesses it as the
 evaluation pipeline does and runs MA-Net in batches; prints a table, optionally writes JSON or
-CSV (--output) and a PNG per face with attention maps (--visualize). Exits with 1 only if no
+CSV (--output) and a PNG per face with attention maps (--visualize). With `--runtime onnx` the
+faces go through ONNX Runtime instead of XLA, and --checkpoint is an ONNX export
+(`python -m manet_jax.export --format onnx`), which has no attention maps. Exits with 1 only if no
 input could be processed.
 """
 
@@ -40,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--branch-probabilities", action="store_true",
                         help="also write the local and global branches' probabilities to --output")
     parser.add_argument("--visualize", type=Path, metavar="DIR", help="write a PNG per face into DIR")
+    parser.add_argument("--runtime", choices=("xla", "onnx"), default="xla",
+                        help="xla: JAX on all devices; onnx: ONNX Runtime on the CPU, --checkpoint being an ONNX "
+                             "export (%(default)s)")
     return parser
 
 
@@ -54,16 +59,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--output {args.output}: unknown format; use a .json or .csv file name")
     if args.output and not args.output.absolute().parent.is_dir():
         parser.error(f"--output {args.output}: its folder does not exist")
+    if args.runtime == "onnx" and args.visualize:
+        parser.error("--visualize: the ONNX export has no attention maps; use --runtime xla")
+    if args.runtime == "onnx" and args.image_size:
+        parser.error("--image-size: an ONNX export has a fixed input size; export at the size you need")
     return cli.run(lambda: predict(args))
 
 
 def predict(args: argparse.Namespace) -> int:
-    cli.start_runtime()
-    bundle = load_bundle(args.checkpoint).resized(args.image_size, "--image-size")
-    predictor = Predictor(bundle, args.batch_size, maps=args.visualize is not None)
+    if args.runtime == "onnx":
+        from manet_jax.inference.onnx_export import OnnxPredictor  # ONNX Runtime only when needed
+        predictor = OnnxPredictor(Path(args.checkpoint), args.batch_size)
+    else:
+        cli.start_runtime()
+        bundle = load_bundle(args.checkpoint).resized(args.image_size, "--image-size")
+        predictor = Predictor(bundle, args.batch_size, maps=args.visualize is not None)
     records = predict_paths(args.paths, predictor, detect=not args.no_detect, margin=args.margin,
                             min_neighbors=args.min_neighbors, visualize=args.visualize)
-    class_names = bundle.spec.class_names
+    class_names = predictor.spec.class_names
     print(format_table(records, class_names))
     if args.output:
         write_records(args.output, records, class_names, BRANCHES if args.branch_probabilities else BRANCHES[:1])
