@@ -26,7 +26,9 @@ import os
 import platform as host_platform
 import statistics
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import jax
@@ -170,22 +172,25 @@ def bench_torch(module, mode: str, variant: str, batch: int, args: argparse.Name
                      device_peak_tflops(variant, args.peak_tflops), peak_memory_gib=memory)
 
 
-def bench_onnx(batch: int, args: argparse.Namespace) -> Result:
-    """ONNX Runtime (CPU, all graph optimisations, `--onnx-threads` intra-op threads) on the model
-    exported as `python -m manet_jax.export --format onnx` exports it, with the same weights as JAX's."""
-    import tempfile
-    from pathlib import Path
-
+def export_for_onnx(directory: Path, image_size: int) -> float:
+    """Exports the benchmark's model (JAX's weights) into `directory` as `python -m manet_jax.export
+    --format onnx` does; returns the seconds it took."""
     from manet_jax.bundle import Bundle, ModelSpec, default_class_names
-    from manet_jax.inference.onnx_export import OnnxPredictor, export_onnx
+    from manet_jax.inference.onnx_export import export_onnx
 
-    spec = ModelSpec(default_class_names(NUM_CLASSES), args.image_size)
+    spec = ModelSpec(default_class_names(NUM_CLASSES), image_size)
     bundle = Bundle(spec, jax.device_get(init_variables(MANet(NUM_CLASSES), jax.random.key(0))))
-    with tempfile.TemporaryDirectory() as directory:
-        start = time.perf_counter()
-        export_onnx(bundle, Path(directory))
-        predictor = OnnxPredictor(Path(directory), batch, args.onnx_threads)
-        compile_s = time.perf_counter() - start
+    start = time.perf_counter()
+    export_onnx(bundle, directory)
+    return time.perf_counter() - start
+
+
+def bench_onnx(directory: Path, export_s: float, batch: int, args: argparse.Namespace) -> Result:
+    """ONNX Runtime on the CPU (all graph optimisations, `--onnx-threads` intra-op threads) running
+    the export in `directory`; `compile_s` is the export's seconds."""
+    from manet_jax.inference.onnx_export import OnnxPredictor
+
+    predictor = OnnxPredictor(directory, batch, args.onnx_threads)
     images = np.random.default_rng(0).random((batch, args.image_size, args.image_size, 3), np.float32)
 
     def run():
@@ -194,8 +199,8 @@ def bench_onnx(batch: int, args: argparse.Namespace) -> Result:
 
     seconds = timed_repeats(run, args.warmup, args.repeats)
     variant = f"float32/{args.onnx_threads}t" if args.onnx_threads else "float32"
-    return summarise("onnxruntime", variant, "eval", batch, seconds, args.steps, model_flops("eval", batch, args.image_size),
-                     None, compile_s=compile_s)
+    return summarise("onnxruntime", variant, "eval", batch, seconds, args.steps,
+                     model_flops("eval", batch, args.image_size), None, compile_s=export_s)
 
 
 def ratios(results: Sequence[Result]) -> list[dict[str, Any]]:
@@ -299,13 +304,15 @@ def benchmark(args: argparse.Namespace) -> None:
     print(f"devices: {jax.device_count()} x {env['devices'][0]} ({env['backend']}), jax {env['jax']}"
           + (f", torch {env['torch']}" if "torch" in env else ""), flush=True)
     results = []
+    onnx_dir = tempfile.TemporaryDirectory() if args.onnx else None
+    export_s = export_for_onnx(Path(onnx_dir.name), args.image_size) if onnx_dir else 0.0
     for batch in batch_sizes:
         for mode in modes:
             for dtype in args.dtypes.split(","):
                 results.append(bench_jax(mode, dtype, batch, args))
                 print(format_table(results[-1:]).splitlines()[1], flush=True)
             if args.onnx and mode == "eval":
-                results.append(bench_onnx(batch, args))
+                results.append(bench_onnx(Path(onnx_dir.name), export_s, batch, args))
                 print(format_table(results[-1:]).splitlines()[1], flush=True)
             if module is not None:
                 for variant in args.torch_variants.split(","):
