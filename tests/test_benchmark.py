@@ -21,4 +21,4 @@ def test_benchmark_writes_its_results_with_the_versions(tmp_path, capsys):
     assert (result["framework"], result["mode"], result["batch"]) == ("jax", "eval", 2)
     low, high = result["spread"]
     assert 0 < low <= result["images_per_s"] <= high
-    assert "jax       float32   eval      2" in capsys.readouterr().out
+    assert "jax         float32   eval      2" in capsys.readouterr().out
