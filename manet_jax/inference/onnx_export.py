@@ -36,8 +36,11 @@ def export_onnx(bundle: Bundle, directory: Path) -> Path:
     tracing the Flax module itself: while it traces it replaces some Flax and jax.numpy functions
     with versions that do not take `nn.vmap` (the local branches) or positional pooling windows.
     """
-    from jax2onnx import to_onnx  # the `onnx` extra, only when exporting
-
+    try:
+        from jax2onnx import to_onnx  # only when exporting
+    except ImportError as e:
+        raise OnnxExportError(f"--format onnx needs jax2onnx ({e}): pip install -e '.[onnx]' && "
+                              "pip install --no-deps jax2onnx==0.17.1") from e
     size = bundle.spec.image_size
     if size < MIN_IMAGE_SIZE:
         raise OnnxExportError(f"--image-size {size}: an ONNX export needs at least {MIN_IMAGE_SIZE}")
@@ -56,7 +59,10 @@ class OnnxPredictor:
     """Runs an ONNX export with ONNX Runtime on the CPU: `Predictor`'s interface (no MAPS)."""
 
     def __init__(self, directory: Path, batch_size: int = 32, threads: int | None = None):
-        import onnxruntime as ort  # the `onnx` extra, only when used
+        try:
+            import onnxruntime as ort  # only when used
+        except ImportError as e:
+            raise OnnxExportError(f"ONNX Runtime is not installed ({e}): pip install -e '.[onnx]'") from e
 
         metadata = json.loads((directory / METADATA).read_text()) if (directory / METADATA).is_file() else {}
         if metadata.get("format") != "onnx":
