@@ -22,6 +22,10 @@ from train_helpers import make_checkpoint
 
 pytest.importorskip("onnxruntime", reason="ONNX Runtime is the `onnx` extra: pip install -e '.[onnx]'")
 
+KNOWN_FAILURE = pytest.mark.xfail(
+    strict=True, reason="jax2onnx 0.17.1 lowers the stem's lax.reduce_window_max over all four NHWC dims as a 4-D "
+    "MaxPool, which ONNX Runtime 1.32 refuses ('Unsupported pooling size'); the export itself converts")
+
 SIZE = MIN_IMAGE_SIZE
 RTOL = 1e-4  # max |ONNX Runtime - Flax| over max |Flax|, per output
 
@@ -58,7 +62,8 @@ def max_relative_difference(got: np.ndarray, want: np.ndarray) -> float:
     return float(np.max(np.abs(got - want)) / np.max(np.abs(want)))
 
 
-@pytest.mark.slow  # jax2onnx converts MA-Net at 224x224: minutes
+@KNOWN_FAILURE
+@pytest.mark.slow  # jax2onnx converts MA-Net at 224x224: minutes (12 under load on 2 cores)
 def test_onnx_runtime_matches_flax_at_any_batch_size(exported, expected):
     metadata = json.loads((exported / METADATA).read_text())
     assert (metadata["format"], metadata["image_size"], metadata["outputs"]) == ("onnx", SIZE, list(OUTPUTS))
@@ -70,6 +75,7 @@ def test_onnx_runtime_matches_flax_at_any_batch_size(exported, expected):
             assert max_relative_difference(got[key], want[key]) <= RTOL, (key, batch_size)
 
 
+@KNOWN_FAILURE
 @pytest.mark.slow  # the export above
 def test_predict_runs_faces_through_onnx_runtime(exported, expected, crops, tmp_path):
     paths = []
