@@ -12,7 +12,9 @@ image forward, 3x that per training step; scaled with the input area) for both f
 fraction of peak uses `--peak-tflops` or the known dense peak of the chip for the compute dtype.
 With `--compare-torch` the official PyTorch model (imported from the given clone) is timed in the
 same process on the same device, batch and input: float32 eager as the official code trains, and
-autocast bfloat16 with channels_last, and the ratios are printed.
+autocast bfloat16 with channels_last, and the ratios are printed. With `--onnx` the eval mode also
+times ONNX Runtime on the CPU running the same model exported with `--format onnx`'s route (forward
+pass only; the `onnx` extra).
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ import os
 import platform as host_platform
 import statistics
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import jax
@@ -34,7 +38,10 @@ import numpy as np
 
 from manet_jax import cli
 from manet_jax.accelerators import peak_tflops
+from manet_jax.bundle import Bundle, ModelSpec, default_class_names
 from manet_jax.errors import ConfigError
+from manet_jax.inference.onnx_export import export_onnx
+from manet_jax.inference.onnx_runtime import OnnxPredictor
 from manet_jax.mesh import batch_sharded, make_mesh, platform, replicated
 from manet_jax.models import BRANCH_EXECUTION, MANet, branch_execution_for, init_variables, model_flops
 from manet_jax.training.optim import sgd
@@ -168,18 +175,44 @@ def bench_torch(module, mode: str, variant: str, batch: int, args: argparse.Name
                      device_peak_tflops(variant, args.peak_tflops), peak_memory_gib=memory)
 
 
+def export_for_onnx(directory: Path, image_size: int) -> float:
+    """Exports the benchmark's model (JAX's weights) into `directory` as `python -m manet_jax.export
+    --format onnx` does; returns the seconds it took."""
+    spec = ModelSpec(default_class_names(NUM_CLASSES), image_size)
+    bundle = Bundle(spec, jax.device_get(init_variables(MANet(NUM_CLASSES), jax.random.key(0))))
+    start = time.perf_counter()
+    export_onnx(bundle, directory)
+    return time.perf_counter() - start
+
+
+def bench_onnx(directory: Path, export_s: float, batch: int, args: argparse.Namespace) -> Result:
+    """ONNX Runtime on the CPU (all graph optimisations, `--onnx-threads` intra-op threads) running
+    the export in `directory`; `compile_s` is the export's seconds."""
+    predictor = OnnxPredictor(directory, batch, args.onnx_threads)
+    images = np.random.default_rng(0).random((batch, args.image_size, args.image_size, 3), np.float32)
+
+    def run():
+        for _ in range(args.steps):
+            predictor(images)
+
+    seconds = timed_repeats(run, args.warmup, args.repeats)
+    variant = f"float32/{args.onnx_threads}t" if args.onnx_threads else "float32"
+    return summarise("onnxruntime", variant, "eval", batch, seconds, args.steps,
+                     model_flops("eval", batch, args.image_size), None, compile_s=export_s)
+
+
 def ratios(results: Sequence[Result]) -> list[dict[str, Any]]:
-    """JAX images/s over each PyTorch variant's, per mode and batch."""
+    """JAX's and ONNX Runtime's images/s over each PyTorch variant's, per mode and batch."""
     index = {(r.framework, r.variant, r.mode, r.batch): r.images_per_s for r in results}
     out = []
     for (framework, variant, mode, batch), rate in index.items():
-        if framework != "jax":
+        if framework == "torch":
             continue
         for torch_variant in ("float32", "bfloat16"):
             other = index.get(("torch", torch_variant, mode, batch))
             if other:
-                out.append({"mode": mode, "batch": batch, "jax": variant, "torch": torch_variant,
-                            "ratio": rate / other})
+                out.append({"mode": mode, "batch": batch, "framework": framework, "jax": variant,
+                            "torch": torch_variant, "ratio": rate / other})
     return out
 
 
@@ -187,10 +220,10 @@ def format_table(results: Sequence[Result]) -> str:
     def fmt(value, spec):
         return format(value, spec) if value is not None else "-"
 
-    lines = [f"{'framework':<9} {'variant':<9} {'mode':<5} {'batch':>5} {'img/s':>9} {'min-max':>17} "
+    lines = [f"{'framework':<11} {'variant':<9} {'mode':<5} {'batch':>5} {'img/s':>9} {'min-max':>17} "
              f"{'compile s':>9} {'TFLOP/s':>8} {'of peak':>7} {'peak GiB':>8}"]
     for r in results:
-        lines.append(f"{r.framework:<9} {r.variant:<9} {r.mode:<5} {r.batch:>5} {r.images_per_s:>9.1f} "
+        lines.append(f"{r.framework:<11} {r.variant:<9} {r.mode:<5} {r.batch:>5} {r.images_per_s:>9.1f} "
                      f"{r.spread[0]:>8.1f}-{r.spread[1]:<8.1f} {fmt(r.compile_s, '>9.1f')} "
                      f"{fmt(r.tflops, '>8.2f')} {fmt(r.peak_fraction and 100 * r.peak_fraction, '>6.1f')}% "
                      f"{fmt(r.peak_memory_gib, '>8.2f')}")
@@ -217,6 +250,11 @@ def environment() -> dict[str, Any]:
         env["torch_threads"] = torch.get_num_threads()
     except ImportError:
         pass
+    try:
+        import onnxruntime
+        env["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
     return env
 
 
@@ -240,6 +278,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="PyTorch variants with --compare-torch: float32 (eager) and/or bfloat16 "
                              "(autocast, channels_last)")
     parser.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads on CPU")
+    parser.add_argument("--onnx", action="store_true",
+                        help="in eval mode also time ONNX Runtime on the CPU (the `onnx` extra)")
+    parser.add_argument("--onnx-threads", type=int, default=None,
+                        help="ONNX Runtime intra-op threads (default: ONNX Runtime's)")
     parser.add_argument("--output", default=None, help="write the results as JSON here")
     return parser
 
@@ -265,10 +307,15 @@ def benchmark(args: argparse.Namespace) -> None:
     print(f"devices: {jax.device_count()} x {env['devices'][0]} ({env['backend']}), jax {env['jax']}"
           + (f", torch {env['torch']}" if "torch" in env else ""), flush=True)
     results = []
+    onnx_dir = tempfile.TemporaryDirectory() if args.onnx else None
+    export_s = export_for_onnx(Path(onnx_dir.name), args.image_size) if onnx_dir else 0.0
     for batch in batch_sizes:
         for mode in modes:
             for dtype in args.dtypes.split(","):
                 results.append(bench_jax(mode, dtype, batch, args))
+                print(format_table(results[-1:]).splitlines()[1], flush=True)
+            if args.onnx and mode == "eval":
+                results.append(bench_onnx(Path(onnx_dir.name), export_s, batch, args))
                 print(format_table(results[-1:]).splitlines()[1], flush=True)
             if module is not None:
                 for variant in args.torch_variants.split(","):
@@ -278,10 +325,10 @@ def benchmark(args: argparse.Namespace) -> None:
     print(format_table(results))
     table = ratios(results)
     if table:
-        print("\nratios (JAX images/s over PyTorch images/s):")
+        print("\nratios (JAX's or ONNX Runtime's images/s over PyTorch's):")
         for row in table:
-            print(f"  {row['mode']:<5} batch {row['batch']:>4}: jax {row['jax']:<8} / torch {row['torch']:<8} "
-                  f"= {row['ratio']:.2f}x")
+            print(f"  {row['mode']:<5} batch {row['batch']:>4}: {row['framework']} {row['jax']:<8} / torch "
+                  f"{row['torch']:<8} = {row['ratio']:.2f}x")
     if args.output:
         payload = {"environment": env, "args": vars(args), "results": [dataclasses.asdict(r) for r in results],
                    "ratios": table}

@@ -1,9 +1,11 @@
-"""Model export for serving: `python -m manet_jax.export --checkpoint DIR --format stablehlo|savedmodel
+"""Model export for serving: `python -m manet_jax.export --checkpoint DIR --format stablehlo|savedmodel|onnx
 --output OUT`.
 
 stablehlo: a serialized `jax.export` artifact (variables embedded, symbolic batch size), runnable
 with `jax.export.deserialize` and no model code. savedmodel: a TensorFlow SavedModel (jax2tf) with
 uint8 (`serving_default`) and float32 (`serving_float`) signatures, for TF Serving and TFLite.
+onnx: `manet.onnx` (jax2onnx, the `onnx` extra) for ONNX Runtime, float32 input in [0, 1], any batch
+size; --platforms does not apply.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from etils import epath
 
 from manet_jax import cli
 from manet_jax.bundle import load_bundle
+from manet_jax.inference.onnx_export import export_onnx
 from manet_jax.inference.stablehlo import PLATFORMS, export_stablehlo
 
-FORMATS = ("stablehlo", "savedmodel")
+FORMATS = ("stablehlo", "savedmodel", "onnx")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="new (or empty) directory for the export")
     parser.add_argument("--image-size", type=int, metavar="S", help="model input size (default: the model's)")
     parser.add_argument("--platforms", default=",".join(PLATFORMS),
-                        help="comma-separated platforms to lower for (default: %(default)s)")
+                        help="comma-separated platforms to lower for, stablehlo and savedmodel (default: %(default)s)")
     return parser
 
 
@@ -52,6 +55,8 @@ def export(args: argparse.Namespace) -> None:
     if args.format == "savedmodel":
         from manet_jax.inference.savedmodel import export_savedmodel  # TensorFlow only when needed
         path = export_savedmodel(bundle, args.output, args.platforms.split(","))
+    elif args.format == "onnx":
+        path = export_onnx(bundle, args.output)
     else:
         path = export_stablehlo(bundle, args.output, args.platforms.split(","))
     print(f"wrote {args.format} export of {args.checkpoint} ({bundle.spec.num_classes} classes, "

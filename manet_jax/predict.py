@@ -5,7 +5,8 @@ crops the boxes of --boxes; preprocesses each face as the evaluation pipeline do
 in batches; prints a table, optionally writes JSON or CSV (--output) and a PNG per face with
 attention maps (--visualize). Exits with 1 only if no input could be processed. Video files (by
 extension) and --camera N give a row per face per sampled frame, with the frame, its time and the
-face's track.
+face's track. With `--runtime onnx` the faces go through ONNX Runtime instead of XLA, --checkpoint
+being an ONNX export (`python -m manet_jax.export --format onnx`), which has no attention maps.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from manet_jax.inference.boxes import BoxesFile
 from manet_jax.inference.clips import predict_video
 from manet_jax.inference.detectors import get_detector
 from manet_jax.inference.face_options import add_face_options, check_face_options
+from manet_jax.inference.onnx_runtime import OnnxPredictor
 from manet_jax.inference.photos import predict_paths
 from manet_jax.inference.predictor import Predictor
 from manet_jax.inference.records import BRANCHES, ERROR, NO_FACE, OK, WRITERS, format_table, write_records
@@ -47,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--branch-probabilities", action="store_true",
                         help="also write the local and global branches' probabilities to --output")
     parser.add_argument("--visualize", type=Path, metavar="DIR", help="write a PNG per face into DIR")
+    parser.add_argument("--runtime", choices=("xla", "onnx"), default="xla",
+                        help="xla: JAX on all devices; onnx: ONNX Runtime on the CPU, --checkpoint being an ONNX "
+                             "export (%(default)s)")
     video = parser.add_argument_group("videos and cameras")
     video.add_argument("--camera", type=int, metavar="N", help="read camera N (as cv2.VideoCapture(N)) until Ctrl-C")
     sampling = video.add_mutually_exclusive_group()
@@ -71,6 +76,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.output and not args.output.absolute().parent.is_dir():
         parser.error(f"--output {args.output}: its folder does not exist")
     check_video_options(parser, args)
+    if args.runtime == "onnx" and args.visualize:
+        parser.error("--visualize: an ONNX export has no attention maps; use --runtime xla")
+    if args.runtime == "onnx" and args.image_size:
+        parser.error("--image-size: an ONNX export has a fixed input size; export at the size you need")
     return cli.run(lambda: predict(args))
 
 
@@ -106,14 +115,17 @@ def predict(args: argparse.Namespace) -> int:
     cli.start_runtime()
     sources = [open_camera(args.camera)] if args.camera is not None else [open_video(p) for p in args.paths
                                                                            if is_video_file(p)]
-    bundle = load_bundle(args.checkpoint).resized(args.image_size, "--image-size")
-    predictor = Predictor(bundle, args.batch_size, maps=args.visualize is not None)
+    if args.runtime == "onnx":
+        predictor = OnnxPredictor(Path(args.checkpoint), args.batch_size)
+    else:
+        bundle = load_bundle(args.checkpoint).resized(args.image_size, "--image-size")
+        predictor = Predictor(bundle, args.batch_size, maps=args.visualize is not None)
     if sources:
         return predict_videos(args, sources, predictor)
     records = predict_paths(args.paths, predictor, detect=not args.no_detect, margin=args.margin,
                             min_neighbors=args.min_neighbors, detector=args.detector, boxes=boxes,
                             visualize=args.visualize)
-    class_names = bundle.spec.class_names
+    class_names = predictor.spec.class_names
     print(format_table(records, class_names))
     if args.output:
         write_records(args.output, records, class_names, BRANCHES if args.branch_probabilities else BRANCHES[:1])
@@ -124,7 +136,7 @@ def predict(args: argparse.Namespace) -> int:
     return 0 if counts[OK] or counts[NO_FACE] else 1
 
 
-def predict_videos(args: argparse.Namespace, sources: list[VideoSource], predictor: Predictor) -> int:
+def predict_videos(args: argparse.Namespace, sources: list[VideoSource], predictor: Predictor | OnnxPredictor) -> int:
     """Runs the videos (or the camera) in turn, then prints and writes what was collected, also
     after Ctrl-C (exit status 0 for a camera, where Ctrl-C is how it ends; else 130). The forward
     compiles before the first frame is read, so frames/s is the steady rate."""

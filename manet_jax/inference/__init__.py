@@ -7,5 +7,6 @@ run faces; preprocess: the evaluation view of a crop; predictor: batched, sharde
 a model bundle; photos: files in, records out; video: frames of video files and cameras, sampled;
 tracking: faces followed across frames, smoothing; clips: videos in, records out; records: table,
 JSON, CSV; visualize: attention PNGs, annotated frames, timelines; server: the web application
-(Flask); stablehlo, savedmodel: exports.
+(Flask); stablehlo, savedmodel, onnx_export: exports; onnx_runtime: ONNX exports run with ONNX
+Runtime.
 """

@@ -1,0 +1,182 @@
+"""ONNX export: ONNX Runtime gives the JAX computation's numbers at any batch size.
+
+Quick: each rewrite the export makes before and after jax2onnx (tensors of a symbolic batch
+through vmapped convolutions, an edge pad, MA-Net's max pool, nested calls), on small functions
+run in ONNX Runtime. Slow: the whole model exported at 224x224 by the CLI against the Flax forward
+pass, and `predict --runtime onnx`.
+"""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import export as jax_export
+from PIL import Image
+
+from manet_jax import export, predict
+from manet_jax.bundle import load_bundle
+from manet_jax.inference.onnx_export import OnnxExportError, nchw_max_pools, onnx_model
+from manet_jax.inference.onnx_runtime import OnnxPredictor
+from manet_jax.inference.predictor import OUTPUTS, outputs
+from manet_jax.inference.preprocess import eval_view
+from manet_jax.inference.stablehlo import METADATA
+from manet_jax.models.layers import max_pool_3x3_s2
+from train_helpers import make_checkpoint
+
+ort = pytest.importorskip("onnxruntime", reason="ONNX Runtime is the `onnx` extra: pip install -e '.[onnx]'")
+onnx = pytest.importorskip("onnx", reason="the `onnx` extra: pip install -e '.[onnx]'")
+pytest.importorskip("jax2onnx", reason="pip install --no-deps jax2onnx==0.17.1 (see setup.cfg's onnx extra)")
+
+SIZE = 224
+RTOL = 1e-4  # max |ONNX Runtime - Flax| over max |Flax|, per output
+BATCH, = jax_export.symbolic_shape("batch")
+
+
+def max_relative_difference(got: np.ndarray, want: np.ndarray) -> float:
+    return float(np.max(np.abs(got - want)) / np.max(np.abs(want)))
+
+
+def run_onnx(model, x: np.ndarray) -> list[np.ndarray]:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})
+
+
+def vmapped_convolution(x):
+    """Four 3x3 convolutions of four channel groups, each with its own kernel, as MA-Net's local
+    branches run (jax.vmap): batching writes reshapes with `dimensions`."""
+    kernels = jnp.asarray(np.random.default_rng(1).normal(size=(4, 3, 3, 2, 5)), jnp.float32)
+    groups = jnp.moveaxis(x.reshape(*x.shape[:3], 4, 2), 3, 0)
+    conv = jax.vmap(lambda g, k: jax.lax.conv_general_dilated(g, k, (1, 1), "SAME",
+                                                              dimension_numbers=("NHWC", "HWIO", "NHWC")))
+    return [jax.nn.relu(conv(groups, kernels)).sum(0)]
+
+
+SMALL_FUNCTIONS = {
+    "vmapped convolution": vmapped_convolution,
+    "edge pad": lambda x: [jnp.pad(x, ((0, 0), (1, 2), (0, 1), (0, 0)), constant_values=0.5) * 2],
+    "max pool 3x3/2": lambda x: [max_pool_3x3_s2(x) - 1],
+    "nested calls": lambda x: [jax.jit(lambda y: jax.nn.relu(y) + jax.nn.sigmoid(y))(x), jnp.tanh(x).mean((1, 2))],
+}
+
+
+@pytest.mark.parametrize("name", SMALL_FUNCTIONS)
+def test_a_function_converts_to_the_same_numbers_at_any_batch_size(name):
+    fn, spec = SMALL_FUNCTIONS[name], jax.ShapeDtypeStruct((BATCH, 6, 7, 8), jnp.float32)
+    model = onnx_model(fn, spec, "x", [f"y{i}" for i in range(len(jax.eval_shape(fn, spec)))])
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # the batch stays symbolic
+    for batch in (1, 3):
+        x = np.random.default_rng(batch).normal(size=(batch, 6, 7, 8)).astype(np.float32)
+        for got, want in zip(run_onnx(model, x), fn(x), strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_max_pools_become_two_dimensional():
+    model = onnx_model(SMALL_FUNCTIONS["max pool 3x3/2"], jax.ShapeDtypeStruct((BATCH, 6, 7, 8), jnp.float32),
+                       "x", ["y"])
+    pool, = [node for node in model.graph.node if node.op_type == "MaxPool"]
+    assert {a.name: onnx.helper.get_attribute_value(a) for a in pool.attribute} == {
+        "kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}
+    assert not {"Unsqueeze", "Squeeze"} & {node.op_type for node in model.graph.node}
+
+
+def test_a_max_pool_that_cannot_be_mended_is_an_error():
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 1, 4, 4, 4])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)
+    pool = onnx.helper.make_node("MaxPool", ["x"], ["y"], name="pool3d", kernel_shape=[2, 2, 2])
+    model = onnx.helper.make_model(onnx.helper.make_graph([pool], "g", [x], [y]))
+    with pytest.raises(OnnxExportError, match="pool3d: a MaxPool that ONNX Runtime cannot run"):
+        nchw_max_pools(model)
+
+
+def test_predict_onnx_refuses_visualize_and_image_size(capsys):
+    for option in (["--visualize", "vis"], ["--image-size", "224"]):
+        with pytest.raises(SystemExit):
+            predict.main(["face.png", "--checkpoint", "export", "--runtime", "onnx", *option])
+        assert f"error: {option[0]}" in capsys.readouterr().err
+
+
+def test_predict_onnx_needs_an_onnx_export(tmp_path, capsys):
+    (tmp_path / METADATA).write_text(json.dumps({"format": "stablehlo", "class_names": ["a", "b"], "image_size": 64}))
+    for checkpoint in (tmp_path, tmp_path / "missing"):
+        assert predict.main(["face.png", "--checkpoint", str(checkpoint), "--runtime", "onnx"]) == 2
+        assert f"error: --checkpoint {checkpoint}: not an ONNX export" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return make_checkpoint(tmp_path_factory.mktemp("checkpoint"), image_size=SIZE)
+
+
+@pytest.fixture(scope="module")
+def exported(checkpoint, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("export") / "onnx"
+    assert export.main(["--checkpoint", str(checkpoint), "--format", "onnx", "--output", str(directory)]) == 0
+    return directory
+
+
+@pytest.fixture(scope="module")
+def crops():
+    """Three uint8 face crops of another size than the model's."""
+    return np.random.default_rng(0).integers(0, 256, (3, 150, 130, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def expected(checkpoint, crops):
+    """The Flax outputs of the crops as predict preprocesses them."""
+    bundle = load_bundle(checkpoint)
+    images = np.stack([eval_view(crop, SIZE) for crop in crops])
+    run = jax.jit(outputs, static_argnums=(0, 1))
+    return images, jax.device_get(run(bundle.spec.module(), bundle.spec.beta, bundle.variables, images))
+
+
+@pytest.mark.slow  # MA-Net converted and run at 224x224
+def test_onnx_runtime_matches_flax_at_any_batch_size(exported, expected):
+    metadata = json.loads((exported / METADATA).read_text())
+    assert (metadata["format"], metadata["image_size"], metadata["outputs"]) == ("onnx", SIZE, list(OUTPUTS))
+    images, want = expected
+    for batch_size in (3, 2):  # one run of 3, then runs of 2 and 1: the batch dimension is dynamic
+        got = OnnxPredictor(exported, batch_size)(images)
+        for key in OUTPUTS:
+            assert got[key].shape == want[key].shape
+            assert max_relative_difference(got[key], want[key]) <= RTOL, (key, batch_size)
+
+
+@pytest.mark.slow  # the export above
+def test_predict_runs_faces_through_onnx_runtime(exported, expected, crops, tmp_path):
+    paths = []
+    for i, crop in enumerate(crops):
+        paths.append(tmp_path / f"face{i}.png")
+        Image.fromarray(crop).save(paths[-1])
+    out = tmp_path / "out.json"
+    assert predict.main([*map(str, paths), "--checkpoint", str(exported), "--runtime", "onnx", "--no-detect",
+                         "--batch-size", "2", "--output", str(out), "--branch-probabilities"]) == 0
+    rows = json.loads(out.read_text())
+    _, want = expected
+    names = json.loads((exported / METADATA).read_text())["class_names"]
+    assert [row["file"] for row in rows] == list(map(str, paths))
+    for i, row in enumerate(rows):
+        for branch, key in (("fused", "probabilities"), ("local", "probabilities_local"),
+                            ("global", "probabilities_global")):
+            got = np.array([row["probabilities"][branch][name] for name in names])
+            assert max_relative_difference(got, want[key][i]) <= RTOL, (i, branch)
+
+
+@pytest.mark.slow  # the export above
+def test_predict_runs_a_video_through_onnx_runtime(exported, tmp_path):
+    """Frames, times and tracks as with XLA (tests/test_predict_video.py's clip)."""
+    from test_predict_video import FACE_FRAMES, FIRST_TRACK, FPS, FRAMES, clip_frames, write_clip
+
+    write_clip(tmp_path / "clip.mp4", clip_frames(), "mp4v")
+    out = tmp_path / "out.json"
+    assert predict.main([str(tmp_path / "clip.mp4"), "--checkpoint", str(exported), "--runtime", "onnx",
+                         "--every", "3", "--output", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    frames = range(0, FRAMES, 3)
+    assert [(row["frame"], row["time_s"], row["track"]) for row in rows] == [
+        (i, i / FPS, 0 if i in FIRST_TRACK else 1 if i in FACE_FRAMES else None) for i in frames]
+    for row in rows:
+        fused = row["probabilities"].get("fused", {})
+        assert (row["status"] == "ok") == (row["frame"] in FACE_FRAMES)
+        assert not fused or abs(sum(fused.values()) - 1) < 1e-5 and row["label"] == max(fused, key=fused.get)
