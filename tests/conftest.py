@@ -1,7 +1,8 @@
-"""Shared test settings: CPU, tests/ importable, one compilation cache for the tests' subprocesses,
-the slowest modules first."""
+"""Shared test settings: CPU, tests/ importable, Ctrl-C delivered, one compilation cache for the
+tests' subprocesses, the slowest modules first."""
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -9,6 +10,12 @@ import pytest
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, str(Path(__file__).parent))
+# A suite started as a background job (`nohup`, `&` in a script) inherits an ignored SIGINT, which the
+# tools rightly leave ignored; the Ctrl-C tests (in process and in the tools they start) need it
+# delivered, as in a terminal. Python's handler here also gives the processes started later SIGINT's
+# default back.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
@@ -25,8 +32,8 @@ def compilation_cache(tmp_path_factory) -> Path:
 # test_train compiles the 64x64 steps into the shared compilation cache before test_train_parallel's
 # one-device reference needs them.
 SLOWEST = ["test_train.py", "test_model_parity.py", "test_train_parallel.py", "test_tpu_plan.py",
-           "test_recipe_parity.py", "test_train_stops.py", "test_predict.py", "test_predict_video.py", "test_export.py", "test_convert.py",
-           "test_compare.py"]
+           "test_recipe_parity.py", "test_train_stops.py", "test_predict.py", "test_predict_video.py", "test_export.py",
+           "test_benchmark.py", "test_onnx.py", "test_convert.py", "test_compare.py"]
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -94,7 +94,7 @@ def exit_status(main, argv: list[str]) -> int:
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--format", "onnx"], "--format"),
+    (["--format", "tflite"], "--format"),
     (["--format", "stablehlo", "--platforms", "cpu,metal"], "--platforms cpu,metal"),
     (["--format", "stablehlo", "--image-size", "72"], "error: --image-size=72: MA-Net needs an input size"),
 ])

@@ -104,9 +104,10 @@ def padded_by_concatenation(x: jax.Array, value: jax.Array, config: Sequence[tup
     for axis, (low, high, interior) in enumerate(config):
         if min(low, high) < 0 or interior:
             raise OnnxExportError(f"cannot export the padding {config}: only edge padding")
-        parts = [jnp.broadcast_to(value, (*x.shape[:axis], low, *x.shape[axis + 1:])), x,
-                 jnp.broadcast_to(value, (*x.shape[:axis], high, *x.shape[axis + 1:]))]
-        x = jnp.concatenate([part for part in parts if part.shape[axis]], axis) if low or high else x
+        before = [jnp.broadcast_to(value, (*x.shape[:axis], low, *x.shape[axis + 1:]))] if low else []
+        after = [jnp.broadcast_to(value, (*x.shape[:axis], high, *x.shape[axis + 1:]))] if high else []
+        if before or after:
+            x = jnp.concatenate(before + [x] + after, axis)
     return x
 
 
