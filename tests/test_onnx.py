@@ -6,6 +6,7 @@ run in ONNX Runtime. Slow: the whole model exported at 224x224 by the CLI agains
 pass, and `predict --runtime onnx`.
 """
 
+import argparse
 import json
 
 import jax
@@ -15,7 +16,7 @@ import pytest
 from jax import export as jax_export
 from PIL import Image
 
-from manet_jax import export, predict
+from manet_jax import benchmark, export, predict
 from manet_jax.bundle import load_bundle
 from manet_jax.inference.onnx_export import OnnxExportError, nchw_max_pools, onnx_model
 from manet_jax.inference.onnx_runtime import OnnxPredictor
@@ -180,3 +181,14 @@ def test_predict_runs_a_video_through_onnx_runtime(exported, tmp_path):
         fused = row["probabilities"].get("fused", {})
         assert (row["status"] == "ok") == (row["frame"] in FACE_FRAMES)
         assert not fused or abs(sum(fused.values()) - 1) < 1e-5 and row["label"] == max(fused, key=fused.get)
+
+
+@pytest.mark.slow  # the export above
+def test_the_benchmark_times_onnx_runtime(exported):
+    """`manet-benchmark --onnx`'s timing of an export (the benchmark's own export is the CLI's)."""
+    args = argparse.Namespace(steps=1, warmup=0, repeats=2, image_size=SIZE, onnx_threads=1)
+    result = benchmark.bench_onnx(exported, 12.5, 2, args)
+    assert (result.framework, result.variant, result.mode, result.batch, result.compile_s) == (
+        "onnxruntime", "float32/1t", "eval", 2, 12.5)
+    assert 0 < result.spread[0] <= result.images_per_s <= result.spread[1]
+    assert benchmark.format_table([result]).splitlines()[1].startswith("onnxruntime float32/1t eval      2")
