@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import os
 import platform as host_platform
@@ -291,10 +292,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     return cli.run(lambda: benchmark(args))
 
 
+def measure(args: argparse.Namespace, batch_sizes: list[int], modes: list[str], module: Any,
+            onnx_dir: Path | None) -> list[Result]:
+    """Each batch size's and mode's results, each printed as it comes: JAX's dtypes, ONNX Runtime
+    (eval, on a model exported into `onnx_dir`, when given) and the official model's variants."""
+    export_s = export_for_onnx(onnx_dir, args.image_size) if onnx_dir else 0.0
+    results = []
+    for batch in batch_sizes:
+        for mode in modes:
+            for dtype in args.dtypes.split(","):
+                results.append(bench_jax(mode, dtype, batch, args))
+                print(format_table(results[-1:]).splitlines()[1], flush=True)
+            if onnx_dir and mode == "eval":
+                results.append(bench_onnx(onnx_dir, export_s, batch, args))
+                print(format_table(results[-1:]).splitlines()[1], flush=True)
+            if module is not None:
+                for variant in args.torch_variants.split(","):
+                    results.append(bench_torch(module, mode, variant, batch, args))
+                    print(format_table(results[-1:]).splitlines()[1], flush=True)
+    return results
+
+
 def benchmark(args: argparse.Namespace) -> None:
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     modes = args.modes.split(",")
     module = None
+    if args.onnx and "eval" not in modes:
+        raise ConfigError("--onnx times evaluation only: add eval to --modes")
+    if args.onnx and importlib.util.find_spec("onnxruntime") is None:
+        raise ConfigError("--onnx needs ONNX Runtime: pip install -e '.[onnx]'")
     if args.compare_torch and args.image_size != 224:
         raise ConfigError("--compare-torch needs --image-size 224: the official model slices fixed 14x14 quadrants")
     if args.compare_torch:
@@ -306,21 +332,8 @@ def benchmark(args: argparse.Namespace) -> None:
     env = environment()
     print(f"devices: {jax.device_count()} x {env['devices'][0]} ({env['backend']}), jax {env['jax']}"
           + (f", torch {env['torch']}" if "torch" in env else ""), flush=True)
-    results = []
-    onnx_dir = tempfile.TemporaryDirectory() if args.onnx else None
-    export_s = export_for_onnx(Path(onnx_dir.name), args.image_size) if onnx_dir else 0.0
-    for batch in batch_sizes:
-        for mode in modes:
-            for dtype in args.dtypes.split(","):
-                results.append(bench_jax(mode, dtype, batch, args))
-                print(format_table(results[-1:]).splitlines()[1], flush=True)
-            if args.onnx and mode == "eval":
-                results.append(bench_onnx(Path(onnx_dir.name), export_s, batch, args))
-                print(format_table(results[-1:]).splitlines()[1], flush=True)
-            if module is not None:
-                for variant in args.torch_variants.split(","):
-                    results.append(bench_torch(module, mode, variant, batch, args))
-                    print(format_table(results[-1:]).splitlines()[1], flush=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        results = measure(args, batch_sizes, modes, module, Path(scratch) if args.onnx else None)
     print()
     print(format_table(results))
     table = ratios(results)

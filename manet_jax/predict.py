@@ -80,6 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--visualize: an ONNX export has no attention maps; use --runtime xla")
     if args.runtime == "onnx" and args.image_size:
         parser.error("--image-size: an ONNX export has a fixed input size; export at the size you need")
+    if args.runtime == "onnx" and "://" in str(args.checkpoint):
+        parser.error(f"--checkpoint {args.checkpoint}: ONNX Runtime reads an export from a local folder; copy it here")
     return cli.run(lambda: predict(args))
 
 

@@ -21,4 +21,9 @@ def test_benchmark_writes_its_results_with_the_versions(tmp_path, capsys):
     assert (result["framework"], result["mode"], result["batch"]) == ("jax", "eval", 2)
     low, high = result["spread"]
     assert 0 < low <= result["images_per_s"] <= high
-    assert "jax       float32   eval      2" in capsys.readouterr().out
+    assert "jax         float32   eval      2" in capsys.readouterr().out
+
+
+def test_onnx_without_eval_is_refused_before_any_work(capsys):
+    assert benchmark.main(["--modes", "train", "--onnx"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --onnx times evaluation only: add eval to --modes"

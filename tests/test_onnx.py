@@ -7,6 +7,7 @@ pass, and `predict --runtime onnx`.
 """
 
 import argparse
+import importlib.util
 import json
 
 import jax
@@ -19,7 +20,7 @@ from PIL import Image
 from manet_jax import benchmark, export, predict
 from manet_jax.bundle import load_bundle
 from manet_jax.inference.onnx_export import OnnxExportError, nchw_max_pools, onnx_model
-from manet_jax.inference.onnx_runtime import OnnxPredictor
+from manet_jax.inference.onnx_runtime import ONNX_FILE, OnnxPredictor
 from manet_jax.inference.predictor import OUTPUTS, outputs
 from manet_jax.inference.preprocess import eval_view
 from manet_jax.inference.stablehlo import METADATA
@@ -28,7 +29,8 @@ from train_helpers import make_checkpoint
 
 ort = pytest.importorskip("onnxruntime", reason="ONNX Runtime is the `onnx` extra: pip install -e '.[onnx]'")
 onnx = pytest.importorskip("onnx", reason="the `onnx` extra: pip install -e '.[onnx]'")
-pytest.importorskip("jax2onnx", reason="pip install --no-deps jax2onnx==0.17.1 (see setup.cfg's onnx extra)")
+needs_jax2onnx = pytest.mark.skipif(importlib.util.find_spec("jax2onnx") is None,
+                                    reason="pip install --no-deps jax2onnx==0.17.1 (see setup.cfg's onnx extra)")
 
 SIZE = 224
 RTOL = 1e-4  # max |ONNX Runtime - Flax| over max |Flax|, per output
@@ -54,14 +56,22 @@ def vmapped_convolution(x):
     return [jax.nn.relu(conv(groups, kernels)).sum(0)]
 
 
+def two_max_pools(x):
+    """MA-Net's pool and a lopsided one (window 2x3, strides 1x2, padding 0/1 rows and 2/0 columns)."""
+    lopsided = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 3, 1), (1, 1, 2, 1),
+                                     ((0, 0), (0, 1), (2, 0), (0, 0)))
+    return [max_pool_3x3_s2(x) - 1, lopsided]
+
+
 SMALL_FUNCTIONS = {
     "vmapped convolution": vmapped_convolution,
     "edge pad": lambda x: [jnp.pad(x, ((0, 0), (1, 2), (0, 1), (0, 0)), constant_values=0.5) * 2],
-    "max pool 3x3/2": lambda x: [max_pool_3x3_s2(x) - 1],
+    "max pools": two_max_pools,
     "nested calls": lambda x: [jax.jit(lambda y: jax.nn.relu(y) + jax.nn.sigmoid(y))(x), jnp.tanh(x).mean((1, 2))],
 }
 
 
+@needs_jax2onnx
 @pytest.mark.parametrize("name", SMALL_FUNCTIONS)
 def test_a_function_converts_to_the_same_numbers_at_any_batch_size(name):
     fn, spec = SMALL_FUNCTIONS[name], jax.ShapeDtypeStruct((BATCH, 6, 7, 8), jnp.float32)
@@ -73,13 +83,24 @@ def test_a_function_converts_to_the_same_numbers_at_any_batch_size(name):
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+@needs_jax2onnx
 def test_max_pools_become_two_dimensional():
-    model = onnx_model(SMALL_FUNCTIONS["max pool 3x3/2"], jax.ShapeDtypeStruct((BATCH, 6, 7, 8), jnp.float32),
-                       "x", ["y"])
-    pool, = [node for node in model.graph.node if node.op_type == "MaxPool"]
-    assert {a.name: onnx.helper.get_attribute_value(a) for a in pool.attribute} == {
-        "kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}
+    model = onnx_model(two_max_pools, jax.ShapeDtypeStruct((BATCH, 6, 7, 8), jnp.float32), "x", ["y0", "y1"])
+    pools = [{a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+             for node in model.graph.node if node.op_type == "MaxPool"]
+    assert sorted(pools, key=lambda pool: pool["kernel_shape"]) == [
+        {"kernel_shape": [2, 3], "strides": [1, 2], "pads": [0, 2, 1, 0]},
+        {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}]
     assert not {"Unsqueeze", "Squeeze"} & {node.op_type for node in model.graph.node}
+
+
+@needs_jax2onnx
+def test_a_nested_computation_the_export_does_not_rewrite_is_refused():
+    def cumulative(x):
+        return [jax.lax.scan(lambda carry, row: (carry + row, carry + row), jnp.zeros(x.shape[1:]), x)[1]]
+
+    with pytest.raises(OnnxExportError, match="cannot export `scan`: a nested computation"):
+        onnx_model(cumulative, jax.ShapeDtypeStruct((4, 3), jnp.float32), "x", ["y"])
 
 
 def test_a_max_pool_that_cannot_be_mended_is_an_error():
@@ -98,11 +119,33 @@ def test_predict_onnx_refuses_visualize_and_image_size(capsys):
         assert f"error: {option[0]}" in capsys.readouterr().err
 
 
+def test_predict_onnx_refuses_a_url(capsys):
+    with pytest.raises(SystemExit):
+        predict.main(["face.png", "--checkpoint", "gs://bucket/onnx", "--runtime", "onnx"])
+    assert "error: --checkpoint gs://bucket/onnx: ONNX Runtime reads an export from a local folder" in (
+        capsys.readouterr().err)
+
+
 def test_predict_onnx_needs_an_onnx_export(tmp_path, capsys):
     (tmp_path / METADATA).write_text(json.dumps({"format": "stablehlo", "class_names": ["a", "b"], "image_size": 64}))
     for checkpoint in (tmp_path, tmp_path / "missing"):
         assert predict.main(["face.png", "--checkpoint", str(checkpoint), "--runtime", "onnx"]) == 2
         assert f"error: --checkpoint {checkpoint}: not an ONNX export" in capsys.readouterr().err
+    (tmp_path / ONNX_FILE).write_bytes(b"")
+    assert predict.main(["face.png", "--checkpoint", str(tmp_path), "--runtime", "onnx"]) == 2
+    assert f"error: --checkpoint {tmp_path}: a stablehlo export, not an ONNX one" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("metadata, damage", [
+    ('{"format": "onnx", "class_names": ["a", "b"], "image_size": 64', "manet_export.json: damaged (JSONDecodeError"),
+    ('{"format": "onnx", "image_size": 64}', "manet_export.json: damaged (KeyError: 'class_names')"),
+    ('{"format": "onnx", "class_names": ["a", "b"], "image_size": 64}', "manet.onnx: ONNX Runtime cannot load it")])
+def test_a_damaged_onnx_export_is_named(tmp_path, capsys, metadata, damage):
+    (tmp_path / METADATA).write_text(metadata)
+    (tmp_path / ONNX_FILE).write_bytes(b"not a model")
+    assert predict.main(["face.png", "--checkpoint", str(tmp_path), "--runtime", "onnx"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path}/{damage}") and len(err.strip().splitlines()) == 1, err
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +155,7 @@ def checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def exported(checkpoint, tmp_path_factory):
+    pytest.importorskip("jax2onnx", reason="pip install --no-deps jax2onnx==0.17.1 (see setup.cfg's onnx extra)")
     directory = tmp_path_factory.mktemp("export") / "onnx"
     assert export.main(["--checkpoint", str(checkpoint), "--format", "onnx", "--output", str(directory)]) == 0
     return directory

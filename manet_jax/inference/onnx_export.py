@@ -19,7 +19,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from jax import export as jax_export
-from jax.extend.core import ClosedJaxpr, Literal, jaxpr_as_fun
+from jax.extend.core import ClosedJaxpr, Jaxpr, Literal, jaxpr_as_fun
 
 from manet_jax.bundle import Bundle
 from manet_jax.errors import ManetError
@@ -78,7 +78,8 @@ def onnx_model(fn: Callable[[jax.Array], list[jax.Array]], spec: jax.ShapeDtypeS
 def plain_jaxpr(closed: ClosedJaxpr, *args: Any) -> list[Any]:
     """Evaluates `closed` on `args` (for the caller to trace) with nested `jit` and
     `custom_jvp_call` equations inlined, each `reshape` with `dimensions` as a transpose and a
-    plain reshape, and each `pad` as `padded_by_concatenation`."""
+    plain reshape, and each `pad` as `padded_by_concatenation`; other nested computations (scan,
+    cond, ...), which could hide either, are refused."""
     env = dict(zip(closed.jaxpr.constvars, closed.consts)) | dict(zip(closed.jaxpr.invars, args))
 
     def read(atom: Any) -> Any:
@@ -92,6 +93,8 @@ def plain_jaxpr(closed: ClosedJaxpr, *args: Any) -> list[Any]:
             outs = [jax.lax.reshape(jnp.transpose(values[0], params["dimensions"]), params["new_sizes"])]
         elif name == "pad":
             outs = [padded_by_concatenation(*values, params["padding_config"])]
+        elif any(isinstance(value, (ClosedJaxpr, Jaxpr)) for value in params.values()):
+            raise OnnxExportError(f"cannot export `{name}`: a nested computation the export does not rewrite")
         else:
             outs = eqn.primitive.bind(*values, **params)
             outs = outs if eqn.primitive.multiple_results else [outs]
@@ -116,10 +119,11 @@ def nchw_max_pools(model: Any) -> Any:
     chain Unsqueeze, Unsqueeze, MaxPool over (N, H, W, C), Squeeze becomes Transpose to NCHW, a
     MaxPool over (H, W), Transpose back."""
     import onnx
-    from onnx import helper
+    from onnx import helper, numpy_helper
 
     graph = model.graph
     producer = {name: node for node in graph.node for name in node.output}
+    initializers = {tensor.name: tensor for tensor in graph.initializer}
     consumers: dict[str, list[Any]] = {}
     for node in graph.node:
         for name in node.input:
@@ -127,20 +131,28 @@ def nchw_max_pools(model: Any) -> Any:
     replacements: dict[str, list[Any]] = {}  # by first output
     removed_inputs: set[str] = set()
     for pool in [node for node in graph.node if node.op_type == "MaxPool"]:
-        attrs = {a.name: list(helper.get_attribute_value(a)) for a in pool.attribute}
-        kernel = attrs["kernel_shape"]
+        attrs = {a.name: helper.get_attribute_value(a) for a in pool.attribute}
+        kernel = list(attrs.get("kernel_shape", []))
         if len(kernel) == 2:
             continue
-        strides, pads = attrs.get("strides", [1] * len(kernel)), attrs.get("pads", [0] * 2 * len(kernel))
+        strides, pads = list(attrs.get("strides", [1] * len(kernel))), list(attrs.get("pads", [0] * 2 * len(kernel)))
         inner = producer.get(pool.input[0])
         outer = producer.get(inner.input[0]) if inner is not None else None
         after = consumers.get(pool.output[0], [])
+
+        def axes(node: Any) -> list[int] | None:
+            tensor = initializers.get(node.input[1]) if node is not None and len(node.input) == 2 else None
+            return None if tensor is None else numpy_helper.to_array(tensor).tolist()
+
         nhwc = (len(kernel) == 4 and kernel[0::3] == strides[0::3] == [1, 1] and not any(pads[i] for i in (0, 3, 4, 7))
-                and attrs.get("dilations", [1] * 4) == [1] * 4 and inner is not None and outer is not None
-                and inner.op_type == outer.op_type == "Unsqueeze" and [n.op_type for n in after] == ["Squeeze"])
+                and set(attrs) <= {"kernel_shape", "strides", "pads", "dilations"}
+                and list(attrs.get("dilations", [1] * 4)) == [1] * 4
+                and [getattr(n, "op_type", None) for n in (outer, inner, *after)]
+                == ["Unsqueeze", "Unsqueeze", "Squeeze"]
+                and (axes(outer), axes(inner), axes(after[0])) == ([0], [1], [0, 1]))
         if not nhwc:
-            raise OnnxExportError(f"{pool.name}: a MaxPool that ONNX Runtime cannot run ({attrs})")
-        nchw, pooled = f"{pool.name}_nchw", f"{pool.name}_pooled"
+            raise OnnxExportError(f"{pool.name or pool.output[0]}: a MaxPool that ONNX Runtime cannot run ({attrs})")
+        nchw, pooled = f"{pool.output[0]}_nchw", f"{pool.output[0]}_pooled"
         replacements[outer.output[0]] = [
             helper.make_node("Transpose", [outer.input[0]], [nchw], perm=[0, 3, 1, 2]),
             helper.make_node("MaxPool", [nchw], [pooled], name=pool.name, kernel_shape=kernel[1:3],
@@ -152,8 +164,8 @@ def nchw_max_pools(model: Any) -> Any:
     del graph.node[:]
     graph.node.extend(nodes)
     unused = removed_inputs - {name for node in graph.node for name in node.input}
-    initializers = [tensor for tensor in graph.initializer if tensor.name not in unused]
+    kept = [tensor for tensor in graph.initializer if tensor.name not in unused]
     del graph.initializer[:]
-    graph.initializer.extend(initializers)
+    graph.initializer.extend(kept)
     onnx.checker.check_model(model)
     return model

@@ -19,6 +19,22 @@ class OnnxRuntimeError(ManetError):
     """An ONNX export cannot be run."""
 
 
+def read_spec(directory: Path) -> ModelSpec:
+    """The classes and input size of the ONNX export in `directory`, from its metadata."""
+    metadata_file = directory / METADATA
+    if not (directory / ONNX_FILE).is_file() or not metadata_file.is_file():
+        raise OnnxRuntimeError(f"--checkpoint {directory}: not an ONNX export (python -m manet_jax.export "
+                               f"--format onnx makes one)")
+    try:
+        metadata = json.loads(metadata_file.read_text())
+        if metadata["format"] != "onnx":
+            raise OnnxRuntimeError(f"--checkpoint {directory}: a {metadata['format']} export, not an ONNX one "
+                                   f"(python -m manet_jax.export --format onnx makes one)")
+        return ModelSpec(metadata["class_names"], metadata["image_size"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise OnnxRuntimeError(f"{metadata_file}: damaged ({type(e).__name__}: {e})") from e
+
+
 class OnnxPredictor:
     """`Predictor`'s interface (without attention maps) over ONNX Runtime on the CPU, all graph
     optimisations on; `threads` intra-op threads (default: ONNX Runtime's, one per core)."""
@@ -29,18 +45,18 @@ class OnnxPredictor:
         except ImportError as e:
             raise OnnxRuntimeError(f"ONNX Runtime is not installed ({e}): pip install -e '.[onnx]'") from e
         directory = Path(directory)
-        metadata_file = directory / METADATA
-        metadata = json.loads(metadata_file.read_text()) if metadata_file.is_file() else {}
-        if metadata.get("format") != "onnx" or not (directory / ONNX_FILE).is_file():
-            raise OnnxRuntimeError(f"--checkpoint {directory}: not an ONNX export (python -m manet_jax.export "
-                                   f"--format onnx makes one)")
-        self.spec = ModelSpec(metadata["class_names"], metadata["image_size"])
+        self.spec = read_spec(directory)
         self.batch_size = batch_size
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             options.intra_op_num_threads = threads
-        self._session = ort.InferenceSession(str(directory / ONNX_FILE), options, providers=["CPUExecutionProvider"])
+        try:
+            self._session = ort.InferenceSession(str(directory / ONNX_FILE), options,
+                                                 providers=["CPUExecutionProvider"])
+        except Exception as e:  # ONNX Runtime's own exception types are not part of its public API
+            raise OnnxRuntimeError(f"{directory / ONNX_FILE}: ONNX Runtime cannot load it "
+                                   f"({str(e).strip().splitlines()[0]})") from e
 
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """OUTPUTS for (N, S, S, 3) float32 images in [0, 1]."""
