@@ -25,7 +25,7 @@ from manet_jax import cli
 from manet_jax.bundle import load_bundle
 from manet_jax.inference.boxes import BoxesFile
 from manet_jax.inference.clips import predict_video
-from manet_jax.inference.detectors import get_detector
+from manet_jax.inference.detectors import Detector, get_detector
 from manet_jax.inference.face_options import add_face_options, check_face_options
 from manet_jax.inference.onnx_runtime import OnnxPredictor
 from manet_jax.inference.photos import predict_paths
@@ -124,9 +124,8 @@ def predict(args: argparse.Namespace) -> int:
         predictor = Predictor(bundle, args.batch_size, maps=args.visualize is not None)
     if sources:
         return predict_videos(args, sources, predictor)
-    records = predict_paths(args.paths, predictor, detect=not args.no_detect, margin=args.margin,
-                            min_neighbors=args.min_neighbors, detector=args.detector, boxes=boxes,
-                            visualize=args.visualize)
+    records = predict_paths(args.paths, predictor, detect_faces=face_detector(args), margin=args.margin,
+                            boxes=boxes, visualize=args.visualize)
     class_names = predictor.spec.class_names
     print(format_table(records, class_names))
     if args.output:
@@ -138,6 +137,11 @@ def predict(args: argparse.Namespace) -> int:
     return 0 if counts[OK] or counts[NO_FACE] else 1
 
 
+def face_detector(args: argparse.Namespace) -> Detector | None:
+    """The detector of --detector and --min-neighbors; none with --no-detect or --boxes."""
+    return None if args.no_detect or args.boxes else get_detector(args.detector, args.min_neighbors)
+
+
 def predict_videos(args: argparse.Namespace, sources: list[VideoSource], predictor: Predictor | OnnxPredictor) -> int:
     """Runs the videos (or the camera) in turn, then prints and writes what was collected, also
     after Ctrl-C (exit status 0 for a camera, where Ctrl-C is how it ends; else 130). The forward
@@ -145,7 +149,7 @@ def predict_videos(args: argparse.Namespace, sources: list[VideoSource], predict
     size = predictor.spec.image_size
     predictor(np.zeros((1, size, size, 3), np.float32))
     signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C now ends the reading: what was read is written
-    detect_faces = None if args.no_detect else get_detector(args.detector, args.min_neighbors)
+    detect_faces = face_detector(args)
     records, frames, start = [], 0, time.perf_counter()
     for source in sources:
         result = predict_video(source, predictor, every=args.every, fps=args.fps, detect_faces=detect_faces,

@@ -51,12 +51,11 @@ def serve(args: argparse.Namespace) -> int:
     except ImportError as e:
         raise ManetError(f"the server needs the serve extra ({e}): pip install -e '.[serve]'") from None
     cli.start_runtime()
-    get_detector(args.detector, args.min_neighbors)  # a missing detector package is an error now, not per request
+    detect_faces = get_detector(args.detector, args.min_neighbors)  # once: a missing package is an error now
     bundle = load_bundle(args.checkpoint).resized(args.image_size, "--image-size")
     predictor = Predictor(bundle, args.batch_size, maps=True)
     warm_up(predictor)
-    app = create_app(predictor, detector=args.detector, margin=args.margin, min_neighbors=args.min_neighbors,
-                     max_bytes=args.max_bytes)
+    app = create_app(predictor, detect_faces=detect_faces, margin=args.margin, max_bytes=args.max_bytes)
     logging.getLogger("waitress").setLevel(logging.INFO)  # its "Serving on http://..." line
     try:
         waitress.serve(app, host=args.host, port=args.port, threads=args.threads)

@@ -22,6 +22,7 @@ from manet_jax import predict
 from manet_jax.bundle import ModelSpec, default_class_names, load_bundle, save_bundle
 from manet_jax.data.prepare import prepare
 from manet_jax.inference.boxes import BoxesFile
+from manet_jax.inference.detectors import get_detector
 from manet_jax.inference.faces import Box, detect_faces
 from manet_jax.inference.images import MAX_SIDE, find_images, load_image
 from manet_jax.inference.photos import predict_paths
@@ -93,7 +94,7 @@ def photos(tmp_path_factory):
 def records(photos, predictor):
     """The folder's records by file name (face records as a list)."""
     by_name = {}
-    for record in predict_paths([str(photos)], predictor):
+    for record in predict_paths([str(photos)], predictor, detect_faces=get_detector("cascade")):
         by_name.setdefault(record.file.rsplit("/", 1)[-1], []).append(record)
     return by_name
 
@@ -134,7 +135,7 @@ def test_predictions_match_the_evaluator(records, photos, checkpoint, predictor,
     lfw = (data.lfw_subset()[:6] * 255).astype(np.uint8)
     for label, crop in zip((0, 2, 3, 4, 5, 6), lfw):
         Image.fromarray(crop).save(tmp_path / "lfw.png")
-        record, = predict_paths([str(tmp_path / "lfw.png")], predictor, detect=False)
+        record, = predict_paths([str(tmp_path / "lfw.png")], predictor, detect_faces=None)
         assert record.box == Box(0, 0, 25, 25)
         faces[label] = (record, crop)
     for split, (label, (_, pixels)) in itertools.product(("train", "test"), faces.items()):
@@ -217,12 +218,12 @@ def test_boxes_file_crops_exactly_its_boxes(photos, predictor, tmp_path):
         {"file": str(photos / "astronaut.png"), "x": 480, "y": 500, "width": 100, "height": 100},  # clipped
         {"file": "elsewhere/two_faces.png", "x": 700, "y": 50, "width": 120, "height": 110}]))
     paths = [str(photos / name) for name in ("astronaut.png", "two_faces.png", "coffee.png")]
-    records = predict_paths(paths, predictor, boxes=BoxesFile(boxes))
+    records = predict_paths(paths, predictor, detect_faces=None, boxes=BoxesFile(boxes))
     assert [(Path(r.file).name, r.status, r.box) for r in records] == [
         ("astronaut.png", OK, Box(175, 60, 100, 105)), ("astronaut.png", OK, Box(480, 500, 32, 12)),
         ("two_faces.png", OK, Box(700, 50, 120, 110)), ("coffee.png", NO_FACE, None)]
     Image.fromarray(data.astronaut()[60:165, 175:275]).save(tmp_path / "crop.png")
-    alone, = predict_paths([str(tmp_path / "crop.png")], predictor, detect=False)
+    alone, = predict_paths([str(tmp_path / "crop.png")], predictor, detect_faces=None)
     assert alone.box == Box(0, 0, 100, 105) and alone.label == records[0].label
     np.testing.assert_allclose(list(alone.probabilities["fused"].values()),
                                list(records[0].probabilities["fused"].values()), atol=1e-6)

@@ -30,18 +30,17 @@ class BoxesFile:
         except (OSError, UnicodeDecodeError) as e:
             raise BoxesFileError(f"--boxes {path}: cannot be read ({e})") from None
         entries = _json_entries(path, text) if path.suffix.lower() == ".json" else _csv_entries(path, text)
-        self.by_file: dict[str, list[Box]] = defaultdict(list)
+        # by each file's resolved path and by its name, resolved once rather than for every image
+        self._by_path: dict[str, list[Box]] = defaultdict(list)
+        self._by_name: dict[str, list[Box]] = defaultdict(list)
         for line, entry in entries:
             file, box = _parse_entry(path, line, entry)
-            self.by_file[file].append(box)
+            self._by_path[os.path.realpath(file)].append(box)
+            self._by_name[Path(file).name].append(box)
 
     def boxes_for(self, image: Path) -> list[Box]:
-        """The boxes whose file is `image`'s path (as given or resolved) or, if none is, its name."""
-        same_path = [boxes for file, boxes in self.by_file.items()
-                     if Path(file) == image or os.path.realpath(file) == os.path.realpath(image)]
-        if same_path:
-            return [box for boxes in same_path for box in boxes]
-        return [box for file, boxes in self.by_file.items() if Path(file).name == image.name for box in boxes]
+        """The boxes whose file is `image`'s path (resolved) or, if none is, its name."""
+        return list(self._by_path.get(os.path.realpath(image)) or self._by_name.get(image.name, []))
 
 
 def _json_entries(path: Path, text: str) -> list[tuple[int, object]]:

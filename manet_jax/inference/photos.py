@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from manet_jax.inference.boxes import BoxesFile
-from manet_jax.inference.detectors import Detector, get_detector
+from manet_jax.inference.detectors import Detector
 from manet_jax.inference.faces import MARGIN, Box
 from manet_jax.inference.images import ImageLoadError, LoadedImage, find_images, load_image
 from manet_jax.inference.predictor import Predictor
@@ -69,13 +69,13 @@ def crop_boxes(pixels: np.ndarray, detect_faces: Detector | None, margin: float)
             else [Box(0, 0, width, height)])
 
 
-def predict_paths(paths: Sequence[str], predictor: Predictor, *, detect: bool = True, margin: float = MARGIN,
-                  min_neighbors: int = 5, detector: str = "cascade", boxes: BoxesFile | None = None,
+def predict_paths(paths: Sequence[str], predictor: Predictor, *, detect_faces: Detector | None,
+                  margin: float = MARGIN, boxes: BoxesFile | None = None,
                   visualize: Path | None = None) -> list[Record]:
     """Records for every face in the images named by `paths` (files, folders, globs), in file order.
 
-    With `detect`, faces are found by the detector named `detector` (`detectors.get_detector`) and
-    cropped with `margin`; without, each image is taken as one face crop. With `boxes`, the crops
+    Faces are found by `detect_faces` (`detectors.get_detector`) and cropped with `margin`; without
+    a detector, each image is taken as one face crop. With `boxes`, the crops
     are an image's boxes in that file (clipped to the image; no margin). Images without faces and
     inputs that fail give a record each (NO_FACE, ERROR). A record's box is the crop fed to the
     model, in original pixels.
@@ -85,7 +85,6 @@ def predict_paths(paths: Sequence[str], predictor: Predictor, *, detect: bool = 
     files, missing = find_images(paths)
     records = [Record(path, ERROR, reason) for path, reason in missing]
     batcher = Batcher(predictor, visualize)
-    detect_faces = get_detector(detector, min_neighbors) if detect and boxes is None else None
     for path in files:
         try:
             image = load_image(path)

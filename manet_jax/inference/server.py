@@ -19,6 +19,7 @@ from flask import Flask, Request, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.utils import secure_filename
 
+from manet_jax.inference.detectors import Detector
 from manet_jax.inference.faces import MARGIN
 from manet_jax.inference.photos import predict_paths
 from manet_jax.inference.predictor import Predictor
@@ -36,10 +37,9 @@ class BadUpload(HTTPException):
         self.code = code
 
 
-def create_app(predictor: Predictor, *, detector: str = "cascade", margin: float = MARGIN, min_neighbors: int = 5,
-               max_bytes: int) -> Flask:
+def create_app(predictor: Predictor, *, detect_faces: Detector, margin: float = MARGIN, max_bytes: int) -> Flask:
     """The application around `predictor` (made with `maps=True`, for the attention maps); faces are
-    found and cropped as predict does with `detector`, `margin` and `min_neighbors`; request bodies over
+    found by `detect_faces` and cropped with `margin` as predict does; request bodies over
     `max_bytes` are refused with 413."""
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = max_bytes
@@ -65,8 +65,7 @@ def create_app(predictor: Predictor, *, detector: str = "cascade", margin: float
             path.parent.mkdir()
             path.write_bytes(data)
             with lock:
-                records = predict_paths([str(path)], predictor, detector=detector, margin=margin,
-                                        min_neighbors=min_neighbors,
+                records = predict_paths([str(path)], predictor, detect_faces=detect_faces, margin=margin,
                                         visualize=Path(tmp, "vis") if visualize else None)
             rows = []
             for record in records:
