@@ -22,6 +22,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.sharding import SingleDeviceSharding
 
+from manet_jax import storage
 from manet_jax.data.labels import CANONICAL_CLASSES
 from manet_jax.errors import ConfigError, ManetError
 from manet_jax.models import BETA, MULTISCALE_WIRINGS, MANet, check_image_size
@@ -112,7 +113,7 @@ def absolute_path(path: epath.PathLike) -> epath.Path:
     """`path` made absolute, as Orbax requires; a URL such as `gs://bucket/run` stays as it is
     (`Path.absolute()` would put the working directory in front of it)."""
     path = epath.Path(path)
-    return path if "://" in str(path) else path.absolute()
+    return path if storage.is_url(path) else path.absolute()
 
 
 def best_step(candidates: Iterable[tuple[int, float | None]]) -> int | None:

@@ -22,6 +22,7 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from manet_jax import storage
 from manet_jax.errors import Interrupted, ManetError
 
 CONFIG_OVERRIDE = "--config."
@@ -63,8 +64,10 @@ def parse_with_overrides(parser_: argparse.ArgumentParser, argv: Sequence[str] |
 
 def run(work: Callable[[], int | None]) -> int:
     """Runs a tool's work: its status (None is 0), or 2 with one `error:` line for a ManetError;
-    SIGTERM and SIGINT stop it quietly (`stop_quietly_on_signals`) until it returns."""
+    SIGTERM and SIGINT stop it quietly (`stop_quietly_on_signals`) until it returns. `gs://` paths
+    go through gcsfs (`storage.configure`)."""
     quiet_libtpu_without_tpus()
+    storage.configure()
     previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
     stop_quietly_on_signals()
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from manet_jax import storage
 from manet_jax.data.errors import DataDirError
 
 DATA_DIR_ENV = "MANET_DATA_DIR"
@@ -33,11 +34,13 @@ def default_manual_dir(data_dir: str | os.PathLike | None, builder_name: str) ->
 
 def check_data_dir(data_dir: str | os.PathLike | None, writable: bool = False) -> str:
     """The resolved data dir (`resolve_data_dir`); raises DataDirError naming it when it is a file
-    or lies beneath one, or, if `writable`, when it cannot be created or written to. URLs (gs://)
-    are left to TFDS."""
+    or lies beneath one, or, if `writable`, when it cannot be created or written to, and for a URL
+    (gs://): datasets are read from a local disk."""
     resolved = resolve_data_dir(data_dir)
-    if "://" in resolved:
-        return resolved
+    if storage.is_url(resolved):
+        raise DataDirError(f"data dir {resolved}: datasets are read from a local disk, not a bucket: copy the "
+                           "prepared dataset to each worker's disk (docs/training.md#several-devices-several-hosts) and give its local path "
+                           "(config.data_dir, a tool's --data-dir or $MANET_DATA_DIR)")
     path = Path(resolved).absolute()
     existing = next(p for p in (path, *path.parents) if p.exists())  # the root exists
     where = "config.data_dir, a tool's --data-dir or $MANET_DATA_DIR"

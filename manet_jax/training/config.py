@@ -29,7 +29,7 @@ from manet_jax.bundle import ModelSpec
 from manet_jax.data.options import input_config
 from manet_jax.errors import ConfigError
 from manet_jax.models import MULTISCALE_WIRINGS
-from manet_jax.training.workdir import replace_text
+from manet_jax.storage import replace_text
 
 REQUIRED = ("dataset", "num_epochs", "batch_size", "learning_rate")
 LR_SCHEDULES = ("step", "cosine")

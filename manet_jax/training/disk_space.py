@@ -18,6 +18,7 @@ import jax
 import numpy as np
 from etils import epath
 
+from manet_jax import storage
 from manet_jax.bundle import absolute_path
 from manet_jax.errors import ManetError
 
@@ -51,14 +52,14 @@ def with_margin(size: int) -> int:
 
 def bytes_on_disk(directory: epath.Path) -> int:
     """The size of the files under a local `directory` (0 for a bucket)."""
-    if "://" in str(directory):
+    if storage.is_url(directory):
         return 0
     return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(directory) for name in names)
 
 
 def free_bytes(directory: epath.Path) -> int | None:
     """Free bytes on the disk of `directory` or its nearest existing parent (None for a bucket)."""
-    if "://" in str(directory):
+    if storage.is_url(directory):
         return None
     existing = next(p for p in (directory, *directory.parents) if p.exists())
     return shutil.disk_usage(existing).free

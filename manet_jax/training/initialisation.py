@@ -8,6 +8,7 @@ from typing import Any
 import jax
 from etils import epath
 
+from manet_jax import storage
 from manet_jax.bundle import CHECKPOINTS, HEADER, HEADER_FILE, VARIABLES, ModelSpec, is_model_directory, load_bundle
 from manet_jax.convert import flax_to_torch, import_resnet18, import_state_dict, is_resnet18, load_state_dict_file
 from manet_jax.convert.files import CheckpointFileError, check_state_dict_file
@@ -68,11 +69,17 @@ def initial_variables(init_from: str, spec: ModelSpec, rng: jax.Array, other_wir
 def check_init_from(init_from: str) -> None:
     """A quick look at `init_from` (as `initial_variables` takes it) before a run writes anything:
     raises ConfigError naming it when it does not exist, is a directory that is not a model, or is
-    a weight file that cannot be read as its type (`convert.files.check_state_dict_file`). URLs
-    are left to the loading."""
-    if not init_from or "://" in init_from:
+    a weight file that cannot be read as its type (`convert.files.check_state_dict_file`). A
+    `gs://` URL must name a model directory in a bucket that can be reached."""
+    if not init_from:
         return
+    if storage.is_url(init_from):
+        storage.check_bucket(init_from, "config.init_from")
     path = epath.Path(init_from).expanduser()
+    if storage.is_url(path) and not path.is_dir():
+        raise ConfigError(f"config.init_from: {path} is not a model directory (a bundle, a trainer checkpoint or "
+                          "a workdir); a weight file is read from a local disk: copy it there, or convert it once "
+                          "into a bundle (python -m manet_jax.convert to-flax) and upload that")
     if path.is_dir():
         if not is_model_directory(path):
             raise ConfigError(f"config.init_from: {path} is a directory but not a manet-jax model (a bundle with "

@@ -1,13 +1,15 @@
 """One trainer per workdir: the lease file `<workdir>/lease.json`, held while a trainer runs there.
 
 The lease names its holder (host, pid, start time) and carries a random token. The first trainer
-creates it (atomically on a local disk: a hard link to a complete file; on a bucket such as
-`gs://`, a check then a write) and rewrites it every REFRESH_SECONDS. A second trainer finds it
-and stops with WorkdirBusyError naming the holder. A lease whose holder is gone (its pid no longer
-runs on this machine; from another machine, no refresh for STALE_SECONDS) is taken over with a
-warning. The holder reads its token back before each write to the workdir (`check_held`, called
-by what writes there: the metric writer, the checkpoints, the run summary), so that a trainer that
-lost the lease, e.g. to a simultaneous start on a bucket, stops before it writes.
+creates it atomically (on a local disk a hard link to a complete file; in a `gs://` bucket an
+upload on the condition that no such object exists, generation 0) and rewrites it every
+REFRESH_SECONDS (in a bucket on the condition that it is still the generation it wrote). A
+second trainer finds it and stops with WorkdirBusyError naming the holder. A lease whose holder
+is gone (its pid no longer runs on this machine; from another machine, no refresh for
+STALE_SECONDS) is taken over with a warning (in a bucket by a rewrite on the condition of the
+generation it read, so of two trainers taking it over one wins). The holder reads its token back
+before each write to the workdir (`check_held`, called by what writes there: the metric writer,
+the checkpoints, the run summary), so that a trainer that lost the lease stops before it writes.
 """
 
 from __future__ import annotations
@@ -25,14 +27,16 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
 from etils import epath
 from jax.experimental import multihost_utils
 
+from manet_jax import storage
 from manet_jax.errors import ManetError
-from manet_jax.training.workdir import WorkdirError, replace_text
+from manet_jax.training.workdir import WorkdirError
 
 LEASE_FILE = "lease.json"
 REFRESH_SECONDS = 30
@@ -87,6 +91,7 @@ class Lease:
         self.workdir = epath.Path(workdir)
         self.path = self.workdir / LEASE_FILE
         self.holder = Holder.this_process()
+        self._generation: int | None = None  # in a bucket: the lease object's generation this process wrote
         self._stop = threading.Event()
         self._refresher = threading.Thread(target=self._refresh, name="lease_refresh", daemon=True)
 
@@ -95,27 +100,55 @@ class Lease:
         """Takes the lease of an existing `workdir`, taking over one whose holder is gone; raises
         WorkdirBusyError naming the holder if another trainer holds it."""
         lease = cls(workdir)
-        text = json.dumps(dataclasses.asdict(lease.holder))
+        if storage.is_url(lease.path):
+            lease._acquire_in_bucket()
+        else:
+            lease._acquire_on_disk()
+        lease._refresher.start()
+        return lease
+
+    def _acquire_on_disk(self) -> None:
         for _ in range(2):
-            if _create(lease.path, text):
-                lease._refresher.start()
-                return lease
-            holder = lease.read()
-            if holder is not None and not holder.gone():
-                raise WorkdirBusyError(
-                    f"{lease.workdir} is in use by another trainer ({holder.describe()}; {lease.path}). Wait for it "
-                    f"to finish, stop it, or use another workdir; a lease whose trainer has gone is taken over (from "
-                    f"another machine {STALE_SECONDS // 60} minutes after its last refresh)")
-            logger.warning("taking over the lease %s of a trainer that is gone (%s)", lease.path,
-                           holder.describe() if holder else "the file cannot be read")
-            lease.path.unlink(missing_ok=True)
-        raise WorkdirBusyError(f"{lease.workdir}: another trainer took the lease {lease.path} at the same time")
+            if _create(self.path, self._text()):
+                return
+            holder = self.read()
+            self._refuse_unless_gone(holder)
+            self.path.unlink(missing_ok=True)
+        raise WorkdirBusyError(f"{self.workdir}: another trainer took the lease {self.path} at the same time")
+
+    def _acquire_in_bucket(self) -> None:
+        url = str(self.path)
+        self._generation = storage.write_object_if(url, self._text(), 0)
+        if self._generation is not None:
+            return
+        found = storage.read_object(url)
+        holder = _holder(found[0]) if found else None
+        if holder is not None and holder.token == self.holder.token:  # a retried upload that had succeeded
+            self._generation = found[1]
+            return
+        self._refuse_unless_gone(holder)
+        self._generation = storage.write_object_if(url, self._text(), found[1] if found else 0)
+        if self._generation is None:
+            raise WorkdirBusyError(f"{self.workdir}: another trainer took the lease {self.path} at the same time")
+
+    def _refuse_unless_gone(self, holder: Holder | None) -> None:
+        """Raises WorkdirBusyError unless the lease's `holder` is gone; warns of the takeover."""
+        if holder is not None and not holder.gone():
+            raise WorkdirBusyError(
+                f"{self.workdir} is in use by another trainer ({holder.describe()}; {self.path}). Wait for it "
+                f"to finish, stop it, or use another workdir; a lease whose trainer has gone is taken over (from "
+                f"another machine {STALE_SECONDS // 60} minutes after its last refresh)")
+        logger.warning("taking over the lease %s of a trainer that is gone (%s)", self.path,
+                       holder.describe() if holder else "the file cannot be read")
+
+    def _text(self, **changes: Any) -> str:
+        return json.dumps(dataclasses.asdict(dataclasses.replace(self.holder, **changes)))
 
     def read(self) -> Holder | None:
         """The lease file's holder; None if there is no file or it cannot be read."""
         try:
-            return Holder(**json.loads(self.path.read_text()))
-        except (OSError, ValueError, TypeError):
+            return _holder(self.path.read_text())
+        except OSError:
             return None
 
     def check(self) -> None:
@@ -134,7 +167,10 @@ class Lease:
             self._refresher.join()
         holder = self.read()
         if holder is not None and holder.token == self.holder.token:
-            self.path.unlink(missing_ok=True)
+            if self._generation is not None:
+                storage.delete_object_if(str(self.path), self._generation)
+            else:
+                self.path.unlink(missing_ok=True)
 
     def _refresh(self) -> None:
         """Rewrites the lease with the time every REFRESH_SECONDS while it is this process's."""
@@ -143,9 +179,15 @@ class Lease:
             if holder is None or holder.token != self.holder.token:
                 return  # `check` reports it before the next write
             try:
-                replace_text(self.path, json.dumps(dataclasses.asdict(
-                    dataclasses.replace(self.holder, refreshed=time.time()))))
-            except OSError as e:  # a full disk or a bucket's hiccup: the next refresh tries again
+                if self._generation is None:
+                    storage.replace_text(self.path, self._text(refreshed=time.time()))
+                    continue
+                generation = storage.write_object_if(str(self.path), self._text(refreshed=time.time()),
+                                                     self._generation)
+                if generation is None:
+                    return  # another trainer rewrote it: `check` reports it before the next write
+                self._generation = generation
+            except Exception as e:  # a full disk or a bucket's hiccup: the next refresh tries again
                 logger.warning("cannot refresh the lease %s: %s", self.path, e)
 
 
@@ -183,23 +225,28 @@ def hold(workdir: epath.PathLike) -> Iterator[Lease | None]:
             lease.release()
 
 
+def _holder(text: str) -> Holder | None:
+    try:
+        return Holder(**json.loads(text))
+    except (ValueError, TypeError):
+        return None
+
+
 def _create(path: epath.Path, text: str) -> bool:
-    """Writes `text` to a new file `path`; False if `path` exists. Atomic on a local disk (a hard
-    link to a complete temporary file); on a bucket (or a disk without hard links) a check then a
-    write: two trainers starting at the same moment may both write, and the later's token wins at
-    the first `check`."""
-    if "://" not in str(path):
-        temporary = Path(path).with_name(f".{path.name}.{os.getpid()}")
-        temporary.write_text(text)
-        try:
-            os.link(temporary, path)
-            return True
-        except FileExistsError:
-            return False
-        except OSError:  # no hard links here
-            pass
-        finally:
-            temporary.unlink()
+    """Writes `text` to a new local file `path`; False if `path` exists. Atomic (a hard link to a
+    complete temporary file); on a disk without hard links a check then a write: two trainers
+    starting at the same moment may both write, and the later's token wins at the first `check`."""
+    temporary = Path(path).with_name(f".{path.name}.{os.getpid()}")
+    temporary.write_text(text)
+    try:
+        os.link(temporary, path)
+        return True
+    except FileExistsError:
+        return False
+    except OSError:  # no hard links here
+        pass
+    finally:
+        temporary.unlink()
     if path.exists():
         return False
     path.write_text(text)

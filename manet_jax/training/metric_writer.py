@@ -4,14 +4,15 @@ A record is a JSON object with `step` (optimizer steps done), `epoch` and nested
 e.g. `{"step": 96, "epoch": 1, "train": {"loss": ...}, "eval": {"raf_db/test": {"fused": {"accuracy":
 ...}}}}`. TensorBoard gets every number as a scalar tagged by its path (`eval/raf_db/test/fused/accuracy`,
 `eval/raf_db/test/fused/recall/Happiness`); lists (confusion matrices) stay in the JSON, and are drawn as
-images. TensorFlow's summary writer writes local paths and `gs://` buckets alike. Each write first
-checks that this trainer still holds the workdir's lease (`lease.check_held`).
+images. Both go through the storage layer (`manet_jax.storage`), to a local disk or a bucket alike.
+Each write first checks that this trainer still holds the workdir's lease (`lease.check_held`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import secrets
 from typing import Any
 
 import numpy as np
@@ -20,11 +21,12 @@ from etils import epath
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from manet_jax import storage
 from manet_jax.errors import ManetError
 from manet_jax.training.lease import Lease, check_held
-from manet_jax.training.workdir import replace_text
 
 METRICS_FILE, TENSORBOARD_DIR = "metrics.jsonl", "tensorboard"
+ROTATE_BYTES = 1 << 20  # an event file this large is complete; the next write starts another
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +44,7 @@ class MetricWriter:
         self.path = epath.Path(workdir) / METRICS_FILE
         self._tensorboard = None
         if enabled:
-            self._tensorboard = tf.summary.create_file_writer(str(epath.Path(workdir) / TENSORBOARD_DIR))
+            self._tensorboard = EventFiles(epath.Path(workdir) / TENSORBOARD_DIR)
 
     def truncate(self, step: int) -> None:
         """Drops records after `step`: a resumed run rewrites what followed its checkpoint. A last
@@ -66,15 +68,14 @@ class MetricWriter:
             if record_step <= step:
                 kept.append(line)
         check_held(self.lease)
-        replace_text(self.path, "".join(line + "\n" for line in kept))
+        storage.replace_text(self.path, "".join(line + "\n" for line in kept))
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
         check_held(self.lease)
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        with self._tensorboard.as_default(step=record["step"]):
+        storage.append_text(self.path, json.dumps(record) + "\n")
+        with self._tensorboard.writer().as_default(step=record["step"]):
             for tag, value in _scalars(record):
                 tf.summary.scalar(tag, value)
         self._tensorboard.flush()
@@ -85,13 +86,45 @@ class MetricWriter:
             canvas = FigureCanvasAgg(figure)
             canvas.draw()
             pixels = np.asarray(canvas.buffer_rgba())[None, ..., :3]
-            with self._tensorboard.as_default(step=step):
+            with self._tensorboard.writer().as_default(step=step):
                 tf.summary.image(tag, pixels)
             self._tensorboard.flush()
 
     def close(self) -> None:
         if self._tensorboard is not None:
             self._tensorboard.close()
+
+
+class EventFiles:
+    """TensorBoard event files in `directory`, written by TensorFlow's summary writer into memory
+    (`ram://`) and copied whole through the storage layer at each flush: TensorFlow's writer would
+    reach a bucket only through its own `gs://` filesystem. A file that reaches ROTATE_BYTES is
+    complete, and the next write starts another (TensorBoard reads a directory's files in order)."""
+
+    def __init__(self, directory: epath.Path):
+        self.directory, self._memory = directory, f"ram://manet_jax/tensorboard/{secrets.token_hex(8)}"
+        self._writer = None
+
+    def writer(self):
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(self._memory)
+        return self._writer
+
+    def flush(self) -> None:
+        self._writer.flush()
+        (name,) = tf.io.gfile.glob(f"{self._memory}/*")
+        with tf.io.gfile.GFile(name, "rb") as f:
+            data = f.read()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        storage.replace_bytes(self.directory / name.rpartition("/")[2], data)
+        if len(data) >= ROTATE_BYTES:
+            self.close()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            tf.io.gfile.rmtree(self._memory)
+            self._writer = None
 
 
 def _scalars(tree: dict[str, Any], prefix: str = ""):

@@ -15,8 +15,9 @@ from etils import epath
 
 from manet_jax.bundle import best_step
 from manet_jax.errors import ConfigError
+from manet_jax.storage import replace_text
 from manet_jax.training.lease import Lease, check_held
-from manet_jax.training.workdir import replace_text, upgraded
+from manet_jax.training.workdir import upgraded
 
 
 class RunSummary:

