@@ -238,3 +238,53 @@ def test_a_run_keeps_everything_in_the_bucket(setup, reference):
     assert {step: value for step, value in scalars["train/loss"].items()} == {
         r["step"]: pytest.approx(r["train"]["loss"], rel=1e-6) for r in logged if "train" in r}
     assert f"summary in {setup['reference_url']}/summary.json" in setup["reference_output"]
+
+
+def committed(url: str) -> bool:
+    return storage.read_object(f"{url}/commit_success.txt") is not None
+
+
+def leave_unfinished(checkpoints: str, step: int) -> None:
+    """Makes checkpoint `step` a write that did not finish, if the kill did not leave it so: its
+    objects without Orbax's commit marker (those of the checkpoint before it if there are none)."""
+    from etils import epath
+
+    bucket, name = storage.bucket_and_name(f"{checkpoints}/{step}")
+    if not epath.Path(f"{checkpoints}/{step}").exists():
+        _, earlier = storage.bucket_and_name(f"{checkpoints}/{step - 4}")
+        source = storage.client().bucket(bucket)
+        for blob in source.list_blobs(prefix=earlier + "/"):
+            source.copy_blob(blob, source, name + blob.name.removeprefix(earlier))
+    if committed(f"{checkpoints}/{step}"):
+        storage.client().bucket(bucket).blob(f"{name}/commit_success.txt").delete()
+    assert not committed(f"{checkpoints}/{step}")
+
+
+@pytest.mark.slow  # trainer processes, stopped and resumed
+def test_a_run_in_a_bucket_stopped_killed_and_resumed_ends_as_the_uninterrupted_one(setup, emulator, reference,
+                                                                                   tmp_path):
+    workdir = f"gs://{emulator.new_bucket()}/run"
+    code, output = run_and_signal(command(setup, workdir), setup["env"], lambda line: "step 2/12" in line,
+                                  signal.SIGTERM)
+    assert code == 0, output[-3000:]
+    preempted = int(re.search(r"preempted at step (\d+)", output).group(1))
+    assert committed(f"{workdir}/checkpoints/{preempted}")
+    # Resumed, then SIGKILL while the epoch-2 checkpoint (step 8) is written in the background.
+    code, output = run_and_signal(command(setup, workdir), setup["env"], lambda line: "step 9/12" in line,
+                                  signal.SIGKILL)
+    assert code == -signal.SIGKILL, output[-3000:]
+    assert f"resuming from checkpoint {preempted}" in output
+    # As the kill left it, or made so: a step folder without its commit marker, which resuming skips
+    leave_unfinished(f"{workdir}/checkpoints", 8)
+    result = run(command(setup, workdir), setup["env"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"removing {workdir}/checkpoints/8, left by a checkpoint write that did not finish" in result.stderr
+    assert "resuming from checkpoint 4" in result.stderr
+    assert f"taking over the lease {workdir}/lease.json of a trainer that is gone (pid " in result.stderr
+
+    interrupted = download(workdir, tmp_path / "interrupted")
+    expected = load_bundle(reference / "checkpoints" / str(TOTAL)).variables
+    actual = load_bundle(interrupted / "checkpoints" / str(TOTAL)).variables
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(expected), jax.tree.leaves(actual)):
+        np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+    assert records(interrupted) == records(reference)  # the log continues as if never interrupted

@@ -28,6 +28,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
+from manet_jax import storage
 from manet_jax.bundle import HEADER, HEADER_FILE, LEGACY_STATE, METRIC, VARIABLES, ModelSpec, absolute_path, best_step
 from manet_jax.errors import ManetError, is_disk_full
 from manet_jax.training.checkpoint_checks import (HOST_STATE, CheckpointDamagedError, check_matches, check_readable,
@@ -148,12 +149,17 @@ class Checkpoints:
         return "" if free is None else f"{megabytes(free)} free now"
 
     def _remove_unfinished(self, after_failure: bool = False) -> None:
-        """Deletes the folders of writes that did not finish (a killed run, a failed save). After a
+        """Deletes the folders of writes that did not finish (a killed run, a failed save): on a local
+        disk Orbax's temporary folders, in a bucket step folders without Orbax's commit marker. After a
         failed write, Orbax stops waiting at the first item write that fails and leaves the others
         writing into its folder: it is removed once its files stop changing (`_settled`); if it still
         fails to go, it is left for `close` to remove, and never hides the write's error."""
         if jax.process_index() == 0 and self.directory.is_dir():
-            for path in self.directory.glob(UNFINISHED):
+            unfinished = list(self.directory.glob(UNFINISHED))
+            if storage.is_url(self.directory):  # a bucket's writes are not renamed: they lack a commit marker
+                unfinished += [path for path in self.directory.iterdir()
+                               if path.name.isdigit() and not ocp.path.step.is_path_finalized(path)]
+            for path in unfinished:
                 logger.warning("removing %s, left by a checkpoint write that did not finish", path)
                 if after_failure:
                     settled(path)
