@@ -117,6 +117,8 @@ def start_runtime() -> None:
     # Orbax and TFDS log each file operation, and Orbax a failed checkpoint write with tracebacks from
     # each of its threads: the tools report what goes wrong as errors, in one line.
     logging.getLogger("absl").setLevel(logging.CRITICAL)
+    # gcsfs logs each request it gives up on with its traceback; the tools report the error in one line.
+    logging.getLogger("gcsfs").setLevel(logging.CRITICAL)
     import tensorflow as tf  # quiet already: manet_jax/__init__.py sets its log level
 
     try:

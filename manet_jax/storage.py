@@ -36,9 +36,10 @@ class StorageError(ManetError, OSError):
 
 
 def configure() -> None:
-    """The tools' start: `gs://` paths through gcsfs (not TensorFlow's filesystem), and gcsfs's
-    plain client (its experimental one asks a control API for each bucket's layout, which an
-    emulator lacks, and logs a warning for every file when it cannot)."""
+    """The tools' start, before anything uses etils epath (it reads EPATH_USE_TF once, at its first
+    path operation of any kind): `gs://` paths through gcsfs, not TensorFlow's filesystem; and
+    gcsfs's plain client (its experimental one asks a control API for each bucket's layout, which
+    an emulator lacks, and logs a warning for every file when it cannot)."""
     os.environ["EPATH_USE_TF"] = "false"
     os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
@@ -65,7 +66,7 @@ def check_url(url: str, what: str) -> None:
                            "digits, '-', '_' or '.', beginning and ending with a letter or digit)")
     if os.environ.get("EPATH_USE_TF", "").lower() not in ("false", "no", "f", "0"):
         raise StorageError(f"{what} {url}: gs:// paths need EPATH_USE_TF=false (etils epath on gcsfs; the tools "
-                           "set it as they start): set it before the first use of a gs:// path")
+                           "set it as they start): set it before the process first uses etils epath")
 
 
 def check_bucket(url: str, what: str) -> None:

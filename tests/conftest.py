@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# gs:// through gcsfs, as the tools set it as they start (manet_jax.storage.configure): etils decides
+# once per process, at its first path operation of any kind, so before any test makes one.
+os.environ.update(EPATH_USE_TF="false", GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT="false")
 sys.path.insert(0, str(Path(__file__).parent))
 # A suite started as a background job (`nohup`, `&` in a script) inherits an ignored SIGINT, which the
 # tools rightly leave ignored; the Ctrl-C tests (in process and in the tools they start) need it
@@ -27,12 +30,26 @@ def compilation_cache(tmp_path_factory) -> Path:
     return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "compilation_cache"
 
 
+@pytest.fixture(scope="session")
+def emulator(tmp_path_factory):
+    """A Cloud Storage emulator (tests/gcs_emulator.py) for the session, with this process's
+    storage libraries pointed at it."""
+    from gcs_emulator import Emulator, use_in_this_process
+
+    server = Emulator(tmp_path_factory.mktemp("gcs"))
+    server.start()
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        use_in_this_process(server, monkeypatch)
+        yield server
+    server.stop()
+
+
 # The slowest modules, slowest first (a few minutes each on 2 cores): pytest-xdist's workers start
 # with them and the quick modules fill in at the end, so that both workers finish together.
 # test_train compiles the 64x64 steps into the shared compilation cache before test_train_parallel's
 # one-device reference needs them.
 SLOWEST = ["test_train.py", "test_model_parity.py", "test_train_parallel.py", "test_tpu_plan.py",
-           "test_recipe_parity.py", "test_train_stops.py", "test_predict.py", "test_predict_video.py", "test_export.py",
+           "test_recipe_parity.py", "test_gcs.py", "test_train_stops.py", "test_predict.py", "test_predict_video.py", "test_export.py",
            "test_benchmark.py", "test_onnx.py", "test_convert.py", "test_compare.py"]
 
 

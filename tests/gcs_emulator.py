@@ -70,8 +70,30 @@ class Emulator:
 
 
 def use_in_this_process(emulator: Emulator, monkeypatch) -> None:
-    """Points this process's storage libraries at `emulator`, as the tools' start does (gcsfs for gs://)."""
+    """Points this process's storage libraries at `emulator` (conftest sets gcsfs for gs://, as the tools do)."""
     for key, value in emulator.environment().items():
         monkeypatch.setenv(key, value)
-    monkeypatch.setenv("EPATH_USE_TF", "false")
-    monkeypatch.setenv("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+
+
+def download(url: str, local: Path) -> Path:
+    """A copy of the bucket's folder `url` at `local` (read through the storage layer)."""
+    from etils import epath
+
+    for path in epath.Path(url).iterdir():
+        if path.is_dir():
+            download(str(path), local / path.name)
+        else:
+            (local / path.name).parent.mkdir(parents=True, exist_ok=True)
+            (local / path.name).write_bytes(path.read_bytes())
+    return local
+
+
+def upload(local: Path, url: str) -> str:
+    """A copy of the local folder `local` at `url` (written through the storage layer)."""
+    from etils import epath
+
+    local = Path(local)
+    for path in local.rglob("*"):
+        if path.is_file():
+            epath.Path(f"{url}/{path.relative_to(local)}").write_bytes(path.read_bytes())
+    return url

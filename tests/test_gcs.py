@@ -23,42 +23,18 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.util import event_pb2
 
-from gcs_emulator import Emulator, use_in_this_process
+from gcs_emulator import download
 from manet_jax import storage
 from manet_jax.bundle import load_bundle
 from manet_jax.errors import ManetError
-from train_helpers import REPO, command, flat_params, run, run_and_signal, trainer_setup
+from train_helpers import DATASET, REPO, command, flat_params, run, run_and_signal, trainer_setup
 
 TOTAL = 12  # train_helpers' runs: 3 epochs of 4 steps
-
-
-@pytest.fixture(scope="module")
-def emulator(tmp_path_factory) -> Emulator:
-    """The emulator, with this process's storage libraries pointed at it for the module."""
-    server = Emulator(tmp_path_factory.mktemp("gcs"))
-    server.start()
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        use_in_this_process(server, monkeypatch)
-        yield server
-    server.stop()
 
 
 @pytest.fixture
 def bucket(emulator) -> str:
     return emulator.new_bucket()
-
-
-def download(url: str, local: Path) -> Path:
-    """A copy of the bucket's folder `url` at `local` (read through the storage layer)."""
-    from etils import epath
-
-    for path in epath.Path(url).iterdir():
-        if path.is_dir():
-            download(str(path), local / path.name)
-        else:
-            (local / path.name).parent.mkdir(parents=True, exist_ok=True)
-            (local / path.name).write_bytes(path.read_bytes())
-    return local
 
 
 def records(workdir: Path) -> list[dict]:
@@ -288,3 +264,74 @@ def test_a_run_in_a_bucket_stopped_killed_and_resumed_ends_as_the_uninterrupted_
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(expected), jax.tree.leaves(actual)):
         np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
     assert records(interrupted) == records(reference)  # the log continues as if never interrupted
+
+
+@pytest.mark.slow  # compiles the 64x64 model in this process for each tool
+def test_the_reading_tools_take_a_model_in_a_bucket(setup, reference, tmp_path, capsys):
+    from etils import epath
+    from PIL import Image
+
+    from manet_jax import evaluate, export, predict
+    from manet_jax.convert.__main__ import main as convert
+
+    url, test_set = setup["reference_url"], f"{DATASET}/test"
+    assert evaluate.main(["--checkpoint", url, "--dataset", DATASET, "--data-dir", str(setup["data_dir"]),
+                          "--batch-size", "10"]) == 0
+    metrics = json.loads(epath.Path(f"{url}/eval/{test_set.replace('/', '_')}/metrics.json").read_text())
+    best = json.loads((reference / "summary.json").read_text())["best"]["eval"][test_set]
+    assert metrics["count"] == 20 and metrics["fused"]["accuracy"] == best["fused"]["accuracy"]
+    assert epath.Path(f"{url}/eval/{test_set.replace('/', '_')}/confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+
+    face = tmp_path / "face.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(face)
+    for model, output in ((url, tmp_path / "bucket.json"), (reference, tmp_path / "local.json")):
+        assert predict.main([str(face), "--checkpoint", str(model), "--no-detect", "--output", str(output)]) == 0
+    assert json.loads((tmp_path / "bucket.json").read_text()) == json.loads((tmp_path / "local.json").read_text())
+
+    assert export.main(["--checkpoint", url, "--format", "stablehlo", "--output", str(tmp_path / "export")]) == 0
+    assert json.loads((tmp_path / "export" / "manet_export.json").read_text())["image_size"] == 64
+
+    capsys.readouterr()
+    assert convert(["inspect", f"{url}/checkpoints/{TOTAL}", "--image-size", "64"]) == 1  # random weights: weak
+    output = capsys.readouterr().out
+    assert f"weights: {url}/checkpoints/{TOTAL} (model of the 2023 wiring by its header)" in output
+    assert "weak evidence: the weights fit" in output
+
+
+@pytest.mark.slow  # trainer processes; the emulator stopped during a save
+def test_a_bucket_gone_during_a_save_stops_the_run_in_one_line_and_the_run_resumes_once_it_is_back(
+        setup, emulator, reference, tmp_path):
+    bucket = emulator.new_bucket()
+    workdir, checkpoint = f"gs://{bucket}/run", f"gs://{bucket}/run/checkpoints/4"
+    saved: dict[str, bytes] = {}
+
+    def objects() -> dict[str, bytes]:
+        return {blob.name: blob.download_as_bytes()
+                for blob in storage.client().list_blobs(bucket, prefix="run/checkpoints/4/")}
+
+    process = subprocess.Popen(command(setup, workdir), env=setup["env"], cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    lines = []
+    try:
+        for line in process.stdout:
+            lines.append(line)
+            if not saved and "epoch 2/3 " in line:  # the epoch-2 checkpoint is about to be written
+                saved.update(objects())
+                emulator.stop()
+        code = process.wait(600)
+    finally:
+        process.kill()
+        if emulator.process is None:
+            emulator.start()  # with the objects it had: they are kept in a folder
+    output = "".join(lines)
+    assert code == 2, output[-3000:]
+    assert "Traceback" not in output and [line for line in lines if line.startswith("error:")] == [lines[-1]]
+    assert re.fullmatch(rf"error: gs://{bucket} cannot be reached \(ClientConnectorError: Cannot connect to host "
+                        rf"127\.0\.0\.1:{emulator.port} .*\); the last complete checkpoint is {checkpoint}: run the "
+                        r"same command to resume from it once the cause is fixed\n", lines[-1]), lines[-1]
+    assert committed(checkpoint) and objects() == saved  # untouched
+
+    result = run(command(setup, workdir), setup["env"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming from checkpoint 4" in result.stderr
+    assert records(download(workdir, tmp_path / "resumed")) == records(reference)

@@ -240,11 +240,12 @@ class Checkpoints:
 
     def close(self) -> None:
         """Waits for Orbax's threads. After a failed write (already reported) its other tasks may
-        still have been writing into the unfinished folder: it is removed again once they are done."""
+        still have been writing into the unfinished folder: it is removed again once they are done.
+        A bucket that cannot be reached is left to the next run's start to clean up."""
         try:
             self.manager.close()
-        except Exception:
-            if not self._failed:
+            if self._failed:
+                self._remove_unfinished(after_failure=True)
+        except Exception as e:  # reported already, or a bucket gone (reported by the run): resuming cleans up
+            if not (self._failed or storage.unreachable(e)):
                 raise
-        if self._failed:
-            self._remove_unfinished(after_failure=True)

@@ -145,10 +145,13 @@ class Lease:
         return json.dumps(dataclasses.asdict(dataclasses.replace(self.holder, **changes)))
 
     def read(self) -> Holder | None:
-        """The lease file's holder; None if there is no file or it cannot be read."""
+        """The lease file's holder; None if there is no file or it cannot be read (raises the error
+        of a bucket that cannot be reached)."""
         try:
             return _holder(self.path.read_text())
-        except OSError:
+        except OSError as e:  # a bucket that cannot be reached is not a lost lease: the caller reports it
+            if storage.is_url(self.path) and storage.unreachable(e):
+                raise
             return None
 
     def check(self) -> None:
@@ -165,7 +168,11 @@ class Lease:
         self._stop.set()
         if self._refresher.is_alive():
             self._refresher.join()
-        holder = self.read()
+        try:
+            holder = self.read()
+        except OSError as e:  # the bucket is gone (the run reports it): the lease goes stale, and is taken over
+            logger.debug("cannot release the lease %s: %s", self.path, e)
+            return
         if holder is not None and holder.token == self.holder.token:
             if self._generation is not None:
                 storage.delete_object_if(str(self.path), self._generation)
@@ -175,10 +182,10 @@ class Lease:
     def _refresh(self) -> None:
         """Rewrites the lease with the time every REFRESH_SECONDS while it is this process's."""
         while not self._stop.wait(REFRESH_SECONDS):
-            holder = self.read()
-            if holder is None or holder.token != self.holder.token:
-                return  # `check` reports it before the next write
             try:
+                holder = self.read()
+                if holder is None or holder.token != self.holder.token:
+                    return  # `check` reports it before the next write
                 if self._generation is None:
                     storage.replace_text(self.path, self._text(refreshed=time.time()))
                     continue

@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
+from manet_jax import storage
 from manet_jax.bundle import CHECKPOINTS
 from manet_jax.errors import Interrupted, ManetError, is_disk_full
 from manet_jax.training.build import Setup, build
@@ -103,10 +104,14 @@ class Trainer:
 
     def run(self) -> dict[str, Any]:
         """Trains to the end (or a preemption); returns the summary. A full disk stops the run with a
-        WorkdirFullError, or the CheckpointSaveError of a checkpoint write it made fail."""
+        WorkdirFullError, or the CheckpointSaveError of a checkpoint write it made fail; a bucket
+        that can no longer be reached with a StorageError naming it."""
         try:
             return self._train()
         except Exception as e:
+            if storage.is_url(self.workdir) and storage.unreachable(e):
+                bucket = storage.bucket_and_name(self.workdir)[0]
+                raise storage.StorageError(f"{storage.explain(e, bucket)}; {self.checkpoints.resume_hint()}") from e
             if isinstance(e, ManetError) or not is_disk_full(e):
                 raise
             self.checkpoints.wait()  # a checkpoint being written when the disk filled is the error to report
