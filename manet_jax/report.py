@@ -2,11 +2,16 @@
 
   python -m manet_jax.report runs/raf_seed0 runs/raf_seed1 runs/raf_seed2 [--json FILE] [--markdown FILE]
   python -m manet_jax.report "runs/raf_seed*"
+  python -m manet_jax.report runs/raf_seed0 runs/raf_seed1 --official raf_curves.png
 
 Each RUN is a trainer workdir or a glob of them (quoted, so that the tool expands it). For the best
 and the last epoch of each run (`summary.json`) it prints, per eval set and head, the mean ± sample
 standard deviation, minimum and maximum of the accuracy, the mean class accuracy and the recall of
-each class, as Markdown; --json and --markdown also write the table to files.
+each class, as Markdown; --json and --markdown also write the table to files. --official PNG
+adds each run beside the official MA-Net run of its dataset, epoch by epoch: test accuracy and
+train loss over the official curve (drawn to PNG), a verdict per epoch (behind or ahead by more
+than the official run's own epoch-to-epoch swing, else on track), and the epochs whose learning
+rate is not the official one.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import sys
 from collections.abc import Sequence
 
 from manet_jax import cli
+from manet_jax.training import official_report
 from manet_jax.training.report import RunsError, markdown, spreads
 
 
@@ -26,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("runs", nargs="+", metavar="RUN", help="trainer workdir, or a quoted glob of them")
     parser.add_argument("--json", metavar="FILE", help="also write the table as JSON")
     parser.add_argument("--markdown", metavar="FILE", help="also write the table as Markdown")
+    parser.add_argument("--official", nargs="?", const="official_curves.png", metavar="PNG",
+                        help="compare each epoch with the official run of the dataset, drawn to PNG "
+                             "(default: %(const)s)")
     return parser
 
 
@@ -33,8 +42,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def work() -> None:
-        table = spreads(expand(args.runs))
+        runs = expand(args.runs)
+        table = spreads(runs)
         text = markdown(table)
+        if args.official:
+            table["official"] = official_report.official_table(runs, table["ranked_by"], args.official)
+            official_report.draw(table["official"], args.official)
+            text += official_report.markdown(table["official"])
         print(text, end="")
         if args.json:
             with open(args.json, "w") as f:
