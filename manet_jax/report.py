@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -46,9 +47,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         table = spreads(runs)
         text = markdown(table)
         if args.official:
+            if not args.official.lower().endswith(".png"):
+                raise RunsError(f"--official {args.official}: name the figure's .png file (or put --official "
+                                "after the runs, for official_curves.png)")
             table["official"] = official_report.official_table(runs, table["ranked_by"], args.official)
             official_report.draw(table["official"], args.official)
-            text += official_report.markdown(table["official"])
+            link = os.path.relpath(args.official, os.path.dirname(os.path.abspath(args.markdown))) if args.markdown \
+                else args.official  # the figure as the Markdown file sees it
+            text += official_report.markdown(table["official"], link)
         print(text, end="")
         if args.json:
             with open(args.json, "w") as f:

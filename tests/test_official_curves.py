@@ -4,6 +4,8 @@ ties a config to a curve, the trainer's comparison and `manet_jax.report --offic
 from __future__ import annotations
 
 import json
+import logging
+from types import SimpleNamespace
 
 import pytest
 from official_runs import REPO, example_runs, fabricate
@@ -12,7 +14,7 @@ from manet_jax.report import main as report
 from manet_jax.training.config import load_config
 from manet_jax.training.official import CURVES_FILE, curves, matching_curve, parse_log, recipe_differences
 from manet_jax.training.official_report import official_table
-from manet_jax.training.reporter import official_text
+from manet_jax.training.reporter import Reporter, official_text
 from manet_jax.training.run_summary import RunSummary
 
 # The paper's numbers (abstract; FED-RO from its log) and the best epochs (docs/training.md's table).
@@ -149,12 +151,15 @@ def test_the_report_draws_the_runs_over_the_official_curve(tmp_path, monkeypatch
     assert [r["verdict"]["verdict"] for r in table["runs"]] == ["on track", "behind", "on track"]
     assert len(table["curves"]["RAF-DB"]["epochs"]) == 100 and table["figure"] == str(figure)
     markdown = (tmp_path / "r.md").read_text()
-    assert f"![the runs over the official curves]({figure})" in markdown
+    assert "![the runs over the official curves](curves.png)" in markdown  # beside r.md
     assert f"- {runs[1]} against RAF-DB: behind at epoch 8 (gap -7.00 points)" in markdown
     assert f"- {runs[2]} against RAF-DB: on track at epoch 8 (gap -1.00 points)\n" \
            "  - learning rate differs from epoch 1: 0.02, official 0.01" in markdown
     assert "| 4 | 83.54 | 6.62 | 83.94 (+0.40, on track) | 76.54 (-7.00, behind) | 82.54 (-1.00, on track) |" in markdown
     assert markdown in capsys.readouterr().out
+    assert report(["--official", *runs]) == 2  # the first run taken for the figure
+    assert capsys.readouterr().err == (f"error: --official {runs[0]}: name the figure's .png file (or put "
+                                       "--official after the runs, for official_curves.png)\n")
 
 
 def test_the_report_refuses_a_run_without_an_official_curve(tmp_path, capsys):
@@ -163,3 +168,40 @@ def test_the_report_refuses_a_run_without_an_official_curve(tmp_path, capsys):
     assert capsys.readouterr().err.startswith(f"error: {run}: no official curve for dataset 'fer2013' evaluated on "
                                               "its test split (--official compares runs of configs/raf.py, ")
 
+
+
+class Writer:
+    """MetricWriter's interface, keeping the records."""
+
+    def __init__(self):
+        self.records = []
+
+    def write(self, record: dict) -> None:
+        self.records.append(record)
+
+    def write_figure(self, tag: str, figure, step: int) -> None:
+        pass
+
+
+def eval_results(accuracy: float) -> dict:
+    confusion = [[round(100 * accuracy), 100 - round(100 * accuracy)], [0, 0]]
+    return {"raf_db/test": {"loss": 0.5, "count": 100, "local": {"accuracy": accuracy}, "global": {"accuracy": accuracy},
+                            "fused": {"accuracy": accuracy, "mean_class_accuracy": accuracy,
+                                      "confusion_matrix": confusion}}}
+
+
+@pytest.mark.parametrize("path", ["configs/raf.py", "configs/raf_scratch.py"])
+def test_the_trainers_epoch_line_gives_the_official_accuracy_and_the_gap_only_for_its_recipe(path, tmp_path, caplog):
+    run_config = config(path)
+    setup = SimpleNamespace(config=run_config, total_steps=96 * run_config.num_epochs, steps_per_epoch=96,
+                            info=SimpleNamespace(class_names=["Neutral", "Happiness"]))
+    summary = RunSummary("raf_db/test", tmp_path / "summary.json", curve=matching_curve(run_config))
+    reporter = Reporter(setup, Writer())
+    summary.add_evaluation(4, 384, eval_results(0.85))
+    with caplog.at_level(logging.INFO, logger="manet_jax.training.reporter"):
+        reporter.epoch(4, 384, [{"loss": 0.7, "loss_local": 0.7, "loss_global": 0.7, "correct": 96}], summary)
+    (line,) = caplog.messages
+    official = "; official RAF-DB 83.54% (gap +1.46 points, on track)" if path == "configs/raf.py" else ""
+    assert line.endswith(f"; train accuracy 75.00%; best 85.00% at epoch 4{official}")
+    written = json.loads((tmp_path / "summary.json").read_text())
+    assert ("official" in written) == bool(official)

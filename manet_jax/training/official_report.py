@@ -99,12 +99,13 @@ def _first_other_rate(epochs: list[dict[str, Any]], curve: Curve) -> dict[str, A
     return None
 
 
-def markdown(table: dict[str, Any]) -> str:
-    """The verdicts, the differences from the official recipes and, per curve, the compared
-    epochs: the official test accuracy and swing, each run's accuracy and gap, in %."""
+def markdown(table: dict[str, Any], figure_link: str | None = None) -> str:
+    """The figure (at `figure_link`, if given), the verdicts, the differences from the official
+    recipes and, per curve, the compared epochs: the official test accuracy and swing, each run's
+    accuracy and gap, in %."""
     lines = ["", "## Beside the official curves", ""]
-    if table["figure"]:
-        lines += [f"![the runs over the official curves]({table['figure']})", ""]
+    if figure_link:
+        lines += [f"![the runs over the official curves]({figure_link})", ""]
     lines += ["A run is behind (ahead) at an epoch when its test accuracy is lower (higher) than the official "
               "run's by more than the official run's own swing there: the largest change of its test accuracy "
               "between consecutive epochs within two epochs of it.", ""]
