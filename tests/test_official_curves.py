@@ -72,8 +72,9 @@ def test_each_paper_config_follows_its_curve_and_the_others_none():
         assert matching_curve(config(path)).name == name
     for path in ("configs/demo.py", "configs/raf_scratch.py", "configs/fer2013.py", "configs/ferplus.py"):
         assert matching_curve(config(path)) is None, path
-    # the weights file elsewhere is the same initialisation
+    # the weights file elsewhere is the same initialisation; further eval sets change no epoch
     assert matching_curve(config("configs/raf.py", "init_from=/data/Pretrained_on_MSCeleb.pth.tar")).name == "RAF-DB"
+    assert matching_curve(config("configs/raf.py", "eval_dataset=raf_db,sfew")).name == "RAF-DB"
 
 
 @pytest.mark.parametrize("override, difference", [
@@ -84,7 +85,8 @@ def test_each_paper_config_follows_its_curve_and_the_others_none():
     ("num_epochs=50", "num_epochs: 50, official 100"),
     ("init_from=", "init_from: '', official 'weights/Pretrained_on_MSCeleb.pth.tar'"),
     ("input.balanced_sampling=true", "input.balanced_sampling: True, official False"),
-    ("eval_split=train", "eval_split: 'train', official None"),
+    ("eval_split=train", "first eval set: raf_db:train, official raf_db (its test split)"),
+    ("eval_dataset=sfew,raf_db", "first eval set: sfew (its test split), official raf_db (its test split)"),
 ])
 def test_a_changed_batch_size_schedule_or_initialisation_turns_the_comparison_off(override, difference):
     changed = config("configs/raf.py", override)
@@ -166,7 +168,7 @@ def test_the_report_refuses_a_run_without_an_official_curve(tmp_path, capsys):
     run = fabricate(tmp_path / "fer", [0.5], config="configs/fer2013.py")
     assert report([str(run), "--official"]) == 2
     assert capsys.readouterr().err.startswith(f"error: {run}: no official curve for dataset 'fer2013' evaluated on "
-                                              "its test split (--official compares runs of configs/raf.py, ")
+                                              "fer2013 (its test split) (--official compares runs of configs/raf.py, ")
 
 
 

@@ -5,9 +5,9 @@
 epoch's last running train loss and accuracy, and the test accuracy, as the log prints them,
 with the commit they were read from and the config that reproduces each
 (`scripts/official_curves.py` derives the file from a clone). A run follows a curve's recipe
-when its dataset, eval set, batch size, sampling, initialisation (the same file name), number of
-epochs and learning rate of every epoch are the official run's (`matching_curve`); only then
-does the trainer compare its epochs with the curve. Light to import: no JAX.
+when its dataset, first eval set, batch size, sampling, initialisation (the same file name),
+number of epochs and learning rate of every epoch are the official run's (`matching_curve`);
+only then does the trainer compare its epochs with the curve. Light to import: no JAX.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import Any
 
 CURVES_FILE = Path(__file__).with_name("official_curves.json")
 RECIPE_KEYS = ("dataset", "eval_dataset", "eval_split", "batch_size", "input.balanced_sampling", "init_from")
+# The first eval set, rather than eval_dataset and eval_split, is compared: further eval sets change no epoch.
 LR_TOLERANCE = 1e-5  # relative: a float32 learning rate against the log's Python float
 SWING_EPOCHS = 2  # the swing at epoch e: the largest change between consecutive epochs within e +- 2
 VERDICTS = ("behind", "on track", "ahead")
@@ -106,7 +107,9 @@ def recipe_differences(config: Any, curve: Curve) -> list[str]:
     """'key: run value, official value' for each part of `curve`'s recipe that `config` does not
     follow (the learning rate of each epoch as 'learning rate'); [] when it follows it all."""
     differences = []
-    for key in RECIPE_KEYS:
+    if first_eval_set(config) != first_eval_set(curve.recipe):
+        differences.append(f"first eval set: {eval_set_text(config)}, official {eval_set_text(curve.recipe)}")
+    for key in ("dataset", "batch_size", "input.balanced_sampling", "init_from"):
         run, official = value(config, key), curve.recipe[key]
         same = _file_name(run) == _file_name(official) if key == "init_from" else run == official
         if not same:
@@ -126,9 +129,23 @@ def matching_curve(config: Any) -> Curve | None:
 
 
 def curve_of_dataset(config: Any) -> Curve | None:
-    """The curve of `config`'s dataset and eval set (recipe or not), if any: the one to compare with."""
-    return next((c for c in curves().values()
-                 if all(value(config, key) == c.recipe[key] for key in ("dataset", "eval_dataset"))), None)
+    """The curve of `config`'s dataset and first eval set (recipe or not), if any: the one to compare with."""
+    return next((c for c in curves().values() if value(config, "dataset") == c.recipe["dataset"]
+                 and first_eval_set(config) == first_eval_set(c.recipe)), None)
+
+
+def first_eval_set(config: Any) -> tuple[str, str | None]:
+    """(dataset, split) of the eval set that ranks a run of `config` (config.eval_sets' first), a
+    split left out None: the dataset's own. Further eval sets leave the training as it is."""
+    entries = value(config, "eval_dataset")
+    name, _, split = (entries.split(",")[0].strip() if entries else value(config, "dataset").split("+")[0]).partition(":")
+    return name, split or value(config, "eval_split")
+
+
+def eval_set_text(config: Any) -> str:
+    """'raf_db (its test split)' or 'raf_db:train': the first eval set of `config`."""
+    name, split = first_eval_set(config)
+    return f"{name}:{split}" if split else f"{name} (its test split)"
 
 
 def describe_rates(rates: Sequence[float]) -> str:

@@ -19,7 +19,7 @@ from etils import epath
 from matplotlib.figure import Figure
 
 from manet_jax.training.official import (LR_TOLERANCE, Curve, curve_of_dataset, curves, describe_rates,
-                                         recipe_differences)
+                                         eval_set_text, recipe_differences)
 from manet_jax.training.report import RunsError
 from manet_jax.training.workdir import CONFIG_FILE
 
@@ -69,7 +69,7 @@ def official_table(workdirs: Sequence[str], ranked_by: str, figure: str | None =
         curve = curve_of_dataset(config)
         if curve is None:
             raise RunsError(f"{workdir}: no official curve for dataset {config.get('dataset')!r} evaluated on "
-                            f"{config.get('eval_dataset') or 'its test split'} (--official compares runs of "
+                            f"{eval_set_text(config)} (--official compares runs of "
                             f"{', '.join(c.config for c in curves().values())})")
         used[curve.name] = curve
         epochs = run_epochs(workdir, ranked_by)
