@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from manet_jax.training.config import load_config_file
-from manet_jax.training.official import CURVES_FILE, RECIPE_KEYS, parse_log, value
+from manet_jax.training.official import CURVES_FILE, RECIPE_KEYS, config_value, parse_log
 
 REPOSITORY = "github.com/zengqunzhao/MA-Net"
 LOGS = {  # log name: the config that reproduces it
@@ -41,7 +41,8 @@ def derive(clone: str) -> dict:
     for name, config_path in LOGS.items():
         log = f"log/{name}.txt"
         config = load_config_file(config_path)
-        curves[name] = {"log": log, "config": config_path, "recipe": {key: value(config, key) for key in RECIPE_KEYS},
+        recipe = {key: config_value(config, key) for key in RECIPE_KEYS}
+        curves[name] = {"log": log, "config": config_path, "recipe": recipe,
                         **parse_log(git(clone, "show", f"{commit}:{log}"), log)}
     return {"source": {"repository": REPOSITORY, "commit": commit,
                        "date": git(clone, "show", "-s", "--format=%cs", commit).strip()},
@@ -55,11 +56,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     data = derive(args.clone)
     text = json.dumps(data, indent=1)
-    text = re.sub(r"\[\s+([^\[\]{}]*?)\s+\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", text)  # a column a line
+    # a column a line
+    text = re.sub(r"\[\s+([^\[\]{}]*?)\s+\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", text)
     Path(args.output).write_text(text + "\n")
     for name, c in data["curves"].items():
         best = max(c["test_accuracy"])
-        print(f"{name}: {len(c['test_accuracy'])} epochs, best {best:.2f}% at epoch {c['test_accuracy'].index(best) + 1}")
+        epoch = c["test_accuracy"].index(best) + 1
+        print(f"{name}: {len(c['test_accuracy'])} epochs, best {best:.2f}% at epoch {epoch}")
     return 0
 
 

@@ -120,7 +120,8 @@ def test_the_summary_keeps_each_epoch_beside_the_official_one_and_resumes_it(tmp
 
 
 def test_a_run_of_no_official_recipe_says_nothing(tmp_path):
-    summary = RunSummary("synthetic_faces/test", tmp_path / "summary.json", curve=matching_curve(config("configs/demo.py")))
+    demo = matching_curve(config("configs/demo.py"))
+    summary = RunSummary("synthetic_faces/test", tmp_path / "summary.json", curve=demo)
     summary.add_evaluation(1, 4, {"synthetic_faces/test": {"fused": {"accuracy": 0.5}}})
     assert "official" not in summary.to_json() and official_text(summary, 1) == ""
 
@@ -157,7 +158,8 @@ def test_the_report_draws_the_runs_over_the_official_curve(tmp_path, monkeypatch
     assert f"- {runs[1]} against RAF-DB: behind at epoch 8 (gap -7.00 points)" in markdown
     assert f"- {runs[2]} against RAF-DB: on track at epoch 8 (gap -1.00 points)\n" \
            "  - learning rate differs from epoch 1: 0.02, official 0.01" in markdown
-    assert "| 4 | 83.54 | 6.62 | 83.94 (+0.40, on track) | 76.54 (-7.00, behind) | 82.54 (-1.00, on track) |" in markdown
+    assert ("| 4 | 83.54 | 6.62 | 83.94 (+0.40, on track) | 76.54 (-7.00, behind) | 82.54 (-1.00, on track) |"
+            in markdown)
     assert markdown in capsys.readouterr().out
     assert report(["--official", *runs]) == 2  # the first run taken for the figure
     assert capsys.readouterr().err == (f"error: --official {runs[0]}: name the figure's .png file (or put "
@@ -187,7 +189,8 @@ class Writer:
 
 def eval_results(accuracy: float) -> dict:
     confusion = [[round(100 * accuracy), 100 - round(100 * accuracy)], [0, 0]]
-    return {"raf_db/test": {"loss": 0.5, "count": 100, "local": {"accuracy": accuracy}, "global": {"accuracy": accuracy},
+    return {"raf_db/test": {"loss": 0.5, "count": 100,
+                            "local": {"accuracy": accuracy}, "global": {"accuracy": accuracy},
                             "fused": {"accuracy": accuracy, "mean_class_accuracy": accuracy,
                                       "confusion_matrix": confusion}}}
 

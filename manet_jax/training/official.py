@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 CURVES_FILE = Path(__file__).with_name("official_curves.json")
+# The config keys of a recipe that official_curves.json keeps; of eval_dataset and eval_split only
+# the first eval set is compared (`first_eval_set`): further eval sets change no epoch.
 RECIPE_KEYS = ("dataset", "eval_dataset", "eval_split", "batch_size", "input.balanced_sampling", "init_from")
-# The first eval set, rather than eval_dataset and eval_split, is compared: further eval sets change no epoch.
 LR_TOLERANCE = 1e-5  # relative: a float32 learning rate against the log's Python float
 SWING_EPOCHS = 2  # the swing at epoch e: the largest change between consecutive epochs within e +- 2
-VERDICTS = ("behind", "on track", "ahead")
 
 
 @dataclass(frozen=True)
@@ -57,8 +57,8 @@ class Curve:
         """The official run's own epoch-to-epoch swing at `epoch`: the largest change of its test
         accuracy between consecutive epochs within SWING_EPOCHS of it."""
         a = self.test_accuracy
-        changes = [abs(a[k] - a[k - 1]) for k in range(max(epoch - 1 - SWING_EPOCHS, 1), min(epoch + SWING_EPOCHS, self.epochs))]
-        return max(changes)
+        around = range(max(epoch - 1 - SWING_EPOCHS, 1), min(epoch + SWING_EPOCHS, self.epochs))  # 0-based
+        return max(abs(a[k] - a[k - 1]) for k in around)
 
     def compare(self, epoch: int, accuracy: float) -> dict[str, Any] | None:
         """`{'epoch', 'accuracy', 'official', 'gap', 'swing', 'verdict'}` of a run's test accuracy at
@@ -84,7 +84,7 @@ def curves() -> dict[str, Curve]:
             for name, c in data["curves"].items()}
 
 
-def value(config: Any, key: str) -> Any:
+def config_value(config: Any, key: str) -> Any:
     """A dotted key of a config (a ConfigDict or config.json's dict); None where it has none."""
     for part in key.split("."):
         config = config.get(part) if hasattr(config, "get") else None
@@ -93,10 +93,10 @@ def value(config: Any, key: str) -> Any:
 
 def epoch_learning_rates(config: Any) -> list[float] | None:
     """The learning rate of each epoch of a run of `config` (StepLR per epoch); None for another schedule."""
-    if value(config, "lr_schedule") != "step":
+    if config_value(config, "lr_schedule") != "step":
         return None
-    lr, gamma, step = (value(config, key) for key in ("learning_rate", "lr_gamma", "lr_step_epochs"))
-    return [lr * gamma ** (epoch // step) for epoch in range(value(config, "num_epochs"))]
+    lr, gamma, step = (config_value(config, key) for key in ("learning_rate", "lr_gamma", "lr_step_epochs"))
+    return [lr * gamma ** (epoch // step) for epoch in range(config_value(config, "num_epochs"))]
 
 
 def same_learning_rates(run: Sequence[float], official: Sequence[float]) -> bool:
@@ -110,12 +110,12 @@ def recipe_differences(config: Any, curve: Curve) -> list[str]:
     if first_eval_set(config) != first_eval_set(curve.recipe):
         differences.append(f"first eval set: {eval_set_text(config)}, official {eval_set_text(curve.recipe)}")
     for key in ("dataset", "batch_size", "input.balanced_sampling", "init_from"):
-        run, official = value(config, key), curve.recipe[key]
+        run, official = config_value(config, key), curve.recipe[key]
         same = _file_name(run) == _file_name(official) if key == "init_from" else run == official
         if not same:
             differences.append(f"{key}: {run!r}, official {official!r}")
-    if value(config, "num_epochs") != curve.epochs:
-        differences.append(f"num_epochs: {value(config, 'num_epochs')}, official {curve.epochs}")
+    if config_value(config, "num_epochs") != curve.epochs:
+        differences.append(f"num_epochs: {config_value(config, 'num_epochs')}, official {curve.epochs}")
     else:
         rates = epoch_learning_rates(config)
         if rates is None or not same_learning_rates(rates, curve.learning_rate):
@@ -130,16 +130,17 @@ def matching_curve(config: Any) -> Curve | None:
 
 def curve_of_dataset(config: Any) -> Curve | None:
     """The curve of `config`'s dataset and first eval set (recipe or not), if any: the one to compare with."""
-    return next((c for c in curves().values() if value(config, "dataset") == c.recipe["dataset"]
+    return next((c for c in curves().values() if config_value(config, "dataset") == c.recipe["dataset"]
                  and first_eval_set(config) == first_eval_set(c.recipe)), None)
 
 
 def first_eval_set(config: Any) -> tuple[str, str | None]:
     """(dataset, split) of the eval set that ranks a run of `config` (config.eval_sets' first), a
     split left out None: the dataset's own. Further eval sets leave the training as it is."""
-    entries = value(config, "eval_dataset")
-    name, _, split = (entries.split(",")[0].strip() if entries else value(config, "dataset").split("+")[0]).partition(":")
-    return name, split or value(config, "eval_split")
+    entries = config_value(config, "eval_dataset")
+    first = entries.split(",")[0].strip() if entries else config_value(config, "dataset").split("+")[0]
+    name, _, split = first.partition(":")
+    return name, split or config_value(config, "eval_split")
 
 
 def eval_set_text(config: Any) -> str:
@@ -162,7 +163,7 @@ def describe_rates(rates: Sequence[float]) -> str:
 
 def _schedule(config: Any) -> str:
     rates = epoch_learning_rates(config)
-    return describe_rates(rates) if rates else f"lr_schedule {value(config, 'lr_schedule')!r}"
+    return describe_rates(rates) if rates else f"lr_schedule {config_value(config, 'lr_schedule')!r}"
 
 
 def _file_name(path: str | None) -> str | None:

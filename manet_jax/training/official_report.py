@@ -38,6 +38,8 @@ def run_epochs(workdir: str, ranked_by: str) -> list[dict[str, Any]]:
         raise RunsError(f"{path}: cannot be read ({e})") from e
     rates, epochs = {}, {}
     for number, line in enumerate(lines, start=1):
+        if not line:
+            continue
         try:
             record = json.loads(line)
         except ValueError as e:
@@ -74,9 +76,9 @@ def official_table(workdirs: Sequence[str], ranked_by: str, figure: str | None =
         used[curve.name] = curve
         epochs = run_epochs(workdir, ranked_by)
         for epoch in epochs:
-            compared = epoch["test_accuracy"] is not None and curve.compare(epoch["epoch"], epoch["test_accuracy"])
-            if compared:
-                epoch.update({key: compared[key] for key in ("official", "gap", "swing", "verdict")})
+            beside = epoch["test_accuracy"] is not None and curve.compare(epoch["epoch"], epoch["test_accuracy"])
+            if beside:
+                epoch.update({key: beside[key] for key in ("official", "gap", "swing", "verdict")})
         compared = [e for e in epochs if "verdict" in e]
         runs.append({"run": workdir, "curve": curve.name, "recipe_differences": recipe_differences(config, curve),
                      "learning_rate_differs": _first_other_rate(epochs, curve),
@@ -117,7 +119,8 @@ def markdown(table: dict[str, Any], figure_link: str | None = None) -> str:
         other = run["learning_rate_differs"]
         if other:
             official = "none (past the official run's end)" if other["official"] is None else f"{other['official']:.3g}"
-            lines.append(f"  - learning rate differs from epoch {other['epoch']}: {other['run']:.3g}, official {official}")
+            lines.append(f"  - learning rate differs from epoch {other['epoch']}: {other['run']:.3g}, "
+                         f"official {official}")
         if run["recipe_differences"]:
             lines.append(f"  - not the official recipe: {'; '.join(run['recipe_differences'])}")
     for name, curve in table["curves"].items():
