@@ -48,7 +48,8 @@ class WorkdirFullError(ManetError, OSError):
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Trains per `config` in `workdir`; returns the run summary `{'ranked_by', 'best', 'last'}`.
+    """Trains per `config` in `workdir`; returns the run summary `{'ranked_by', 'best', 'last'}`
+    (and `official` for a run of an official recipe; see `run_summary`).
 
     Evaluates every `eval_every_epochs` and checkpoints every `checkpoint_every_epochs` (and at
     the end); on SIGTERM saves a checkpoint and returns early; on a first SIGINT (Ctrl-C) saves one
