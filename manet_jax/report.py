@@ -2,11 +2,16 @@
 
   python -m manet_jax.report runs/raf_seed0 runs/raf_seed1 runs/raf_seed2 [--json FILE] [--markdown FILE]
   python -m manet_jax.report "runs/raf_seed*"
+  python -m manet_jax.report runs/raf_seed0 runs/raf_seed1 --official raf_curves.png
 
 Each RUN is a trainer workdir or a glob of them (quoted, so that the tool expands it). For the best
 and the last epoch of each run (`summary.json`) it prints, per eval set and head, the mean ± sample
 standard deviation, minimum and maximum of the accuracy, the mean class accuracy and the recall of
-each class, as Markdown; --json and --markdown also write the table to files.
+each class, as Markdown; --json and --markdown also write the table to files. --official PNG
+adds each run beside the official MA-Net run of its dataset, epoch by epoch: test accuracy and
+train loss over the official curve (drawn to PNG), a verdict per epoch (behind or ahead by more
+than the official run's own epoch-to-epoch swing, else on track), and the epochs whose learning
+rate is not the official one.
 """
 
 from __future__ import annotations
@@ -14,10 +19,12 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import os
 import sys
 from collections.abc import Sequence
 
 from manet_jax import cli
+from manet_jax.training import official_report
 from manet_jax.training.report import RunsError, markdown, spreads
 
 
@@ -26,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("runs", nargs="+", metavar="RUN", help="trainer workdir, or a quoted glob of them")
     parser.add_argument("--json", metavar="FILE", help="also write the table as JSON")
     parser.add_argument("--markdown", metavar="FILE", help="also write the table as Markdown")
+    parser.add_argument("--official", nargs="?", const="official_curves.png", metavar="PNG",
+                        help="compare each epoch with the official run of the dataset, drawn to PNG "
+                             "(default: %(const)s)")
     return parser
 
 
@@ -33,8 +43,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def work() -> None:
-        table = spreads(expand(args.runs))
+        runs = expand(args.runs)
+        table = spreads(runs)
         text = markdown(table)
+        if args.official:
+            if not args.official.lower().endswith(".png"):
+                raise RunsError(f"--official {args.official}: name the figure's .png file (or put --official "
+                                "after the runs, for official_curves.png)")
+            table["official"] = official_report.official_table(runs, table["ranked_by"], args.official)
+            official_report.draw(table["official"], args.official)
+            link = os.path.relpath(args.official, os.path.dirname(os.path.abspath(args.markdown))) if args.markdown \
+                else args.official  # the figure as the Markdown file sees it
+            text += official_report.markdown(table["official"], link)
         print(text, end="")
         if args.json:
             with open(args.json, "w") as f:

@@ -30,6 +30,7 @@ from manet_jax.training.evaluation import evaluate_set
 from manet_jax.training.initialisation import check_init_from
 from manet_jax.training.lease import Lease, hold
 from manet_jax.training.metric_writer import MetricWriter
+from manet_jax.training.official import matching_curve
 from manet_jax.training.preemption import PreemptionGuard
 from manet_jax.training.reporter import Reporter
 from manet_jax.training.run_summary import RunSummary
@@ -48,7 +49,8 @@ class WorkdirFullError(ManetError, OSError):
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Trains per `config` in `workdir`; returns the run summary `{'ranked_by', 'best', 'last'}`.
+    """Trains per `config` in `workdir`; returns the run summary `{'ranked_by', 'best', 'last'}`
+    (and `official` for a run of an official recipe; see `run_summary`).
 
     Evaluates every `eval_every_epochs` and checkpoints every `checkpoint_every_epochs` (and at
     the end); on SIGTERM saves a checkpoint and returns early; on a first SIGINT (Ctrl-C) saves one
@@ -90,7 +92,8 @@ class Trainer:
         self.checkpoints = Checkpoints(workdir / CHECKPOINTS, self.config.keep_checkpoints, lease)
         self.writer = MetricWriter(workdir, enabled=is_main, lease=lease)
         self.reporter = Reporter(setup, self.writer)
-        self.summary = RunSummary(setup.eval_sets[0].name, workdir / SUMMARY_FILE, enabled=is_main, lease=lease)
+        self.summary = RunSummary(setup.eval_sets[0].name, workdir / SUMMARY_FILE, enabled=is_main, lease=lease,
+                                  curve=matching_curve(self.config))
 
     def initial_state(self) -> TrainState:
         """The latest checkpoint's state (and bookkeeping), else a fresh one from config.init_from."""

@@ -74,9 +74,9 @@ class Reporter:
         summary.write()
         lines = [f"epoch {epoch}/{self.config.num_epochs} {describe(name, results)}"
                  for name, results in last["eval"].items()]
-        logger.info("%s; train accuracy %.2f%%; best %.2f%% at epoch %d%s", lines[0],
+        logger.info("%s; train accuracy %.2f%%; best %.2f%% at epoch %d%s%s", lines[0],
                     100 * record["train_epoch"]["accuracy"], 100 * record["best"]["accuracy"], best["epoch"],
-                    "".join(f"\n  {line}" for line in lines[1:]))
+                    official_text(summary, epoch), "".join(f"\n  {line}" for line in lines[1:]))
 
     def done(self, summary: RunSummary) -> None:
         """Logs the best and last accuracy of a finished run."""
@@ -85,3 +85,13 @@ class Reporter:
             logger.info("done: %s accuracy best %.2f%% (epoch %d), last %.2f%% (epoch %d); summary in %s",
                         summary.ranked_by, 100 * summary.accuracy(best), best["epoch"], 100 * summary.accuracy(last),
                         last["epoch"], summary.path)
+
+
+def official_text(summary: RunSummary, epoch: int) -> str:
+    """'; official RAF-DB 77.71% (gap -1.20 points, on track)' for an epoch compared with the
+    official curve; '' for one that was not (a run that does not follow an official recipe)."""
+    compared = summary.official_at(epoch)
+    if compared is None:
+        return ""
+    return (f"; official {summary.curve.name} {100 * compared['official']:.2f}% (gap {100 * compared['gap']:+.2f} "
+            f"points, {compared['verdict']})")
