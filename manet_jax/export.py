@@ -19,6 +19,7 @@ from etils import epath
 
 from manet_jax import cli
 from manet_jax.bundle import load_bundle
+from manet_jax.errors import ManetError
 from manet_jax.inference.onnx_export import export_onnx
 from manet_jax.inference.stablehlo import PLATFORMS, export_stablehlo
 
@@ -43,12 +44,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if unknown := set(args.platforms.split(",")) - set(PLATFORMS):
         parser.error(f"--platforms {args.platforms}: unknown {sorted(unknown)}; choose from {','.join(PLATFORMS)}")
-    if args.output.exists() and any(args.output.iterdir()):
-        parser.error(f"--output {args.output}: exists and is not empty; choose a new directory")
     return cli.run(lambda: export(args))
 
 
 def export(args: argparse.Namespace) -> None:
+    if args.output.exists() and any(args.output.iterdir()):
+        raise ManetError(f"--output {args.output}: exists and is not empty; choose a new directory")
     cli.start_runtime()
     bundle = load_bundle(args.checkpoint).resized(args.image_size, "--image-size")
     args.output.mkdir(parents=True, exist_ok=True)

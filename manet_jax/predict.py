@@ -124,17 +124,27 @@ def predict(args: argparse.Namespace) -> int:
         predictor = Predictor(bundle, args.batch_size, maps=args.visualize is not None)
     if sources:
         return predict_videos(args, sources, predictor)
+    warm_up(predictor)
+    start = time.perf_counter()
     records = predict_paths(args.paths, predictor, detect_faces=face_detector(args), margin=args.margin,
                             boxes=boxes, visualize=args.visualize)
+    seconds = time.perf_counter() - start
     class_names = predictor.spec.class_names
     print(format_table(records, class_names))
     if args.output:
         write_records(args.output, records, class_names, BRANCHES if args.branch_probabilities else BRANCHES[:1])
     statuses = {r.file: r.status for r in records}
     counts = Counter(statuses.values())
-    print(f"{len(statuses)} inputs: {sum(r.status == OK for r in records)} face(s) in {counts[OK]} image(s), "
-          f"{counts[NO_FACE]} without a face, {counts[ERROR]} skipped", file=sys.stderr)
+    faces = sum(r.status == OK for r in records)
+    print(f"{len(statuses)} inputs: {faces} face(s) in {counts[OK]} image(s), {counts[NO_FACE]} without a face, "
+          f"{counts[ERROR]} skipped; {faces / seconds:.1f} faces/s", file=sys.stderr)
     return 0 if counts[OK] or counts[NO_FACE] else 1
+
+
+def warm_up(predictor: Predictor | OnnxPredictor) -> None:
+    """Compiles the forward on a blank face, so that faces/s and frames/s are the steady rates."""
+    size = predictor.spec.image_size
+    predictor(np.zeros((1, size, size, 3), np.float32))
 
 
 def face_detector(args: argparse.Namespace) -> Detector | None:
@@ -146,8 +156,7 @@ def predict_videos(args: argparse.Namespace, sources: list[VideoSource], predict
     """Runs the videos (or the camera) in turn, then prints and writes what was collected, also
     after Ctrl-C (exit status 0 for a camera, where Ctrl-C is how it ends; else 130). The forward
     compiles before the first frame is read, so frames/s is the steady rate."""
-    size = predictor.spec.image_size
-    predictor(np.zeros((1, size, size, 3), np.float32))
+    warm_up(predictor)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C now ends the reading: what was read is written
     detect_faces = face_detector(args)
     records, frames, start = [], 0, time.perf_counter()
@@ -159,6 +168,8 @@ def predict_videos(args: argparse.Namespace, sources: list[VideoSource], predict
         if result.interrupted:
             print(f"{source.name}: stopped by Ctrl-C after {result.frames} sampled frames", file=sys.stderr)
             break
+        if message := source.ended_early():
+            print(message, file=sys.stderr)
     seconds = time.perf_counter() - start
     class_names = predictor.spec.class_names
     print(format_table(records, class_names))

@@ -10,9 +10,10 @@ are handled by --threads threads and run the model one at a time. Needs the `ser
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from manet_jax import cli
 from manet_jax.bundle import load_bundle
@@ -22,6 +23,7 @@ from manet_jax.inference.face_options import add_face_options, check_face_option
 from manet_jax.inference.predictor import Predictor
 
 MAX_BYTES = 20 * 2**20  # the largest request body accepted by default
+MAX_PIXELS = 50_000_000  # the most pixels an upload may decode to by default: about 200 MB decoded
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (%(default)s)")
     parser.add_argument("--max-bytes", type=int, default=MAX_BYTES,
                         help="largest request body accepted, in bytes (%(default)s)")
+    parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
+                        help="most pixels an image may decode to (width x height; a large JPEG decodes at a "
+                             "reduced scale), checked from its header (%(default)s)")
     parser.add_argument("--threads", type=int, default=4, help="threads handling requests (%(default)s)")
     return parser
 
@@ -40,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_face_options(parser, args, ("--port", args.port, 0), ("--max-bytes", args.max_bytes, 1),
-                       ("--threads", args.threads, 1))
+                       ("--max-pixels", args.max_pixels, 1), ("--threads", args.threads, 1))
     return cli.run(lambda: serve(args))
 
 
@@ -55,13 +60,27 @@ def serve(args: argparse.Namespace) -> int:
     bundle = load_bundle(args.checkpoint).resized(args.image_size, "--image-size")
     predictor = Predictor(bundle, args.batch_size, maps=True)
     warm_up(predictor)
-    app = create_app(predictor, detect_faces=detect_faces, margin=args.margin, max_bytes=args.max_bytes)
+    app = create_app(predictor, detect_faces=detect_faces, margin=args.margin, max_bytes=args.max_bytes,
+                     max_pixels=args.max_pixels)
+    if trim := _malloc_trim():  # glibc keeps a decoded image's freed memory otherwise: the RSS stays at its peak
+        app.teardown_request(lambda _error: trim(0))
     logging.getLogger("waitress").setLevel(logging.INFO)  # its "Serving on http://..." line
+    # Requests wait for the one model anyway: a queue of them (their bodies buffered on disk by
+    # waitress) is how the server works under load, not a warning per request.
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     try:
         waitress.serve(app, host=args.host, port=args.port, threads=args.threads)
     except OSError as e:  # the address is in use or cannot be assigned
         raise ManetError(f"--host {args.host} --port {args.port}: cannot listen there ({e.strerror})") from None
     return 0
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, which hands the heap's free memory back to the system; None elsewhere."""
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except AttributeError:
+        return None
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 import pickle
 import subprocess
 import sys
+import warnings
 
 import jax
 import numpy as np
@@ -159,11 +160,11 @@ def test_bad_files_are_named(tmp_path, monkeypatch):
     torch = pytest.importorskip("torch")
     text = tmp_path / "notes.pth"
     text.write_text("this is not a checkpoint")
-    with pytest.raises(CheckpointFileError, match="notes.pth: torch.load"):
+    with pytest.raises(CheckpointFileError, match="notes.pth: not a readable PyTorch checkpoint"):
         load_state_dict_file(text)
     pickled = tmp_path / "resume.pth.tar"
     torch.save({"state_dict": {}, "recorder": NotATensor()}, pickled)
-    with pytest.raises(CheckpointFileError, match="never runs pickled code"):
+    with pytest.raises(CheckpointFileError, match="refused: it pickles test_convert.NotATensor, not only tensors"):
         load_state_dict_file(pickled)
     with pytest.raises(CheckpointFileError, match="no such file"):
         load_state_dict_file(tmp_path / "missing.pth")
@@ -177,6 +178,27 @@ def test_bad_files_are_named(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)
     with pytest.raises(CheckpointFileError, match="needs torch, which is not installed"):
         load_state_dict_file(pickled)
+
+
+@pytest.mark.parametrize("kind", ["resume file", "plain pickle"])
+def test_a_pickle_is_refused_in_our_words_alone(tmp_path, capsys, kind):
+    torch = pytest.importorskip("torch")
+    path = tmp_path / "weights.pth"
+    if kind == "resume file":
+        torch.save({"state_dict": {"w": torch.zeros(2)}, "recorder": NotATensor()}, path)
+        what = "test_convert.NotATensor, not only tensors"
+    else:  # torch's safe loader warns about the pickle protocol, then refuses it
+        path.write_bytes(pickle.dumps({"w": torch.zeros(2)}, protocol=4))
+        what = "more than tensors (Unsupported operand 149)"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert convert_main(["to-flax", str(path), str(tmp_path / "out")]) == 2
+    assert [str(w.message) for w in caught] == []
+    assert capsys.readouterr().err == (
+        f"error: {path}: refused: it pickles {what}, and manet-jax loads tensors only (unpickling anything else can "
+        "run code). Where you trust the file, load it with PyTorch, save the tensors alone with "
+        "torch.save(checkpoint['state_dict'], 'weights.pth') and convert weights.pth\n")
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow  # full-size weights converted both ways, loaded into the PyTorch reference: about 6 s

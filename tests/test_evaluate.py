@@ -257,8 +257,10 @@ def test_the_command_line_is_checked_before_anything_runs(setup, tmp_path, capsy
 @pytest.mark.parametrize("args, message", [
     (["--dataset", "nonesuch"], r"error: unknown dataset 'nonesuch'; known: "),
     (["--dataset", "fed_ro:train"], r"error: fed_ro has no split 'train' to evaluate; splits: \['test'\]\n$"),
-    (["--dataset", "raf_db"], r"error: dataset raf_db is not prepared in .*\n"
-                              r"  python -m manet_jax.data.prepare --dataset raf_db --manual-dir "),
+    (["--dataset", "raf_db"], r"error: dataset raf_db is not prepared in .*; prepare it with python -m "
+                              r"manet_jax.data.prepare --dataset raf_db --manual-dir .* --data-dir .* \(the files: "
+                              r"http://www.whdeng.cn/RAF/model1.html; run without them, it says which ones and where "
+                              r"they go\)\n$"),
     (["--dataset", "fed_ro", "--checkpoint", "missing"], r"error: .*missing: does not exist\n$"),
     (["--dataset", f"{DATASET},image_folder/8"], r"error: image_folder/8: class Contempt has no counterpart among "
                                                   r"the model's classes \(Neutral, .*\); say which .*\n$"),

@@ -103,8 +103,8 @@ def test_bad_options(checkpoint, tmp_path, capsys, args, message):
     assert message in capsys.readouterr().err
 
 
-def test_refuses_a_non_empty_output(checkpoint, tmp_path, capsys):
+def test_refuses_a_non_empty_output_in_one_line(tmp_path, capsys):
     (tmp_path / "keep.txt").write_text("")
-    assert exit_status(export.main, ["--checkpoint", str(checkpoint), "--format", "savedmodel",
+    assert exit_status(export.main, ["--checkpoint", str(tmp_path / "model"), "--format", "savedmodel",
                                      "--output", str(tmp_path)]) == 2
-    assert f"--output {tmp_path}" in capsys.readouterr().err
+    assert capsys.readouterr().err == f"error: --output {tmp_path}: exists and is not empty; choose a new directory\n"

@@ -272,8 +272,12 @@ def test_cli(checkpoint, photos, tmp_path, capsys):
     paths = [str(photos / "two_faces.png"), str(photos / "co*.png"), str(photos / "notes.jpg"), "missing.png"]
     assert predict.main(paths + common + ["--output", str(out_json), "--branch-probabilities",
                                           "--visualize", str(vis)]) == 0
-    table = capsys.readouterr().out.splitlines()
+    captured = capsys.readouterr()
+    table = captured.out.splitlines()
     assert table[0].split()[:6] == ["file", "face", "box", "(x,y,w,h)", "label", "Neutr"]
+    summary = captured.err.splitlines()[-1]
+    assert summary.startswith("4 inputs: 2 face(s) in 1 image(s), 1 without a face, 2 skipped; ")
+    assert summary.endswith(" faces/s") and float(summary.split()[-2]) > 0
     assert "no face" in table[-2] and "error: " in table[-1] and len(table) == 6
 
     rows = json.loads(out_json.read_text())
@@ -304,7 +308,7 @@ def test_cli(checkpoint, photos, tmp_path, capsys):
 def test_cli_fails_only_when_nothing_was_processed(checkpoint, photos, capsys):
     args = ["--checkpoint", str(checkpoint), "--image-size", str(SIZE)]
     assert predict.main([str(photos / "notes.jpg"), str(photos / "truncated.jpg"), "missing.png"] + args) == 1
-    assert "3 inputs: 0 face(s) in 0 image(s), 0 without a face, 3 skipped" in capsys.readouterr().err
+    assert "3 inputs: 0 face(s) in 0 image(s), 0 without a face, 3 skipped; 0.0 faces/s" in capsys.readouterr().err
 
 
 def exit_status(argv: list[str]) -> int:

@@ -200,6 +200,19 @@ def test_cli_errors(clips, tmp_path, capfd, argv, message):
         assert line.startswith(message.format(clips=clips))
 
 
+def test_a_video_that_ends_before_its_declared_frames_says_so(tmp_path):
+    clip = tmp_path / "clip.avi"
+    write_clip(clip, clip_frames(), "MJPG")
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(clip.read_bytes()[:clip.stat().st_size // 2])  # the header still declares every frame
+    whole, half = open_video(str(clip)), open_video(str(cut))
+    assert len(list(whole.frames())) == FRAMES and whole.ended_early() is None
+    read = len(list(half.frames()))
+    assert 0 < read < FRAMES and half.declared_frames == FRAMES
+    assert half.ended_early() == (f"{cut}: the video ends after {read} of the {FRAMES} frames its header declares "
+                                  "(truncated or damaged); rows are given for the frames read")
+
+
 def test_a_camera_that_does_not_open():
     with pytest.raises(VideoError, match="--camera 3: camera 3 cannot be opened"):
         open_camera(3, lambda index: FakeCapture([], opened=False))

@@ -113,6 +113,7 @@ def server(setup):
     process.terminate()
     output = process.communicate(timeout=30)[0]
     assert f"Serving on {url}" in output
+    assert "Task queue depth" not in output  # test_concurrent_requests sends more requests than --threads
 
 
 def assert_same_records(answer: list, expected: list, file: str) -> None:
@@ -146,6 +147,7 @@ def test_the_server_takes_predicts_face_options():
 
 @pytest.mark.parametrize("option, message", [
     (["--port", "-1"], "--port -1: must be at least 0"), (["--max-bytes", "0"], "--max-bytes 0: must be at least 1"),
+    (["--max-pixels", "0"], "--max-pixels 0: must be at least 1"),
     (["--threads", "0"], "--threads 0: must be at least 1"), (["--batch-size", "0"], "--batch-size 0: must be at least 1"),
 ])
 def test_bad_options_are_refused(capsys, option, message):
@@ -227,6 +229,19 @@ def test_bad_requests_get_a_json_error_and_the_server_goes_on(server, setup, pho
     assert code == status
     assert list(answer) == ["error"] and answer["error"].startswith(error)
     assert "/tmp" not in answer["error"]  # the server's temporary file is not shown
+    status, answer = request(server + "/predict", (photos / "grey.png").read_bytes(), "image/png")
+    assert status == 200 and answer[0]["status"] == "no face"
+
+
+@pytest.mark.slow
+def test_an_image_over_the_pixel_limit_is_refused_from_its_header(server, photos):
+    width, height = 8000, serve.MAX_PIXELS // 8000 + 1  # a small PNG file, too many pixels to decode
+    body = io.BytesIO()
+    Image.new("L", (width, height)).save(body, format="PNG")
+    assert len(body.getvalue()) < MAX_BYTES
+    assert request(server + "/predict", body.getvalue(), "image/png") == (413, {
+        "error": f"upload: the image decodes to {width}x{height} = {width * height} pixels, more than the server's "
+                 f"limit of {serve.MAX_PIXELS} pixels (--max-pixels)"})
     status, answer = request(server + "/predict", (photos / "grey.png").read_bytes(), "image/png")
     assert status == 200 and answer[0]["status"] == "no face"
 

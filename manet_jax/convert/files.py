@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Mapping
@@ -12,6 +14,7 @@ from manet_jax.convert.core import normalise_state_dict
 from manet_jax.errors import ManetError
 
 TORCH_SUFFIXES = (".pth", ".pt", ".tar", ".bin")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # torch's messages embolden some words
 INSTALL_TORCH = "pip install 'manet-jax[torch]'  (CPU build: pip install torch --index-url https://download.pytorch.org/whl/cpu)"
 
 
@@ -27,6 +30,24 @@ def _import_torch(path: Path):
                                   f"Install it with: {INSTALL_TORCH}; or convert the file to "
                                   f".safetensors/.npz where torch is available.") from e
     return torch
+
+
+def _load_error(path: Path, error: Exception) -> CheckpointFileError:
+    """Why torch.load(weights_only=True) could not read `path`, in our words: for a file that pickles
+    more than tensors, what was refused and how to convert it safely (torch's advice is to unpickle it)."""
+    text = _ANSI.sub("", str(error))
+    if "WeightsUnpickler error:" not in text:
+        first_line = next((line for line in text.splitlines() if line.strip()), "no detail").split(". ")[0]
+        return CheckpointFileError(f"{path}: not a readable PyTorch checkpoint (damaged, truncated or another "
+                                   f"kind of file: {type(error).__name__}: {first_line})")
+    lines = text.partition("WeightsUnpickler error:")[2].splitlines()
+    detail = next((line.strip() for line in lines if line.strip()), "no detail").split(". ")[0]
+    found = re.match(r"Unsupported global: GLOBAL ([\w.]+)", detail)
+    what = f"{found.group(1)}, not only tensors" if found else f"more than tensors ({detail})"
+    return CheckpointFileError(
+        f"{path}: refused: it pickles {what}, and manet-jax loads tensors only (unpickling anything else can run "
+        "code). Where you trust the file, load it with PyTorch, save the tensors alone with "
+        "torch.save(checkpoint['state_dict'], 'weights.pth') and convert weights.pth")
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, np.ndarray]:
@@ -56,13 +77,11 @@ def load_state_dict_file(path: str | Path) -> dict[str, np.ndarray]:
     elif suffix in TORCH_SUFFIXES:
         torch = _import_torch(path)
         try:
-            raw = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch's warnings about the file's pickle: refused below, in our words
+                warnings.simplefilter("ignore")
+                raw = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
-            raise CheckpointFileError(
-                f"{path}: torch.load(weights_only=True) failed: {type(e).__name__}: {str(e).splitlines()[0]}. "
-                "The file is not a PyTorch checkpoint, is truncated, or pickles objects other than tensors "
-                "(e.g. a training-resume file); manet-jax never runs pickled code. Save its state_dict alone "
-                "with torch.save(ckpt['state_dict'], 'weights.pth') where you trust the file.") from e
+            raise _load_error(path, e) from None
     else:
         raise CheckpointFileError(f"{path}: unknown weight file type {suffix!r}; expected one of "
                                   f"{', '.join(TORCH_SUFFIXES)}, .safetensors, .npz")

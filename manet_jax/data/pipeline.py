@@ -318,10 +318,10 @@ def _prepared_builder(name: str, data_dir: str | None) -> FerBuilder:
     base, _ = split_name(name)
     manual_dir = default_manual_dir(data_dir, base)
     raise DatasetNotFoundError(
-        f"dataset {name} is not prepared in {resolve_data_dir(data_dir)}. Download it as described "
-        f"below, then run:\n  python -m manet_jax.data.prepare --dataset {name} --manual-dir "
-        f"{manual_dir} --data-dir {resolve_data_dir(data_dir)}\n"
-        f"{tfds.core.utils.dedent(builder.MANUAL_DOWNLOAD_INSTRUCTIONS)}")
+        f"dataset {name} is not prepared in {resolve_data_dir(data_dir)}; prepare it with python -m "
+        f"manet_jax.data.prepare --dataset {name} --manual-dir {manual_dir} --data-dir {resolve_data_dir(data_dir)} "
+        f"(the files{': ' + builder.HOMEPAGE if builder.HOMEPAGE else ''}; run without them, it says which ones and "
+        "where they go)")
 
 
 @contextlib.contextmanager

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -102,31 +104,52 @@ def load_image(path: Path, max_side: int = MAX_SIDE) -> LoadedImage:
 
     Greyscale, palette, RGBA (alpha dropped, as torchvision's loader and the dataset builders do),
     CMYK and 16-bit images are converted; JPEGs larger than `max_side` are decoded at a reduced
-    scale. Raises ImageLoadError for non-images, truncated or corrupt files, and images beyond
-    Pillow's decompression-bomb limit.
+    scale, and the decoded pixels are downscaled before anything else is done with them. Raises
+    ImageLoadError for non-images, truncated or corrupt files, and images beyond Pillow's
+    decompression-bomb limit.
     """
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # downscaled below
-            image = Image.open(path)
-        with image:
-            width, height = image.size
-            if image.getexif().get(_ORIENTATION) in _TRANSPOSED:
-                width, height = height, width
-            if max(width, height) > max_side:
-                ratio = max_side / max(width, height)
-                image.draft(None, (int(image.width * ratio), int(image.height * ratio)))
-            image.load()
-            upright = ImageOps.exif_transpose(image)
-            upright.thumbnail((max_side, max_side), Image.Resampling.BILINEAR, reducing_gap=2.0)
-            pixels = _rgb(upright)
-    except Image.UnidentifiedImageError:
-        raise ImageLoadError(f"{path}: not an image file Pillow can identify") from None
-    except Image.DecompressionBombError as e:
-        raise ImageLoadError(f"{path}: too large to decode safely ({e})") from None
-    except (OSError, ValueError, SyntaxError) as e:  # what Pillow raises for damaged or unsupported files
-        raise ImageLoadError(f"{path}: cannot be decoded ({type(e).__name__}: {e})") from None
+    with _decoding(path), _opened(path, max_side) as (image, (width, height)):
+        if image.getexif().get(_ORIENTATION) in _TRANSPOSED:  # a PNG's EXIF is read with its pixels
+            width, height = height, width
+        image.load()
+        image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR, reducing_gap=2.0)  # frees the full size
+        pixels = _rgb(ImageOps.exif_transpose(image))
     return LoadedImage(pixels, (width, height))
+
+
+def decoded_size(source: Path | BinaryIO, max_side: int = MAX_SIDE) -> tuple[int, int]:
+    """(width, height) of the pixels `load_image` decodes `source` at, from its header alone: its
+    size, or a JPEG's reduced scale. Raises ImageLoadError as load_image does."""
+    with _decoding(source), _opened(source, max_side) as (image, _):
+        return image.size
+
+
+@contextlib.contextmanager
+def _opened(source: Path | BinaryIO, max_side: int) -> Iterator[tuple[Image.Image, tuple[int, int]]]:
+    """(`source` opened, nothing decoded yet; its size): a JPEG larger than `max_side` is set to
+    decode at the smallest scale that is not smaller."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # downscaled when loaded
+        image = Image.open(source)
+    with image:
+        size = image.size
+        if max(size) > max_side:
+            ratio = max_side / max(size)
+            image.draft(None, (int(image.width * ratio), int(image.height * ratio)))
+        yield image, size
+
+
+@contextlib.contextmanager
+def _decoding(source: Path | BinaryIO) -> Iterator[None]:
+    """Pillow's errors about `source` as ImageLoadError naming it."""
+    try:
+        yield
+    except Image.UnidentifiedImageError:
+        raise ImageLoadError(f"{source}: not an image file Pillow can identify") from None
+    except Image.DecompressionBombError as e:
+        raise ImageLoadError(f"{source}: too large to decode safely ({e})") from None
+    except (OSError, ValueError, SyntaxError) as e:  # what Pillow raises for damaged or unsupported files
+        raise ImageLoadError(f"{source}: cannot be decoded ({type(e).__name__}: {e})") from None
 
 
 def _rgb(image: Image.Image) -> np.ndarray:

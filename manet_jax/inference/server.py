@@ -3,8 +3,10 @@ an upload page.
 
 `/predict` takes an image as the request body (`Content-Type: image/*`) or as the multipart field
 `image` and answers with predict's JSON records for it (`records.json_row`), computed by
-`photos.predict_paths` on a temporary copy of the upload. One lock serialises the model runs, so
-the application is safe under a threaded WSGI server.
+`photos.predict_paths` on a temporary copy of the upload. An image that would decode to more than
+`max_pixels` pixels is refused from its header, before it is decoded. One lock serialises the
+decoding and the model runs, so the application is safe under a threaded WSGI server and holds one
+decoded image at a time.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from werkzeug.utils import secure_filename
 
 from manet_jax.inference.detectors import Detector
 from manet_jax.inference.faces import MARGIN
+from manet_jax.inference.images import ImageLoadError, decoded_size
 from manet_jax.inference.photos import predict_paths
 from manet_jax.inference.predictor import Predictor
 from manet_jax.inference.records import ERROR, json_row
@@ -37,10 +40,11 @@ class BadUpload(HTTPException):
         self.code = code
 
 
-def create_app(predictor: Predictor, *, detect_faces: Detector, margin: float = MARGIN, max_bytes: int) -> Flask:
+def create_app(predictor: Predictor, *, detect_faces: Detector, margin: float = MARGIN, max_bytes: int,
+               max_pixels: int) -> Flask:
     """The application around `predictor` (made with `maps=True`, for the attention maps); faces are
     found by `detect_faces` and cropped with `margin` as predict does; request bodies over
-    `max_bytes` are refused with 413."""
+    `max_bytes` and images that decode to more than `max_pixels` pixels are refused with 413."""
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = max_bytes
     app.json.sort_keys = False  # the records' keys and classes in predict's order
@@ -58,13 +62,11 @@ def create_app(predictor: Predictor, *, detect_faces: Detector, margin: float = 
 
     @app.post("/predict")
     def predict():
-        name, data = _upload(request)
         visualize = request.args.get("visualize", "") not in ("", "0", "false")
         with tempfile.TemporaryDirectory(prefix="manet-serve-") as tmp:
-            path = Path(tmp, "upload", name)  # the upload's name may be any, "vis" too
-            path.parent.mkdir()
-            path.write_bytes(data)
+            name, path = _save_upload(request, Path(tmp, "upload"))  # the upload's name may be any, "vis" too
             with lock:
+                _check_pixels(name, path, max_pixels)
                 records = predict_paths([str(path)], predictor, detect_faces=detect_faces, margin=margin,
                                         visualize=Path(tmp, "vis") if visualize else None)
             rows = []
@@ -89,6 +91,27 @@ def warm_up(predictor: Predictor) -> None:
     """Compiles the model by running it on one blank face, so that the first request is not slow."""
     size = predictor.spec.image_size
     predictor(np.zeros((1, size, size, 3), np.float32))
+
+
+def _save_upload(req: Request, folder: Path) -> tuple[str, Path]:
+    """(file name, path) of the image in `req`, written into `folder`; its bytes are not kept."""
+    name, data = _upload(req)
+    folder.mkdir()
+    path = folder / name
+    path.write_bytes(data)
+    return name, path
+
+
+def _check_pixels(name: str, path: Path, max_pixels: int) -> None:
+    """BadUpload 413 if the image at `path` decodes to more than `max_pixels` pixels (read from its
+    header); an unreadable one is left to `predict_paths`, which says why."""
+    try:
+        width, height = decoded_size(path)
+    except ImageLoadError:
+        return
+    if width * height > max_pixels:
+        raise BadUpload(413, f"{name}: the image decodes to {width}x{height} = {width * height} pixels, more than "
+                             f"the server's limit of {max_pixels} pixels (--max-pixels)")
 
 
 def _upload(req: Request) -> tuple[str, bytes]:

@@ -56,6 +56,8 @@ class VideoSource:
     capture: Capture
     fps: float
     clock: Callable[[], float] | None = None  # None for files
+    declared_frames: int = 0  # a file's frame count as its header says (0: unknown)
+    frames_read: int = 0  # frames `frames()` has read so far
 
     def frames(self, every: int = 1, fps: float | None = None) -> Iterator[Frame]:
         """Every `every`-th frame (0, every, 2 * every, ...), or with `fps` the first frame at or after
@@ -78,10 +80,19 @@ class VideoSource:
                         due = math.floor(seconds * fps + 1e-6) + 1
                     yield Frame(index, seconds, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
                 index += 1
+                self.frames_read = index
         finally:
             self.capture.release()
         if index == 0:
             raise VideoError(f"{self.name}: no frame could be read")
+
+
+    def ended_early(self) -> str | None:
+        """For a file read to its end short of the frame count its header declares, a line saying so."""
+        if self.clock is None and 0 < self.frames_read < self.declared_frames:
+            return (f"{self.name}: the video ends after {self.frames_read} of the {self.declared_frames} frames its "
+                    "header declares (truncated or damaged); rows are given for the frames read")
+        return None
 
 
 def is_video_file(path: str | Path) -> bool:
@@ -98,7 +109,7 @@ def open_video(path: str, open_capture: Callable[[str], Capture] = cv2.VideoCapt
     if not fps > 0:
         capture.release()
         raise VideoError(f"{path}: cannot be read as a video (OpenCV's reader cannot open it or finds no frame rate)")
-    return VideoSource(path, capture, fps)
+    return VideoSource(path, capture, fps, declared_frames=max(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0))
 
 
 def open_camera(index: int, open_capture: Callable[[int], Capture] = cv2.VideoCapture,
