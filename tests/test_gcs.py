@@ -3,7 +3,8 @@
 The tools run as on a TPU VM, only the endpoint differs: the same trainer on the tiny dataset of
 test_train (3 epochs of 4 steps) with a `gs://` workdir, which must end bit-identical to a run
 stopped by SIGTERM, resumed, killed by SIGKILL during a checkpoint write and resumed again; the
-reading tools on the bucket's models; the lease raced by simultaneous starts; and a bucket that is missing, misnamed or goes away.
+reading tools on the bucket's models; the lease raced by simultaneous starts; and a bucket that
+is missing, misnamed or goes away.
 """
 
 from __future__ import annotations
