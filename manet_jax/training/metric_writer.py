@@ -10,16 +10,26 @@ Each write first checks that this trainer still holds the workdir's lease (`leas
 
 from __future__ import annotations
 
+import io
+import itertools
 import json
 import logging
-import secrets
+import os
+import socket
+import struct
+import time
 from typing import Any
+
+import google_crc32c
 
 import numpy as np
 import tensorflow as tf
 from etils import epath
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from PIL import Image
+from tensorflow.core.framework import summary_pb2
+from tensorflow.core.util import event_pb2
 
 from manet_jax import storage
 from manet_jax.errors import ManetError
@@ -75,9 +85,8 @@ class MetricWriter:
             return
         check_held(self.lease)
         storage.append_text(self.path, json.dumps(record) + "\n")
-        with self._tensorboard.writer().as_default(step=record["step"]):
-            for tag, value in _scalars(record):
-                tf.summary.scalar(tag, value)
+        for tag, value in _scalars(record):
+            self._tensorboard.scalar(tag, value, record["step"])
         self._tensorboard.flush()
 
     def write_figure(self, tag: str, figure: Figure, step: int) -> None:
@@ -85,46 +94,61 @@ class MetricWriter:
             check_held(self.lease)
             canvas = FigureCanvasAgg(figure)
             canvas.draw()
-            pixels = np.asarray(canvas.buffer_rgba())[None, ..., :3]
-            with self._tensorboard.writer().as_default(step=step):
-                tf.summary.image(tag, pixels)
+            pixels, png = np.asarray(canvas.buffer_rgba())[..., :3], io.BytesIO()
+            Image.fromarray(pixels).save(png, format="PNG")
+            self._tensorboard.image(tag, png.getvalue(), pixels.shape[1], pixels.shape[0], step)
             self._tensorboard.flush()
 
     def close(self) -> None:
         if self._tensorboard is not None:
-            self._tensorboard.close()
+            self._tensorboard.flush()
 
 
 class EventFiles:
-    """TensorBoard event files in `directory`, written by TensorFlow's summary writer into memory
-    (`ram://`) and copied whole through the storage layer at each flush: TensorFlow's writer would
-    reach a bucket only through its own `gs://` filesystem. A file that reaches ROTATE_BYTES is
-    complete, and the next write starts another (TensorBoard reads a directory's files in order)."""
+    """TensorBoard event files in `directory`, kept in memory and written whole through the storage
+    layer at each flush (TensorFlow's own writer would reach a bucket only through its `gs://`
+    filesystem). Each event is a TFRecord of a `tensorflow.Event`, scalars and images as
+    `tf.summary`'s v2 ops write them. A file that reaches ROTATE_BYTES is complete, and the next
+    event starts another (TensorBoard reads a directory's files in order)."""
 
     def __init__(self, directory: epath.Path):
-        self.directory, self._memory = directory, f"ram://manet_jax/tensorboard/{secrets.token_hex(8)}"
-        self._writer = None
+        self.directory, self._data, self._name = directory, bytearray(), None
+        self._files = itertools.count()
 
-    def writer(self):
-        if self._writer is None:
-            self._writer = tf.summary.create_file_writer(self._memory)
-        return self._writer
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        self._add(step, tag, tf.make_tensor_proto(np.float32(value)), "scalars")
+
+    def image(self, tag: str, png: bytes, width: int, height: int, step: int) -> None:
+        self._add(step, tag, tf.make_tensor_proto([str(width).encode(), str(height).encode(), png]), "images")
+
+    def _add(self, step: int, tag: str, tensor: Any, plugin: str) -> None:
+        if self._name is None:
+            now = time.time()
+            self._name = f"events.out.tfevents.{int(now)}.{socket.gethostname()}.{os.getpid()}.{next(self._files)}.v2"
+            self._data += _record(event_pb2.Event(wall_time=now, file_version="brain.Event:2"))
+        metadata = summary_pb2.SummaryMetadata(plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name=plugin))
+        self._data += _record(event_pb2.Event(wall_time=time.time(), step=step, summary=summary_pb2.Summary(
+            value=[summary_pb2.Summary.Value(tag=tag, tensor=tensor, metadata=metadata)])))
 
     def flush(self) -> None:
-        self._writer.flush()
-        (name,) = tf.io.gfile.glob(f"{self._memory}/*")
-        with tf.io.gfile.GFile(name, "rb") as f:
-            data = f.read()
+        if self._name is None:
+            return
         self.directory.mkdir(parents=True, exist_ok=True)
-        storage.replace_bytes(self.directory / name.rpartition("/")[2], data)
-        if len(data) >= ROTATE_BYTES:
-            self.close()
+        storage.replace_bytes(self.directory / self._name, bytes(self._data))
+        if len(self._data) >= ROTATE_BYTES:
+            self._data, self._name = bytearray(), None
 
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            tf.io.gfile.rmtree(self._memory)
-            self._writer = None
+
+def _record(event: Any) -> bytes:
+    """`event` framed as a TFRecord: length, its masked CRC-32C, the data, its masked CRC-32C."""
+    data = event.SerializeToString()
+    length = struct.pack("<Q", len(data))
+    return length + struct.pack("<I", _masked_crc(length)) + data + struct.pack("<I", _masked_crc(data))
+
+
+def _masked_crc(data: bytes) -> int:
+    crc = google_crc32c.value(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
 def _scalars(tree: dict[str, Any], prefix: str = ""):
