@@ -70,9 +70,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     with hold(workdir) as lease:
         trainer = Trainer(setup, workdir, lease)
         try:
-            return trainer.run()
-        finally:
-            trainer.close()
+            summary = trainer.run()
+        except BaseException:
+            trainer.close(failing=True)
+            raise
+        trainer.close()
+        return summary
 
 
 class Trainer:
@@ -146,10 +149,16 @@ class Trainer:
         self.reporter.done(self.summary)
         return self.summary.to_json()
 
-    def close(self) -> None:
-        """Waits for checkpoint writes and closes the writers."""
+    def close(self, failing: bool = False) -> None:
+        """Waits for checkpoint writes and closes the writers. While the run's own error is being
+        raised, a writer's last write failing too (the same full disk or lost bucket) is only logged."""
         self.checkpoints.close()
-        self.writer.close()
+        try:
+            self.writer.close()
+        except Exception as e:
+            if not failing:
+                raise
+            logger.debug("the metric writer's last write failed too: %s", e)
 
     def _step(self, state: TrainState, batches: GlobalBatches, pending: list[dict[str, jax.Array]]) -> TrainState:
         """One train step, its metrics added to `pending`; at most two steps in flight, for a prompt

@@ -112,7 +112,7 @@ class EventFiles:
     event starts another (TensorBoard reads a directory's files in order)."""
 
     def __init__(self, directory: epath.Path):
-        self.directory, self._data, self._name = directory, bytearray(), None
+        self.directory, self._data, self._name, self._written = directory, bytearray(), None, 0
         self._files = itertools.count()
 
     def scalar(self, tag: str, value: float, step: int) -> None:
@@ -131,12 +131,14 @@ class EventFiles:
             value=[summary_pb2.Summary.Value(tag=tag, tensor=tensor, metadata=metadata)])))
 
     def flush(self) -> None:
-        if self._name is None:
+        """Writes the current file whole, when it holds events not written yet."""
+        if self._name is None or len(self._data) == self._written:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
         storage.replace_bytes(self.directory / self._name, bytes(self._data))
-        if len(self._data) >= ROTATE_BYTES:
-            self._data, self._name = bytearray(), None
+        self._written = len(self._data)
+        if self._written >= ROTATE_BYTES:
+            self._data, self._name, self._written = bytearray(), None, 0
 
 
 def _record(event: Any) -> bytes:
