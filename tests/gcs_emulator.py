@@ -87,3 +87,13 @@ def download(url: str, local: Path) -> Path:
             (local / path.name).write_bytes(path.read_bytes())
     return local
 
+
+def upload(local: Path, url: str) -> str:
+    """A copy of the local folder `local` at `url` (written through the storage layer)."""
+    from etils import epath
+
+    local = Path(local)
+    for path in local.rglob("*"):
+        if path.is_file():
+            epath.Path(f"{url}/{path.relative_to(local)}").write_bytes(path.read_bytes())
+    return url

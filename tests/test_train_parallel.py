@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from manet_jax.bundle import load_bundle
+from gcs_emulator import download, upload
 from train_helpers import REPO, command, environment, flat_params, run, trainer_setup
 
 pytestmark = pytest.mark.slow  # two trainer processes and the one-device steps in a third
@@ -47,16 +48,26 @@ def one_device(setup) -> dict:
     return {"losses": json.loads(result.stdout.splitlines()[-1]), "params": np.load(output)}
 
 
-def test_two_processes_of_two_devices_match_one_device(setup, one_device):
+@pytest.mark.parametrize("where", ["local", "bucket"])
+def test_two_processes_of_two_devices_match_one_device(setup, one_device, where, request, tmp_path):
+    """Also as on a pod slice: the workdir, and the model it starts from, in a gs:// bucket."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    workdir = setup["root"] / "multiprocess"
+    # Without the persistent compilation cache: only process 0 writes it, and on CPU the two processes'
+    # keys differ, so a warm cache would let process 0 start its first collective while process 1
+    # still compiles, past gloo's 30 s to connect.
+    env = {**environment(setup["cache"], num_devices=2), "JAX_ENABLE_COMPILATION_CACHE": "false"}
+    workdir, overrides = tmp_path / "multiprocess", OVERRIDES
+    if where == "bucket":
+        emulator = request.getfixturevalue("emulator")
+        bucket = emulator.new_bucket()
+        workdir, env = f"gs://{bucket}/run", {**env, **emulator.environment()}
+        overrides = [*OVERRIDES, f"--config.init_from={upload(setup['init_from'], f'gs://{bucket}/init')}"]
     processes = [subprocess.Popen(
-        command(setup, workdir, *OVERRIDES, f"--coordinator-address=127.0.0.1:{port}", "--num-processes=2",
+        command(setup, workdir, *overrides, f"--coordinator-address=127.0.0.1:{port}", "--num-processes=2",
                 f"--process-id={i}"),
-        env=environment(setup["cache"], num_devices=2), cwd=REPO, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, text=True) for i in range(2)]
+        env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for i in range(2)]
     try:
         errors = [p.communicate(timeout=600)[1] for p in processes]
     finally:
@@ -64,6 +75,9 @@ def test_two_processes_of_two_devices_match_one_device(setup, one_device):
             p.kill()
     assert [p.returncode for p in processes] == [0, 0], errors[0][-3000:] + errors[1][-3000:]
     assert "on 4 device(s) in 2 process(es)" in errors[0]
+    if where == "bucket":
+        assert f"initialised from gs://{bucket}/init" in errors[0]
+        workdir = download(workdir, tmp_path / "run")
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     losses = [r["train"]["loss"] for r in records if "train" in r]
     assert len(losses) == 2  # written once, by process 0
