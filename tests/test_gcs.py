@@ -2,9 +2,10 @@
 
 The tools run as on a TPU VM, only the endpoint differs: the same trainer on the tiny dataset of
 test_train (3 epochs of 4 steps) with a `gs://` workdir, which must end bit-identical to a run
-stopped by SIGTERM, resumed, killed by SIGKILL during a checkpoint write and resumed again; the
-reading tools on the bucket's models; the lease raced by simultaneous starts; and a bucket that
-is missing, misnamed or goes away.
+stopped by SIGTERM, resumed, killed by SIGKILL during a checkpoint write and resumed again, and
+to one carried over a network outage during a checkpoint write; the reading tools on the bucket's
+models; the lease raced by simultaneous starts; and a bucket that is missing, misnamed or goes
+away. (Two processes writing one bucket: tests/test_train_parallel.py.)
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import re
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import jax
@@ -352,3 +355,43 @@ def test_the_trainer_refuses_a_malformed_url_or_a_missing_bucket_in_one_line(emu
     error = capsys.readouterr().err
     assert re.fullmatch(rf"error: {message}[^\n]*\n", error), error
     assert workdir[5:].split("/")[0] not in [b.name for b in storage.client().list_buckets()]  # nothing made
+
+
+@pytest.mark.slow  # a trainer process; the emulator stopped while a checkpoint is written
+def test_a_network_outage_during_a_checkpoint_write_loses_nothing(setup, emulator, reference, tmp_path):
+    """The emulator stopped once checkpoint 4's first objects are in the bucket, before its commit
+    marker, and back 15 s later: the storage libraries' retries carry the write and the run over it,
+    and it ends bit-identical to the uninterrupted run."""
+    bucket = emulator.new_bucket()
+    workdir, checkpoint = f"gs://{bucket}/run", f"gs://{bucket}/run/checkpoints/4"
+    seen: list[list[str]] = []
+
+    def stop_during_the_write() -> None:
+        while process.poll() is None and not seen:
+            names = [blob.name for blob in storage.client().list_blobs(bucket, prefix="run/checkpoints/4/")]
+            if names:
+                emulator.stop()
+                seen.append(names)
+                time.sleep(15)
+                emulator.start()
+
+    process = subprocess.Popen(command(setup, workdir), env=setup["env"], cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    watcher = threading.Thread(target=stop_during_the_write)
+    watcher.start()
+    try:
+        _, errors = process.communicate(timeout=600)
+    finally:
+        process.kill()
+        watcher.join()
+        if emulator.process is None:
+            emulator.start()
+    assert process.returncode == 0, errors[-3000:]
+    assert seen and "run/checkpoints/4/commit_success.txt" not in seen[0], seen  # stopped during the write
+    outage = download(workdir, tmp_path / "outage")
+    expected = load_bundle(reference / "checkpoints" / str(TOTAL)).variables
+    actual = load_bundle(outage / "checkpoints" / str(TOTAL)).variables
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(expected), jax.tree.leaves(actual)):
+        np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+    assert records(outage) == records(reference)
+    assert committed(checkpoint)
