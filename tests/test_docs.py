@@ -281,9 +281,16 @@ def test_commands_are_in_shell_blocks():
     assert unchecked == []
 
 
-def test_readme_shows_the_ci_test_command():
+def test_readme_and_contributing_quote_what_ci_runs():
+    """README's test command is .ci/run's; CONTRIBUTING quotes its install part, its pytest part,
+    and .ci/run's line whole (across a line break)."""
     ci_command = next(line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line.startswith("pip install"))
+    install, pytest_command = ci_command.split(" && python -m pytest")
+    contributing = (ROOT / "CONTRIBUTING.md").read_text()
     assert ci_command in (ROOT / "README.md").read_text()
+    assert f"```bash\n{install}\n```" in contributing
+    assert f"python -m pytest{pytest_command}" in contributing
+    assert ci_command in " ".join(contributing.split())
 
 
 def test_the_checks_can_fail(tmp_path):
