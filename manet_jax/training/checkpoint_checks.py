@@ -52,9 +52,8 @@ def json_problem(step_directory: epath.Path) -> str | None:
 
 def check_readable(checkpoint: epath.Path, items: Sequence[str]) -> None:
     """Raises CheckpointDamagedError naming the first array of `items` (Orbax items of arrays, each
-    an OCDBT database of zarr arrays) whose data cannot be read in full. Read one by one with
-    tensorstore, each read awaited: a restore by Orbax that fails on a damaged file leaves its other
-    reads unawaited, and Python reports each with a traceback as it collects them."""
+    an OCDBT database of zarr arrays) whose data cannot be read in full: after a failed restore,
+    whose error does not name the array. Read one by one with tensorstore, each read awaited."""
     for item in items:
         database = {"driver": "ocdbt", "base": str(checkpoint / item).rstrip("/") + "/"}
         if "://" not in database["base"]:

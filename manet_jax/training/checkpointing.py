@@ -6,7 +6,8 @@ best and last evaluation so far, ...). Writes are asynchronous; the latest `keep
 kept, plus the best by eval accuracy (`bundle.best_step`). A checkpoint that cannot be restored
 is moved to `<workdir>/checkpoints_corrupt/` when an older one restores, so the run goes on from
 there; one whose arrays differ from the config's is reported array by array, one with an array
-that cannot be read in full (each is read with tensorstore before the restore) by that array.
+that cannot be read in full by that array (read one by one with tensorstore once the restore has
+failed, so that a resume reads each checkpoint once).
 A full disk is caught before anything is written: each save checks the room on disk
 (`disk_space`) and raises CheckpointSaveError naming what is needed, what is free and the last
 complete checkpoint; the checks before a restore are in `checkpoint_checks`. A write that fails all the same is
@@ -203,10 +204,13 @@ class Checkpoints:
             try:
                 metadata = self.manager.item_metadata(step)
                 check_matches(TrainState(**metadata[VARIABLES].tree, **metadata[TRAIN_STATE].tree), target)
-                check_readable(self.directory / str(step), (VARIABLES, TRAIN_STATE))
-                restored = self.manager.restore(step, args=ocp.args.Composite(**{
-                    VARIABLES: ocp.args.StandardRestore(target.variables),
-                    TRAIN_STATE: ocp.args.StandardRestore(target.run_state), HOST_STATE: ocp.args.JsonRestore()}))
+                try:
+                    restored = self.manager.restore(step, args=ocp.args.Composite(**{
+                        VARIABLES: ocp.args.StandardRestore(target.variables),
+                        TRAIN_STATE: ocp.args.StandardRestore(target.run_state), HOST_STATE: ocp.args.JsonRestore()}))
+                except Exception:
+                    check_readable(self.directory / str(step), (VARIABLES, TRAIN_STATE))  # names a damaged array
+                    raise
             except Exception as e:  # Orbax raises many types for damaged or incompatible trees
                 failures.append((step, e))
                 continue
