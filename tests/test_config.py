@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from manet_jax.errors import ConfigError
-from manet_jax.training.config import load_config
+from manet_jax.training.config import load_config, profile_steps
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = str(REPO / "configs/demo.py")
@@ -97,3 +97,13 @@ def test_each_config_file_is_loaded_afresh(tmp_path):
                                 f"AttributeError: module 'empty' has no attribute 'get_config'")
     with pytest.raises(ConfigError, match=f"^{tmp_path / 'missing.py'}: no such config file$"):
         load_config(str(tmp_path / "missing.py"))
+
+
+@pytest.mark.parametrize("value", ["5", "3:2", "0:2", "a:b", "2:"])
+def test_profile_steps_are_a_first_and_last_step(value):
+    with pytest.raises(ConfigError) as error:
+        load_config(DEMO, [f"profile_steps={value}"])
+    assert str(error.value) == ("config.profile_steps must be 'A:B', the first and last step to profile (1 <= A <= B), "
+                                f"or '' for none; got {value!r}")
+    assert profile_steps(load_config(DEMO, ["profile_steps=2:4"])) == (2, 4)
+    assert profile_steps(load_config(DEMO)) is None

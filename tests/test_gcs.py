@@ -194,9 +194,9 @@ def setup(tmp_path_factory, compilation_cache, emulator) -> dict:
 
 @pytest.fixture(scope="module")
 def reference(setup, emulator, tmp_path_factory) -> Path:
-    """The uninterrupted run in a bucket, copied to a local folder."""
+    """The uninterrupted run in a bucket, copied to a local folder; steps 2 and 3 profiled."""
     workdir = f"gs://{emulator.new_bucket()}/run"
-    result = run(command(setup, workdir), setup["env"])
+    result = run(command(setup, workdir, "--config.profile_steps=2:3"), setup["env"])
     assert result.returncode == 0, result.stderr[-3000:]
     assert not (REPO / "gs:").exists()  # nothing written to a local folder named like the URL
     setup["reference_url"], setup["reference_output"] = workdir, result.stderr
@@ -206,7 +206,10 @@ def reference(setup, emulator, tmp_path_factory) -> Path:
 @pytest.mark.slow  # a trainer process
 def test_a_run_keeps_everything_in_the_bucket(setup, reference):
     names = sorted(p.name for p in reference.iterdir())
-    assert names == ["checkpoints", "config.json", "metrics.jsonl", "summary.json", "tensorboard"]  # lease released
+    assert names == ["checkpoints", "config.json", "metrics.jsonl", "profile", "summary.json",
+                     "tensorboard"]  # lease released
+    assert len(list((reference / "profile").glob("plugins/profile/*/*.xplane.pb"))) == 1
+    assert f"profile of steps 2..3 in {setup['reference_url']}/profile" in setup["reference_output"]
     assert sorted(p.name for p in (reference / "checkpoints").iterdir()) == ["12", "4", "8"]
     assert all((reference / "checkpoints" / step / "commit_success.txt").exists() for step in ("4", "8", "12"))
     logged = records(reference)

@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf
+from etils import epath
 from tensorflow.core.util import event_pb2
 
 from manet_jax.bundle import ModelSpec, absolute_path, load_bundle
@@ -37,7 +39,7 @@ from manet_jax.training.build import build
 from manet_jax.training.checkpointing import CORRUPT, CheckpointRestoreError, Checkpoints
 from manet_jax.training.disk_space import CheckpointSaveError, check_room, state_bytes
 from manet_jax.training.config import RANGES, base_config, eval_sets, load_config
-from manet_jax.training.loop import train_and_evaluate
+from manet_jax.training.loop import StepTrace, train_and_evaluate
 from manet_jax.training.metric_writer import MetricWriter, MetricsFileError
 from manet_jax.training.optim import sgd, step_lr
 from manet_jax.training.state import TrainState, abstract_train_state
@@ -611,3 +613,22 @@ def test_configs_hold_the_reference_recipes(name):
     assert (config.input.crop_scale, config.input.flip_prob, config.dtype) == ((0.08, 1.0), 0.5, "float32")
     assert (config.input.random_erasing, config.multiscale_wiring) == (0.0, "2023")
     assert eval_sets(config) == EVAL_SETS.get(name, [(config.dataset, None)])
+
+
+def profiled(directory: str) -> None:
+    """Steps 1..4 of a small jitted computation, 2..3 traced by the trainer's StepTrace into `directory`."""
+    trace, state = StepTrace((2, 3), epath.Path(directory), lease=None), jax.numpy.ones((64, 64))
+    step = jax.jit(lambda x: jax.numpy.tanh(x @ x))
+    for done in range(1, 5):
+        trace.before(done)
+        state = step(state)
+        trace.after(done, state)
+
+
+def test_a_profile_of_the_chosen_steps_is_written_into_the_workdir(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    profiled(str(tmp_path / "profile"))
+    traces = list((tmp_path / "profile").glob("plugins/profile/*/*.xplane.pb"))
+    assert len(traces) == 1 and traces[0].stat().st_size > 0, list((tmp_path / "profile").rglob("*"))
+    assert list((tmp_path / "tmp").iterdir()) == []  # the local recording removed

@@ -113,6 +113,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_every_epochs = 1
     c.checkpoint_every_epochs = 1
     c.keep_checkpoints = 2  # the latest N; the best by eval accuracy is kept as well
+    c.profile_steps = ""  # 'A:B': a JAX profiler trace of steps A to B in <workdir>/profile; '': none
     return c
 
 
@@ -251,7 +252,19 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             value = value[part]
         if (value is not None or key != "lr_step_epochs") and not accepts(value):
             raise ConfigError(f"config.{key} must be {allowed}, got {value!r}")
+    profile_steps(config)
     eval_sets(config)
+
+
+def profile_steps(config: ml_collections.ConfigDict) -> tuple[int, int] | None:
+    """(first, last) of config.profile_steps 'A:B' (1 <= A <= B), None for ''; raises ConfigError."""
+    if not config.profile_steps:
+        return None
+    first, _, last = str(config.profile_steps).partition(":")
+    if not (first.isdigit() and last.isdigit() and 1 <= int(first) <= int(last)):
+        raise ConfigError(f"config.profile_steps must be 'A:B', the first and last step to profile "
+                          f"(1 <= A <= B), or '' for none; got {config.profile_steps!r}")
+    return int(first), int(last)
 
 
 def eval_sets(config: ml_collections.ConfigDict) -> list[tuple[str, str | None]]:

@@ -2,15 +2,18 @@
 
 The workdir holds `config.json` (the resolved config), `checkpoints/<step>/` (each a model bundle
 with the run state it resumes from), `metrics.jsonl`, `summary.json` (best and last evaluation of
-every eval set; see `workdir`), `tensorboard/` and, while a trainer runs there, its `lease.json`
-(one trainer per workdir; see `lease`). Running again in the same workdir resumes from its latest
+every eval set; see `workdir`), `tensorboard/`, `profile/` (the trace of config.profile_steps) and,
+while a trainer runs there, its `lease.json` (one trainer per workdir; see `lease`). Running again in the same workdir resumes from its latest
 checkpoint with the same data order, so the run continues exactly as an uninterrupted one would.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import signal
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -23,19 +26,20 @@ from manet_jax.bundle import CHECKPOINTS
 from manet_jax.errors import Interrupted, ManetError, is_disk_full
 from manet_jax.training.build import Setup, build
 from manet_jax.training.checkpointing import Checkpoints
-from manet_jax.training.config import save_config
+from manet_jax.training.config import profile_steps, save_config
 from manet_jax.training.disk_space import check_room
 from manet_jax.training.eval_sets import GlobalBatches
 from manet_jax.training.evaluation import evaluate_set
 from manet_jax.training.initialisation import check_init_from
-from manet_jax.training.lease import Lease, hold
+from manet_jax.training.lease import Lease, check_held, hold
 from manet_jax.training.metric_writer import MetricWriter
 from manet_jax.training.official import matching_curve
 from manet_jax.training.preemption import PreemptionGuard
 from manet_jax.training.reporter import Reporter
 from manet_jax.training.run_summary import RunSummary
 from manet_jax.training.state import TrainState
-from manet_jax.training.workdir import CONFIG_FILE, SUMMARY_FILE, check_workdir, remove_temporary_files
+from manet_jax.training.workdir import (CONFIG_FILE, PROFILE, SUMMARY_FILE, check_workdir,
+                                       remove_temporary_files)
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +101,7 @@ class Trainer:
         self.reporter = Reporter(setup, self.writer)
         self.summary = RunSummary(setup.eval_sets[0].name, workdir / SUMMARY_FILE, enabled=is_main, lease=lease,
                                   curve=matching_curve(self.config))
+        self.trace = StepTrace(profile_steps(self.config), workdir / PROFILE, lease)
 
     def initial_state(self) -> TrainState:
         """The latest checkpoint's state (and bookkeeping), else a fresh one from config.init_from."""
@@ -137,7 +142,9 @@ class Trainer:
         batches, pending = setup.train_batches(start), []  # pending: device metrics since the last report
         with PreemptionGuard() as preemption:
             for done in range(start + 1, setup.total_steps + 1):
+                self.trace.before(done)
                 state = self._step(state, batches, pending)
+                self.trace.after(done, state)
                 epoch_done, preempted = done % setup.steps_per_epoch == 0, preemption.reached(done)
                 if done % self.config.log_every_steps == 0 or epoch_done or preempted:
                     self._report_train(pending, done)
@@ -152,6 +159,7 @@ class Trainer:
     def close(self, failing: bool = False) -> None:
         """Waits for checkpoint writes and closes the writers. While the run's own error is being
         raised, a writer's last write failing too (the same full disk or lost bucket) is only logged."""
+        self.trace.discard()
         self.checkpoints.close()
         try:
             self.writer.close()
@@ -215,3 +223,42 @@ class Trainer:
         logger.warning("preempted at step %d: checkpoint saved in %s; run the same command to resume",
                        done, self.checkpoints.directory)
         return self.summary.to_json()
+
+
+class StepTrace:
+    """A JAX profiler trace of the steps `steps` (first, last; config.profile_steps), for TensorBoard's
+    profile tab in `directory`. Recorded into a local temporary folder and copied through the
+    storage layer once the last step has run (the profiler's own writer reaches no bucket but
+    Google's); each process writes its host's file."""
+
+    def __init__(self, steps: tuple[int, int] | None, directory: epath.Path, lease: Lease | None):
+        self.steps, self.directory, self.lease, self._local = steps, directory, lease, None
+
+    def before(self, step: int) -> None:
+        if self.steps and step == self.steps[0]:
+            self._local = Path(tempfile.mkdtemp(prefix="manet-profile-"))
+            jax.profiler.start_trace(str(self._local))
+
+    def after(self, step: int, state: TrainState) -> None:
+        if self._local is None or step != self.steps[1]:
+            return
+        jax.block_until_ready(state)
+        jax.profiler.stop_trace()
+        local, self._local = self._local, None
+        try:
+            check_held(self.lease)
+            for path in sorted(local.rglob("*")):
+                if path.is_file():
+                    target = self.directory / path.relative_to(local)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    storage.replace_bytes(target, path.read_bytes())
+        finally:
+            shutil.rmtree(local, ignore_errors=True)
+        logger.info("profile of steps %d..%d in %s (TensorBoard's profile tab)", *self.steps, self.directory)
+
+    def discard(self) -> None:
+        """Stops a trace that the run left unfinished (it stopped before the last step) and drops it."""
+        if self._local is not None:
+            jax.profiler.stop_trace()
+            shutil.rmtree(self._local, ignore_errors=True)
+            self._local = None

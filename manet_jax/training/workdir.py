@@ -21,7 +21,7 @@ from etils import epath
 from manet_jax import storage
 from manet_jax.errors import ManetError
 
-CONFIG_FILE, SUMMARY_FILE = "config.json", "summary.json"
+CONFIG_FILE, SUMMARY_FILE, PROFILE = "config.json", "summary.json", "profile"
 # What a trainer writes in its workdir (see loop.py; the lease file is lease.LEASE_FILE)
 TRAINER_FILES = frozenset({CONFIG_FILE, SUMMARY_FILE, "lease.json", "metrics.jsonl", "checkpoints",
                            "checkpoints_corrupt", "tensorboard"})
