@@ -26,7 +26,7 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.util import event_pb2
 
-from manet_jax.bundle import ModelSpec, absolute_path, load_bundle
+from manet_jax.bundle import ModelSpec, absolute_path, load_bundle, state_bytes
 from manet_jax.data.errors import DatasetNameError, DatasetNotFoundError
 from manet_jax.errors import ConfigError
 from manet_jax.mesh import make_mesh
@@ -35,7 +35,7 @@ from manet_jax.report import main as report
 from manet_jax.storage import replace_text
 from manet_jax.training.build import build
 from manet_jax.training.checkpointing import CORRUPT, CheckpointRestoreError, Checkpoints
-from manet_jax.training.disk_space import CheckpointSaveError, check_room, state_bytes
+from manet_jax.training.disk_space import CheckpointSaveError, check_room
 from manet_jax.training.config import RANGES, base_config, eval_sets, load_config
 from manet_jax.training.loop import train_and_evaluate
 from manet_jax.training.metric_writer import MetricWriter, MetricsFileError
