@@ -10,10 +10,14 @@ the two layouts manet-jax wrote before bundles existed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import json
+import logging
 import math
-from collections.abc import Iterable
+import sys
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import jax
@@ -139,11 +143,35 @@ def save_bundle(directory: epath.PathLike, variables: dict[str, Any], spec: Mode
     directory = check_new_bundle(directory)
     variables = jax.device_get(variables)
     with storage.writing([storage.output(directory, folder=True)], state_bytes(variables)) as (temporary,):
-        with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as checkpointer:
+        with _quiet_failures(temporary), ocp.Checkpointer(ocp.StandardCheckpointHandler()) as checkpointer:
             checkpointer.save(temporary / VARIABLES, args=ocp.args.StandardSave(variables))
         (temporary / HEADER).mkdir()
         (temporary / HEADER / HEADER_FILE).write_text(json.dumps(spec.to_json(), indent=2) + "\n")
     return directory
+
+
+@contextlib.contextmanager
+def _quiet_failures(directory: epath.Path) -> Iterator[None]:
+    """An Orbax save whose failure is raised alone: its threads log it with tracebacks (absl); the
+    tensorstore writes still in flight when its synchronous save closes its event loop report, as
+    each ends, that they cannot call back (unraisable RuntimeErrors); and asyncio logs each of its
+    failed tasks once they are collected. Those are silenced until the writes under `directory`
+    end and the tasks are collected; the process's loggers and hook are then restored."""
+    loggers, hook = [logging.getLogger(name) for name in ("absl", "asyncio")], sys.unraisablehook
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    sys.unraisablehook = lambda unraisable: None if isinstance(unraisable.exc_value, RuntimeError) else hook(unraisable)
+    try:
+        yield
+    except BaseException:
+        storage.settled(directory)
+        gc.collect()
+        raise
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+        sys.unraisablehook = hook
 
 
 def check_new_bundle(directory: epath.PathLike) -> epath.Path:

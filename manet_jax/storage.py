@@ -20,6 +20,7 @@ import os
 import re
 import secrets
 import shutil
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -223,7 +224,8 @@ def check_outputs(outputs: Sequence[Output], size: int = 0) -> None:
 def writing(outputs: Sequence[Output], size: int = 0) -> Iterator[list[epath.Path]]:
     """Checks `outputs` (`check_outputs`), then yields a temporary sibling of each to write (a folder
     made for a folder output) and moves each into place when the block ends. On any error in the
-    block (or Ctrl-C) it deletes the siblings and the folders it made for them, and raises an OSError
+    block (or Ctrl-C) it deletes the siblings (a folder once its files stop changing: `settled`) and
+    the folders it made for them, and raises an OSError
     (a full disk, a lost bucket) as OutputError naming the output; the targets are left as they were."""
     check_outputs(outputs, size)
     made = {p for out in outputs if not is_url(out.path) for p in out.path.parents if not p.exists()}
@@ -241,6 +243,8 @@ def writing(outputs: Sequence[Output], size: int = 0) -> Iterator[list[epath.Pat
             temporary.replace(out.path)
     except BaseException as e:
         for temporary in temporaries:
+            if not is_url(temporary) and temporary.is_dir():
+                settled(temporary)  # writes a failed writer abandoned (Orbax's) end before it is removed
             with contextlib.suppress(OSError):
                 _remove(temporary)
         for folder in sorted(made, key=lambda p: len(p.parts), reverse=True):
@@ -258,6 +262,29 @@ def write_problem(error: BaseException, path: epath.Path) -> str:
         free = free_bytes(path)
         return "no space left on device" + ("" if free is None else f"; {megabytes(free)} free now")
     return getattr(error, "strerror", None) or str(error).strip().splitlines()[0]
+
+
+def settled(directory: epath.Path, interval: float = 0.5, timeout: float = 120) -> None:
+    """Returns once the files under a local `directory` have stopped changing for `interval` seconds
+    (or after `timeout`): the writes Orbax abandoned after a failed one are done. Orbax has no public
+    way to wait for them."""
+    def snapshot() -> list[tuple[str, int]]:
+        files = []
+        for root, _, names in os.walk(directory):
+            for name in names:
+                try:
+                    files.append((os.path.join(root, name), os.stat(os.path.join(root, name)).st_size))
+                except OSError:  # removed meanwhile
+                    pass
+        return sorted(files)
+
+    deadline, last = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        current = snapshot()
+        if current == last:
+            return
+        last = current
+        time.sleep(interval)
 
 
 def free_bytes(path: epath.PathLike) -> int | None:

@@ -4,6 +4,7 @@ read-only disks (tmpfs, so as root; skipped otherwise)."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
@@ -69,7 +70,7 @@ def small_variables() -> dict:
     return {"params": {"w": rng.random((64, 64), np.float32)}, "batch_stats": {"mean": rng.random(64, np.float32)}}
 
 
-def test_a_bundle_is_saved_whole_or_not_at_all_and_no_writer_thread_lives_on(tmp_path):
+def test_a_bundle_is_saved_whole_or_not_at_all_and_no_writer_thread_lives_on(tmp_path, caplog, capfd):
     spec = ModelSpec(default_class_names(7), image_size=64)
     save_bundle(tmp_path / "model", small_variables(), spec)
     assert load_bundle(tmp_path / "model").spec == spec
@@ -85,3 +86,5 @@ def test_a_bundle_is_saved_whole_or_not_at_all_and_no_writer_thread_lives_on(tmp
         assert time.monotonic() - start < 30
         assert list(disk.iterdir()) == []
     assert {t for t in threading.enumerate() if not t.daemon} <= threads
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []  # Orbax's, asyncio's
+    assert capfd.readouterr().err == ""

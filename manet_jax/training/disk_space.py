@@ -1,5 +1,4 @@
-"""Room on disk for checkpoints: the check before a run, the one-line message when there is none,
-and waiting for abandoned writes.
+"""Room on disk for checkpoints: the check before a run and the one-line message when there is none.
 
 A full disk is caught before anything is written: `check_room` (before a run starts) and each
 save (`checkpointing.Checkpoints.save`) compare the disk's free space (`storage.free_bytes`) with a
@@ -10,7 +9,6 @@ on disk if larger) plus a margin (`storage.with_margin`).
 from __future__ import annotations
 
 import os
-import time
 from typing import Any
 
 from etils import epath
@@ -56,26 +54,3 @@ def resume_hint(directory: epath.Path, latest: int | None) -> str:
         return "no checkpoint was saved: run the same command to start again once the cause is fixed"
     return (f"the last complete checkpoint is {directory / str(latest)}: run the same command to resume from it "
             "once the cause is fixed")
-
-
-def settled(directory: epath.Path, interval: float = 0.5, timeout: float = 120) -> None:
-    """Returns once the files under a local `directory` have stopped changing for `interval` seconds
-    (or after `timeout`): the writes Orbax abandoned after a failed one are done. Orbax has no public
-    way to wait for them."""
-    def snapshot() -> list[tuple[str, int]]:
-        files = []
-        for root, _, names in os.walk(directory):
-            for name in names:
-                try:
-                    files.append((os.path.join(root, name), os.stat(os.path.join(root, name)).st_size))
-                except OSError:  # removed meanwhile
-                    pass
-        return sorted(files)
-
-    deadline, last = time.monotonic() + timeout, None
-    while time.monotonic() < deadline:
-        current = snapshot()
-        if current == last:
-            return
-        last = current
-        time.sleep(interval)
