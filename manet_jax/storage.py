@@ -9,6 +9,10 @@ epath would use otherwise, has fixed endpoints. Orbax writes its arrays with ten
 takes the same credentials (`TENSORSTORE_GCS_HTTP_URL` points it at an emulator). A workdir's
 lease needs conditional writes (`create`, `rewrite` on a generation), which only Google's own
 client, google-cloud-storage, offers; it honours `STORAGE_EMULATOR_HOST` too.
+
+What the tools write they write whole or not at all (`writing`): each output is checked before the
+work starts (`check_outputs`), written as a temporary sibling (`temporary_sibling`), moved into
+place when complete and removed on any failure, which is raised as one `OutputError`.
 """
 
 from __future__ import annotations
@@ -225,8 +229,8 @@ def writing(outputs: Sequence[Output], size: int = 0) -> Iterator[list[epath.Pat
     """Checks `outputs` (`check_outputs`), then yields a temporary sibling of each to write (a folder
     made for a folder output) and moves each into place when the block ends. On any error in the
     block (or Ctrl-C) it deletes the siblings (a folder once its files stop changing: `settled`) and
-    the folders it made for them, and raises an OSError
-    (a full disk, a lost bucket) as OutputError naming the output; the targets are left as they were."""
+    the folders it made for them, leaving the targets as they were, and raises an OSError (a full
+    disk, a lost bucket) as OutputError naming the output."""
     check_outputs(outputs, size)
     made = {p for out in outputs if not is_url(out.path) for p in out.path.parents if not p.exists()}
     temporaries = [temporary_sibling(out.path) for out in outputs]
