@@ -227,10 +227,11 @@ def check_outputs(outputs: Sequence[Output], size: int = 0) -> None:
 @contextlib.contextmanager
 def writing(outputs: Sequence[Output], size: int = 0) -> Iterator[list[epath.Path]]:
     """Checks `outputs` (`check_outputs`), then yields a temporary sibling of each to write (a folder
-    made for a folder output) and moves each into place when the block ends. On any error in the
-    block (or Ctrl-C) it deletes the siblings (a folder once its files stop changing: `settled`) and
-    the folders it made for them, leaving the targets as they were, and raises an OSError (a full
-    disk, a lost bucket) as OutputError naming the output."""
+    made for a folder output) and moves each that the block wrote into place when it ends. On any
+    error in the block (or Ctrl-C) it deletes the siblings (a folder once its files stop changing:
+    `settled`) and the folders it made for them, leaving the targets as they were; it raises an
+    OSError (a full disk, a lost bucket) as OutputError naming the output, and a ManetError with
+    the outputs' own paths in its message."""
     check_outputs(outputs, size)
     made = {p for out in outputs if not is_url(out.path) for p in out.path.parents if not p.exists()}
     temporaries = [temporary_sibling(out.path) for out in outputs]
@@ -242,6 +243,8 @@ def writing(outputs: Sequence[Output], size: int = 0) -> Iterator[list[epath.Pat
                     temporary.mkdir()
         yield temporaries
         for out, temporary in zip(outputs, temporaries):
+            if not temporary.exists():  # the work wrote nothing there (a video without frames)
+                continue
             if out.folder and out.path.is_dir():  # empty (checked)
                 out.path.rmdir()
             temporary.replace(out.path)
@@ -257,6 +260,11 @@ def writing(outputs: Sequence[Output], size: int = 0) -> Iterator[list[epath.Pat
         if isinstance(e, OSError) and not isinstance(e, ManetError) or is_disk_full(e):
             out = next((o for o, t in zip(outputs, temporaries) if os.fspath(t) in str(e)), outputs[0])
             raise out.named(f"cannot be written ({write_problem(e, out.path)}); nothing was written") from e
+        if isinstance(e, ManetError):  # its message names the output the user gave, not its sibling
+            message = str(e)
+            for out, temporary in zip(outputs, temporaries):
+                message = message.replace(os.fspath(temporary), os.fspath(out.path))
+            e.args = (message,)
         raise
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from manet_jax import storage
 from manet_jax.bundle import ModelSpec, default_class_names, load_bundle, save_bundle
+from manet_jax.errors import ManetError
 from manet_jax.storage import OutputError
 from train_helpers import tmpfs
 
@@ -88,3 +89,13 @@ def test_a_bundle_is_saved_whole_or_not_at_all_and_no_writer_thread_lives_on(tmp
     assert {t for t in threading.enumerate() if not t.daemon} <= threads
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []  # Orbax's, asyncio's
     assert capfd.readouterr().err == ""
+
+
+def test_an_error_of_the_work_names_the_output_and_an_output_left_unwritten_is_left_alone(tmp_path):
+    outputs = [storage.output(tmp_path / "annotated.mp4", "--annotate"), storage.output(tmp_path / "out.json")]
+    with pytest.raises(ManetError, match=rf"^--annotate {tmp_path / 'annotated.mp4'}: OpenCV cannot write this"):
+        with storage.writing(outputs) as (video, _):
+            raise ManetError(f"--annotate {video}: OpenCV cannot write this video")
+    with storage.writing(outputs) as (_, records):  # a video without frames: no video written
+        records.write_text("[]")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
