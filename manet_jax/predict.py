@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from etils import epath
 
 from manet_jax import cli, storage
 from manet_jax.bundle import load_bundle
@@ -115,9 +116,15 @@ def check_video_options(parser: argparse.ArgumentParser, args: argparse.Namespac
 OUTPUT_OPTIONS = ("output", "visualize", "annotate", "timeline")  # what predict writes; --visualize a folder
 
 
+def holds_pictures_only(folder: epath.Path) -> bool:
+    """Whether `folder` holds nothing but PNG files: an earlier --visualize, which a run replaces."""
+    return all(path.suffix.lower() == ".png" and path.is_file() for path in folder.iterdir())
+
+
 def predict(args: argparse.Namespace) -> int:
     boxes = BoxesFile(args.boxes) if args.boxes else None
-    outputs = {name: storage.output(getattr(args, name), f"--{name}", folder=name == "visualize")
+    outputs = {name: storage.output(getattr(args, name), f"--{name}", folder=name == "visualize",
+                                    ours=holds_pictures_only if name == "visualize" else None)
                for name in OUTPUT_OPTIONS if getattr(args, name)}
     storage.check_outputs(list(outputs.values()))  # before the model loads
     cli.start_runtime()

@@ -177,31 +177,40 @@ def _remove(path: epath.Path) -> None:
 @dataclasses.dataclass(frozen=True)
 class Output:
     """A file (or, if `folder`, a folder) a tool writes, whole or not at all: `what` is how the
-    command line named it ('--output'; empty for an argument, whose path says enough)."""
+    command line named it ('--output'; empty for an argument, whose path says enough); `ours` tells
+    whether a folder that is not empty is the tool's own earlier output, which it replaces whole."""
 
     path: epath.Path
     what: str = ""
     folder: bool = False
+    ours: Callable[[epath.Path], bool] | None = None
+
+    def taken(self) -> bool:
+        """Whether the path is a folder that is not empty and not ours to replace."""
+        return (self.folder and self.path.is_dir() and any(self.path.iterdir())
+                and not (self.ours and self.ours(self.path)))
 
     def named(self, problem: str) -> OutputError:
         return OutputError(f"{self.what + ' ' if self.what else ''}{self.path}: {problem}")
 
 
-def output(path: epath.PathLike, what: str = "", folder: bool = False) -> Output:
+def output(path: epath.PathLike, what: str = "", folder: bool = False,
+           ours: Callable[[epath.Path], bool] | None = None) -> Output:
     """An `Output` of `path`, made absolute (a URL stays as it is)."""
     path = epath.Path(path)
-    return Output(path if is_url(path) else path.absolute(), what, folder)
+    return Output(path if is_url(path) else path.absolute(), what, folder, ours)
 
 
 def check_outputs(outputs: Sequence[Output], size: int = 0) -> None:
     """Raises OutputError naming the first of `outputs` that cannot be written, before any work: a
     file where a folder is wanted or the other way round, a path beneath a file, a folder that cannot
-    be written (read-only, or no permission), a folder output that exists and is not empty; and, on a
-    local disk, less free space than `size` bytes (all outputs together) with a margin."""
+    be written (read-only, or no permission), a folder output that exists and is not empty (and not
+    `ours`); and, on a local disk, less free space than `size` bytes (all outputs together) with a
+    margin."""
     for out in outputs:
         if is_url(out.path):
             check_url(os.fspath(out.path), out.what or "output")
-            if out.folder and out.path.is_dir() and any(out.path.iterdir()):
+            if out.taken():
                 raise out.named("exists and is not empty; choose a new directory")
             continue
         existing = next(p for p in (out.path, *out.path.parents) if p.exists())  # the root exists
@@ -216,7 +225,7 @@ def check_outputs(outputs: Sequence[Output], size: int = 0) -> None:
         if not os.access(existing, os.W_OK | os.X_OK):
             raise out.named(f"cannot be written: {existing} is read-only (a read-only file system or no write "
                             "permission)")
-        if out.folder and out.path.is_dir() and any(out.path.iterdir()):
+        if out.taken():
             raise out.named("exists and is not empty; choose a new directory")
     for out in outputs:
         if (free := free_bytes(out.path)) is not None and free < with_margin(size):
@@ -245,9 +254,12 @@ def writing(outputs: Sequence[Output], size: int = 0) -> Iterator[list[epath.Pat
         for out, temporary in zip(outputs, temporaries):
             if not temporary.exists():  # the work wrote nothing there (a video without frames)
                 continue
-            if out.folder and out.path.is_dir():  # empty (checked)
-                out.path.rmdir()
-            temporary.replace(out.path)
+            if out.folder and out.path.is_dir():  # empty, or ours (checked): replaced whole
+                earlier = out.path.rename(temporary_sibling(out.path))
+                temporary.replace(out.path)
+                _remove(earlier)
+            else:
+                temporary.replace(out.path)
     except BaseException as e:
         for temporary in temporaries:
             if not is_url(temporary) and temporary.is_dir():

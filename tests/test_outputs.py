@@ -29,6 +29,15 @@ def test_an_output_is_moved_into_place_whole_and_replaces_a_file(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["new", "out.json"]  # no temporary left
 
 
+def test_a_folder_of_ours_is_replaced_whole(tmp_path):
+    (tmp_path / "vis").mkdir()
+    (tmp_path / "vis" / "old.png").write_bytes(b"old")
+    with storage.writing([storage.output(tmp_path / "vis", folder=True, ours=lambda folder: True)]) as (folder,):
+        (folder / "new.png").write_bytes(b"new")
+    assert [p.name for p in (tmp_path / "vis").iterdir()] == ["new.png"]
+    assert [p.name for p in tmp_path.iterdir()] == ["vis"]
+
+
 def test_unusable_targets_are_named_before_anything_is_written(tmp_path):
     (tmp_path / "file").write_text("notes")
     (tmp_path / "folder").mkdir()

@@ -339,7 +339,7 @@ def test_cli_rejects_a_non_checkpoint(tmp_path, capsys):
 def test_outputs_that_cannot_be_written_are_named_before_the_model_loads(tmp_path, capsys):
     """The model does not exist: each output is refused first, in one line, and nothing is written."""
     (tmp_path / "vis").mkdir()
-    (tmp_path / "vis" / "keep.png").write_bytes(b"")
+    (tmp_path / "vis" / "keep.txt").write_text("keep")  # not an earlier --visualize, which holds PNGs only
     args = ["face.png", "--checkpoint", str(tmp_path / "no_model")]
     with tmpfs(tmp_path / "ro", "ro,size=1m") as read_only, tmpfs(tmp_path / "full", "size=32k") as full:
         cases = [("--output", read_only / "out.json", rf"cannot be written: {read_only} is read-only \(a read-only "
@@ -351,4 +351,4 @@ def test_outputs_that_cannot_be_written_are_named_before_the_model_loads(tmp_pat
             err = capsys.readouterr().err
             assert re.fullmatch(rf"error: {option} {re.escape(str(path))}: {problem}\n", err), err
         assert list(full.iterdir()) == []
-    assert [p.name for p in (tmp_path / "vis").iterdir()] == ["keep.png"]
+    assert [p.name for p in (tmp_path / "vis").iterdir()] == ["keep.txt"]
