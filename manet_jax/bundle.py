@@ -16,7 +16,6 @@ import gc
 import json
 import logging
 import math
-import sys
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -152,16 +151,14 @@ def save_bundle(directory: epath.PathLike, variables: dict[str, Any], spec: Mode
 
 @contextlib.contextmanager
 def _quiet_failures(directory: epath.Path) -> Iterator[None]:
-    """An Orbax save whose failure is raised alone: its threads log it with tracebacks (absl); the
-    tensorstore writes still in flight when its synchronous save closes its event loop report, as
-    each ends, that they cannot call back (unraisable RuntimeErrors); and asyncio logs each of its
-    failed tasks once they are collected. Those are silenced until the writes under `directory`
-    end and the tasks are collected; the process's loggers and hook are then restored."""
-    loggers, hook = [logging.getLogger(name) for name in ("absl", "asyncio")], sys.unraisablehook
+    """An Orbax save whose failure is raised without Orbax's threads logging it with tracebacks
+    (absl) or asyncio logging each of its failed tasks as they are collected: those loggers are
+    quiet until the writes still in flight under `directory` end and the tasks are collected, then
+    as they were."""
+    loggers = [logging.getLogger(name) for name in ("absl", "asyncio")]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.CRITICAL)
-    sys.unraisablehook = lambda unraisable: None if isinstance(unraisable.exc_value, RuntimeError) else hook(unraisable)
     try:
         yield
     except BaseException:
@@ -171,7 +168,6 @@ def _quiet_failures(directory: epath.Path) -> Iterator[None]:
     finally:
         for logger, level in zip(loggers, levels):
             logger.setLevel(level)
-        sys.unraisablehook = hook
 
 
 def check_new_bundle(directory: epath.PathLike) -> epath.Path:
