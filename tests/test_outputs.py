@@ -86,8 +86,8 @@ def test_a_bundle_is_saved_whole_or_not_at_all_and_no_writer_thread_lives_on(tmp
     assert load_bundle(tmp_path / "model").spec == spec
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
     threads = set(threading.enumerate())
-    # Room for the arrays but not for the files Orbax makes: its write fails half-way (today's
-    # asynchronous checkpointer left a writer thread failing for ever).
+    # Room for the arrays but not for the files Orbax makes: its write fails half-way (main's
+    # asynchronous checkpointer hung the converter when its writer thread failed).
     with tmpfs(tmp_path / "disk", "size=4m,nr_inodes=8") as disk:
         start = time.monotonic()
         with pytest.raises(OutputError, match=rf"^{disk}/model: cannot be written \(no space left on device; \d MB "
