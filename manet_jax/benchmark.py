@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import jaxlib
 import numpy as np
 
-from manet_jax import cli
+from manet_jax import cli, storage
 from manet_jax.accelerators import peak_tflops
 from manet_jax.bundle import Bundle, ModelSpec, default_class_names
 from manet_jax.errors import ConfigError
@@ -323,6 +323,8 @@ def benchmark(args: argparse.Namespace) -> None:
         raise ConfigError("--onnx needs ONNX Runtime: pip install -e '.[onnx]'")
     if args.compare_torch and args.image_size != 224:
         raise ConfigError("--compare-torch needs --image-size 224: the official model slices fixed 14x14 quadrants")
+    outputs = [storage.output(args.output, "--output")] if args.output else []
+    storage.check_outputs(outputs)
     if args.compare_torch:
         from manet_jax.reference_model import load_reference
         module = load_reference(args.compare_torch)
@@ -345,8 +347,8 @@ def benchmark(args: argparse.Namespace) -> None:
     if args.output:
         payload = {"environment": env, "args": vars(args), "results": [dataclasses.asdict(r) for r in results],
                    "ratios": table}
-        with open(args.output, "w") as f:
-            json.dump(payload, f, indent=2)
+        with storage.writing(outputs) as (temporary,):
+            temporary.write_text(json.dumps(payload, indent=2) + "\n")
         print(f"\nwrote {args.output}")
 
 

@@ -10,10 +10,13 @@ the two layouts manet-jax wrote before bundles existed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import json
+import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import jax
@@ -127,15 +130,53 @@ def best_step(candidates: Iterable[tuple[int, float | None]]) -> int | None:
     return None if best is None else best[0]
 
 
+def state_bytes(state: Any) -> int:
+    """Bytes of the arrays (or abstract arrays) in `state`: its size on disk before it is written."""
+    return sum(math.prod(leaf.shape) * np.dtype(leaf.dtype).itemsize for leaf in jax.tree.leaves(state))
+
+
 def save_bundle(directory: epath.PathLike, variables: dict[str, Any], spec: ModelSpec) -> epath.Path:
-    """Writes `variables` ({'params', 'batch_stats'}) and `spec` as a bundle in a new directory."""
+    """Writes `variables` ({'params', 'batch_stats'}) and `spec` as a bundle in a new (or empty)
+    directory, whole or not at all (`storage.writing`); the arrays through Orbax's synchronous
+    checkpointer, whose failure ends the save (no writer thread lives on)."""
+    directory = check_new_bundle(directory)
+    variables = jax.device_get(variables)
+    with storage.writing([storage.output(directory, folder=True)], state_bytes(variables)) as (temporary,):
+        with _quiet_failures(temporary), ocp.Checkpointer(ocp.StandardCheckpointHandler()) as checkpointer:
+            checkpointer.save(temporary / VARIABLES, args=ocp.args.StandardSave(variables))
+        (temporary / HEADER).mkdir()
+        (temporary / HEADER / HEADER_FILE).write_text(json.dumps(spec.to_json(), indent=2) + "\n")
+    return directory
+
+
+@contextlib.contextmanager
+def _quiet_failures(directory: epath.Path) -> Iterator[None]:
+    """An Orbax save whose failure is raised without Orbax's threads logging it with tracebacks
+    (absl) or asyncio logging each of its failed tasks as they are collected: those loggers are
+    quiet until the writes still in flight under `directory` end and the tasks are collected, then
+    as they were."""
+    loggers = [logging.getLogger(name) for name in ("absl", "asyncio")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    except BaseException:
+        storage.settled(directory)
+        gc.collect()
+        raise
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def check_new_bundle(directory: epath.PathLike) -> epath.Path:
+    """`directory`, made absolute, if a bundle can be saved there (`save_bundle`, which also checks
+    the free space); raises BundleError if it holds a model, else OutputError (`storage.check_outputs`)."""
     directory = absolute_path(directory)
-    if (directory / VARIABLES).exists() or (directory / LEGACY_HEADER).exists():
+    if is_model_directory(directory) or (directory / VARIABLES).exists():
         raise BundleError(f"{directory}: already holds a model; choose a new directory")
-    with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(directory / VARIABLES, jax.device_get(variables))
-    (directory / HEADER).mkdir(parents=True, exist_ok=True)
-    (directory / HEADER / HEADER_FILE).write_text(json.dumps(spec.to_json(), indent=2) + "\n")
+    storage.check_outputs([storage.output(directory, folder=True)])
     return directory
 
 

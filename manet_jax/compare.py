@@ -22,13 +22,12 @@ import functools
 import json
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from manet_jax import cli
+from manet_jax import cli, storage
 from manet_jax.convert import (HEAD_LAYERS, StateDictMismatchError, flax_to_torch, load_state_dict_file,
                                num_classes_of, torch_to_flax)
 from manet_jax.convert.files import INSTALL_TORCH
@@ -268,6 +267,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def compare(args: argparse.Namespace) -> int:
     if torch is None:
         raise CompareError(f"the comparison runs the PyTorch reference and needs torch: {INSTALL_TORCH}")
+    outputs = [storage.output(args.output, "--output")] if args.output else []
+    storage.check_outputs(outputs)
     module = load_reference(args.reference_repo)
     state_dict = load_state_dict_file(args.checkpoint) if args.checkpoint else None
     num_classes = args.num_classes or (num_classes_of(state_dict) if state_dict else 7)
@@ -295,7 +296,8 @@ def compare(args: argparse.Namespace) -> int:
                   "wiring_differences": differences,
                   "checkpoint": args.checkpoint, "images": args.images, "seed": args.seed, "num_images": len(images),
                   "num_classes": num_classes, "rows": [row.as_dict() for row in rows]}
-        Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+        with storage.writing(outputs) as (temporary,):
+            temporary.write_text(json.dumps(report, indent=2) + "\n")
     return 0 if passed(rows) else 1
 
 

@@ -17,9 +17,8 @@ from pathlib import Path
 
 from etils import epath
 
-from manet_jax import cli
-from manet_jax.bundle import load_bundle
-from manet_jax.errors import ManetError
+from manet_jax import cli, storage
+from manet_jax.bundle import load_bundle, state_bytes
 from manet_jax.inference.onnx_export import export_onnx
 from manet_jax.inference.stablehlo import PLATFORMS, export_stablehlo
 
@@ -48,20 +47,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def export(args: argparse.Namespace) -> None:
-    if args.output.exists() and any(args.output.iterdir()):
-        raise ManetError(f"--output {args.output}: exists and is not empty; choose a new directory")
+    output = storage.output(args.output, "--output", folder=True)
+    storage.check_outputs([output])  # before the model loads
     cli.start_runtime()
     bundle = load_bundle(args.checkpoint).resized(args.image_size, "--image-size")
-    args.output.mkdir(parents=True, exist_ok=True)
-    if args.format == "savedmodel":
-        from manet_jax.inference.savedmodel import export_savedmodel  # TensorFlow only when needed
-        path = export_savedmodel(bundle, args.output, args.platforms.split(","))
-    elif args.format == "onnx":
-        path = export_onnx(bundle, args.output)
-    else:
-        path = export_stablehlo(bundle, args.output, args.platforms.split(","))
+    with storage.writing([output], state_bytes(bundle.variables)) as (temporary,):  # the variables, once
+        directory = Path(temporary)
+        if args.format == "savedmodel":
+            from manet_jax.inference.savedmodel import export_savedmodel  # TensorFlow only when needed
+            path = export_savedmodel(bundle, directory, args.platforms.split(","))
+        elif args.format == "onnx":
+            path = export_onnx(bundle, directory)
+        else:
+            path = export_stablehlo(bundle, directory, args.platforms.split(","))
     print(f"wrote {args.format} export of {args.checkpoint} ({bundle.spec.num_classes} classes, "
-          f"{bundle.spec.image_size}x{bundle.spec.image_size} input) to {path}")
+          f"{bundle.spec.image_size}x{bundle.spec.image_size} input) to {args.output / path.relative_to(directory)}")
 
 
 if __name__ == "__main__":

@@ -20,8 +20,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from etils import epath
 
-from manet_jax import cli
+from manet_jax import cli, storage
 from manet_jax.bundle import load_bundle
 from manet_jax.inference.boxes import BoxesFile
 from manet_jax.inference.clips import predict_video
@@ -112,8 +113,20 @@ def check_video_options(parser: argparse.ArgumentParser, args: argparse.Namespac
             parser.error(f"{option} {path}: its folder does not exist")
 
 
+OUTPUT_OPTIONS = ("output", "visualize", "annotate", "timeline")  # what predict writes; --visualize a folder
+
+
+def holds_pictures_only(folder: epath.Path) -> bool:
+    """Whether `folder` holds nothing but PNG files: an earlier --visualize, which a run replaces."""
+    return all(path.suffix.lower() == ".png" and path.is_file() for path in folder.iterdir())
+
+
 def predict(args: argparse.Namespace) -> int:
     boxes = BoxesFile(args.boxes) if args.boxes else None
+    outputs = {name: storage.output(getattr(args, name), f"--{name}", folder=name == "visualize",
+                                    ours=holds_pictures_only if name == "visualize" else None)
+               for name in OUTPUT_OPTIONS if getattr(args, name)}
+    storage.check_outputs(list(outputs.values()))  # before the model loads
     cli.start_runtime()
     sources = [open_camera(args.camera)] if args.camera is not None else [open_video(p) for p in args.paths
                                                                            if is_video_file(p)]
@@ -122,17 +135,26 @@ def predict(args: argparse.Namespace) -> int:
     else:
         bundle = load_bundle(args.checkpoint).resized(args.image_size, "--image-size")
         predictor = Predictor(bundle, args.batch_size, maps=args.visualize is not None)
-    if sources:
-        return predict_videos(args, sources, predictor)
+    with storage.writing(list(outputs.values())) as temporaries:
+        written = {name: Path(temporary) for name, temporary in zip(outputs, temporaries)}
+        if sources:
+            return predict_videos(args, sources, predictor, written)
+        return predict_images(args, boxes, predictor, written)
+
+
+def predict_images(args: argparse.Namespace, boxes: BoxesFile | None, predictor: Predictor | OnnxPredictor,
+                   written: dict[str, Path]) -> int:
+    """Runs the images, prints the table and the rate, and writes the outputs to the temporary
+    siblings `written` (by OUTPUT_OPTIONS' name)."""
     warm_up(predictor)
     start = time.perf_counter()
     records = predict_paths(args.paths, predictor, detect_faces=face_detector(args), margin=args.margin,
-                            boxes=boxes, visualize=args.visualize)
+                            boxes=boxes, visualize=written.get("visualize"), visualize_as=args.visualize)
     seconds = time.perf_counter() - start
     class_names = predictor.spec.class_names
     print(format_table(records, class_names))
     if args.output:
-        write_records(args.output, records, class_names, BRANCHES if args.branch_probabilities else BRANCHES[:1])
+        write_records(written["output"], records, class_names, BRANCHES if args.branch_probabilities else BRANCHES[:1])
     statuses = {r.file: r.status for r in records}
     counts = Counter(statuses.values())
     faces = sum(r.status == OK for r in records)
@@ -152,17 +174,19 @@ def face_detector(args: argparse.Namespace) -> Detector | None:
     return None if args.no_detect or args.boxes else get_detector(args.detector, args.min_neighbors)
 
 
-def predict_videos(args: argparse.Namespace, sources: list[VideoSource], predictor: Predictor | OnnxPredictor) -> int:
-    """Runs the videos (or the camera) in turn, then prints and writes what was collected, also
-    after Ctrl-C (exit status 0 for a camera, where Ctrl-C is how it ends; else 130). The forward
-    compiles before the first frame is read, so frames/s is the steady rate."""
+def predict_videos(args: argparse.Namespace, sources: list[VideoSource], predictor: Predictor | OnnxPredictor,
+                   written: dict[str, Path]) -> int:
+    """Runs the videos (or the camera) in turn, then prints what was collected and writes it to the
+    temporary siblings `written`, also after Ctrl-C (exit status 0 for a camera, where Ctrl-C is how
+    it ends; else 130). The forward compiles before the first frame is read, so frames/s is the
+    steady rate."""
     warm_up(predictor)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C now ends the reading: what was read is written
     detect_faces = face_detector(args)
     records, frames, start = [], 0, time.perf_counter()
     for source in sources:
         result = predict_video(source, predictor, every=args.every, fps=args.fps, detect_faces=detect_faces,
-                               margin=args.margin, smooth=args.smooth, annotate=args.annotate)
+                               margin=args.margin, smooth=args.smooth, annotate=written.get("annotate"))
         records += result.records
         frames += result.frames
         if result.interrupted:
@@ -174,9 +198,9 @@ def predict_videos(args: argparse.Namespace, sources: list[VideoSource], predict
     class_names = predictor.spec.class_names
     print(format_table(records, class_names))
     if args.output:
-        write_records(args.output, records, class_names, BRANCHES if args.branch_probabilities else BRANCHES[:1])
+        write_records(written["output"], records, class_names, BRANCHES if args.branch_probabilities else BRANCHES[:1])
     if args.timeline:
-        save_timeline(args.timeline, records, class_names)
+        save_timeline(written["timeline"], records, class_names)
     faces = [r for r in records if r.status == OK]
     print(f"{frames} frames from {len(sources)} source(s): {len(faces)} face(s) in "
           f"{len({(r.file, r.frame) for r in faces})} frame(s), {sum(r.status == NO_FACE for r in records)} "

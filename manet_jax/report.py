@@ -23,7 +23,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from manet_jax import cli
+from manet_jax import cli, storage
 from manet_jax.training import official_report
 from manet_jax.training.report import RunsError, markdown, spreads
 
@@ -43,25 +43,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def work() -> None:
+        if args.official and not args.official.lower().endswith(".png"):
+            raise RunsError(f"--official {args.official}: name the figure's .png file (or put --official "
+                            "after the runs, for official_curves.png)")
+        outputs = {option: storage.output(path, f"--{option}") for option, path in
+                   (("official", args.official), ("json", args.json), ("markdown", args.markdown)) if path}
+        storage.check_outputs(list(outputs.values()))
         runs = expand(args.runs)
         table = spreads(runs)
         text = markdown(table)
-        if args.official:
-            if not args.official.lower().endswith(".png"):
-                raise RunsError(f"--official {args.official}: name the figure's .png file (or put --official "
-                                "after the runs, for official_curves.png)")
-            table["official"] = official_report.official_table(runs, table["ranked_by"], args.official)
-            official_report.draw(table["official"], args.official)
-            link = os.path.relpath(args.official, os.path.dirname(os.path.abspath(args.markdown))) if args.markdown \
-                else args.official  # the figure as the Markdown file sees it
-            text += official_report.markdown(table["official"], link)
-        print(text, end="")
-        if args.json:
-            with open(args.json, "w") as f:
-                f.write(json.dumps(table, indent=2) + "\n")
-        if args.markdown:
-            with open(args.markdown, "w") as f:
-                f.write(text)
+        with storage.writing(list(outputs.values())) as temporaries:
+            written = dict(zip(outputs, temporaries))
+            if args.official:
+                table["official"] = official_report.official_table(runs, table["ranked_by"], args.official)
+                official_report.draw(table["official"], written["official"])
+                link = os.path.relpath(args.official, os.path.dirname(os.path.abspath(args.markdown))) \
+                    if args.markdown else args.official  # the figure as the Markdown file sees it
+                text += official_report.markdown(table["official"], link)
+            print(text, end="")
+            if args.json:
+                written["json"].write_text(json.dumps(table, indent=2) + "\n")
+            if args.markdown:
+                written["markdown"].write_text(text)
 
     return cli.run(work)
 

@@ -9,30 +9,45 @@ epath would use otherwise, has fixed endpoints. Orbax writes its arrays with ten
 takes the same credentials (`TENSORSTORE_GCS_HTTP_URL` points it at an emulator). A workdir's
 lease needs conditional writes (`create`, `rewrite` on a generation), which only Google's own
 client, google-cloud-storage, offers; it honours `STORAGE_EMULATOR_HOST` too.
+
+What the tools write they write whole or not at all (`writing`): each output is checked before the
+work starts (`check_outputs`), written as a temporary sibling (`temporary_sibling`), moved into
+place when complete and removed on any failure, which is raised as one `OutputError`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import os
 import re
 import secrets
-from collections.abc import Callable
+import shutil
+import time
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from etils import epath
 
-from manet_jax.errors import ManetError
+from manet_jax.errors import ManetError, is_disk_full
 
 SCHEME = "gs://"
 # Cloud Storage's bucket names: 3-63 characters of lower-case letters, digits, '-', '_' and '.',
 # beginning and ending with a letter or digit (tensorstore refuses any other).
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]")
-TEMPORARY = re.compile(r"\.(.+)\.[0-9a-f]{8}\.tmp")  # replace_text's temporary file of the file group(1)
+# The temporary sibling of the file or folder group(1) (`temporary_sibling`): written, then moved into place.
+TEMPORARY = re.compile(r"\.(.+)\.[0-9a-f]{8}\.tmp(?:\.[^.]*)?")
+# Room a write needs beyond its files' size: metadata files and the file system's blocks.
+MARGIN_FACTOR, MARGIN_BYTES = 1.05, 1_000_000
 
 
 class StorageError(ManetError, OSError):
     """A URL that is malformed, a bucket that does not exist or cannot be reached; the message names it."""
+
+
+class OutputError(ManetError, OSError):
+    """An output a tool cannot write where it was asked to; the message names it and why."""
 
 
 def configure() -> None:
@@ -128,8 +143,8 @@ def replace_text(path: epath.PathLike, text: str) -> None:
 
 def replace_bytes(path: epath.PathLike, data: bytes) -> None:
     """Replaces the file `path` with `data` whole or not at all. An object in a bucket is replaced
-    whole by one upload; a local file by renaming a complete temporary file (named for this write
-    alone, as TEMPORARY matches) over it, so a full disk or a killed run leaves the old file."""
+    whole by one upload; a local file by renaming a complete temporary file (`temporary_sibling`)
+    over it, so a full disk or a killed run leaves the old file."""
     _replace(epath.Path(path), lambda target: target.write_bytes(data))
 
 
@@ -137,13 +152,181 @@ def _replace(path: epath.Path, write: Callable[[epath.Path], Any]) -> None:
     if is_url(path):
         write(path)
         return
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    temporary = temporary_sibling(path)
     try:
         write(temporary)
         temporary.replace(path)
     finally:
-        if temporary.exists():
-            temporary.unlink()
+        _remove(temporary)
+
+
+def temporary_sibling(path: epath.Path) -> epath.Path:
+    """A new name beside `path` for writing it, named for this write alone (TEMPORARY matches it); it
+    ends in `path`'s suffix, as writers that choose the format by the name (OpenCV, NumPy) need."""
+    return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp{path.suffix}")
+
+
+def _remove(path: epath.Path) -> None:
+    """Deletes the file or folder `path`, if there is one."""
+    if path.is_dir():
+        path.rmtree()
+    elif path.exists():
+        path.unlink()
+
+
+@dataclasses.dataclass(frozen=True)
+class Output:
+    """A file (or, if `folder`, a folder) a tool writes, whole or not at all: `what` is how the
+    command line named it ('--output'; empty for an argument, whose path says enough); `ours` tells
+    whether a folder that is not empty is the tool's own earlier output, which it replaces whole."""
+
+    path: epath.Path
+    what: str = ""
+    folder: bool = False
+    ours: Callable[[epath.Path], bool] | None = None
+
+    def taken(self) -> bool:
+        """Whether the path is a folder that is not empty and not ours to replace."""
+        return (self.folder and self.path.is_dir() and any(self.path.iterdir())
+                and not (self.ours and self.ours(self.path)))
+
+    def named(self, problem: str) -> OutputError:
+        return OutputError(f"{self.what + ' ' if self.what else ''}{self.path}: {problem}")
+
+
+def output(path: epath.PathLike, what: str = "", folder: bool = False,
+           ours: Callable[[epath.Path], bool] | None = None) -> Output:
+    """An `Output` of `path`, made absolute (a URL stays as it is)."""
+    path = epath.Path(path)
+    return Output(path if is_url(path) else path.absolute(), what, folder, ours)
+
+
+def check_outputs(outputs: Sequence[Output], size: int = 0) -> None:
+    """Raises OutputError naming the first of `outputs` that cannot be written, before any work: a
+    file where a folder is wanted or the other way round, a path beneath a file, a folder that cannot
+    be written (read-only, or no permission), a folder output that exists and is not empty (and not
+    `ours`); and, on a local disk, less free space than `size` bytes (all outputs together) with a
+    margin."""
+    for out in outputs:
+        if is_url(out.path):
+            check_url(os.fspath(out.path), out.what or "output")
+            if out.taken():
+                raise out.named("exists and is not empty; choose a new directory")
+            continue
+        existing = next(p for p in (out.path, *out.path.parents) if p.exists())  # the root exists
+        if existing == out.path:
+            if out.folder and not existing.is_dir():
+                raise out.named("is a file, not a directory")
+            if not out.folder and existing.is_dir():
+                raise out.named("is a directory, not a file")
+            existing = out.path.parent
+        if not existing.is_dir():
+            raise out.named(f"lies beneath the file {existing}, not in a directory")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise out.named(f"cannot be written: {existing} is read-only (a read-only file system or no write "
+                            "permission)")
+        if out.taken():
+            raise out.named("exists and is not empty; choose a new directory")
+    for out in outputs:
+        if (free := free_bytes(out.path)) is not None and free < with_margin(size):
+            raise out.named(f"no space left on device (the output needs {megabytes(with_margin(size))}; "
+                            f"{megabytes(free)} free)")
+
+
+@contextlib.contextmanager
+def writing(outputs: Sequence[Output], size: int = 0) -> Iterator[list[epath.Path]]:
+    """Checks `outputs` (`check_outputs`), then yields a temporary sibling of each to write (a folder
+    made for a folder output) and moves each that the block wrote into place when it ends. On any
+    error in the block (or Ctrl-C) it deletes the siblings (a folder once its files stop changing:
+    `settled`) and the folders it made for them, leaving the targets as they were; it raises an
+    OSError (a full disk, a lost bucket) as OutputError naming the output, and a ManetError with
+    the outputs' own paths in its message."""
+    check_outputs(outputs, size)
+    made = {p for out in outputs if not is_url(out.path) for p in out.path.parents if not p.exists()}
+    temporaries = [temporary_sibling(out.path) for out in outputs]
+    try:
+        for out, temporary in zip(outputs, temporaries):
+            if not is_url(temporary):
+                temporary.parent.mkdir(parents=True, exist_ok=True)
+                if out.folder:
+                    temporary.mkdir()
+        yield temporaries
+        for out, temporary in zip(outputs, temporaries):
+            if not temporary.exists():  # the work wrote nothing there (a video without frames)
+                continue
+            if out.folder and out.path.is_dir():  # empty, or ours (checked): replaced whole
+                earlier = out.path.rename(temporary_sibling(out.path))
+                temporary.replace(out.path)
+                _remove(earlier)
+            else:
+                temporary.replace(out.path)
+    except BaseException as e:
+        for temporary in temporaries:
+            if not is_url(temporary) and temporary.is_dir():
+                settled(temporary)  # writes a failed writer abandoned (Orbax's) end before it is removed
+            with contextlib.suppress(OSError):
+                _remove(temporary)
+        for folder in sorted(made, key=lambda p: len(p.parts), reverse=True):
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if empty
+        if isinstance(e, OSError) and not isinstance(e, ManetError) or is_disk_full(e):
+            out = next((o for o, t in zip(outputs, temporaries) if os.fspath(t) in str(e)), outputs[0])
+            raise out.named(f"cannot be written ({write_problem(e, out.path)}); nothing was written") from e
+        if isinstance(e, ManetError):  # its message names the output the user gave, not its sibling
+            message = str(e)
+            for out, temporary in zip(outputs, temporaries):
+                message = message.replace(os.fspath(temporary), os.fspath(out.path))
+            e.args = (message,)
+        raise
+
+
+def write_problem(error: BaseException, path: epath.Path) -> str:
+    """What stopped a write to `path`, in words: a full disk (with the space free now), else the OS's."""
+    if is_disk_full(error):
+        free = free_bytes(path)
+        return "no space left on device" + ("" if free is None else f"; {megabytes(free)} free now")
+    return getattr(error, "strerror", None) or str(error).strip().splitlines()[0]
+
+
+def settled(directory: epath.Path, interval: float = 0.5, timeout: float = 120) -> None:
+    """Returns once the files under a local `directory` have stopped changing for `interval` seconds
+    (or after `timeout`): the writes Orbax abandoned after a failed one are done. Orbax has no public
+    way to wait for them."""
+    def snapshot() -> list[tuple[str, int]]:
+        files = []
+        for root, _, names in os.walk(directory):
+            for name in names:
+                try:
+                    files.append((os.path.join(root, name), os.stat(os.path.join(root, name)).st_size))
+                except OSError:  # removed meanwhile
+                    pass
+        return sorted(files)
+
+    deadline, last = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        current = snapshot()
+        if current == last:
+            return
+        last = current
+        time.sleep(interval)
+
+
+def free_bytes(path: epath.PathLike) -> int | None:
+    """Free bytes on the disk of `path` or its nearest existing parent (None for a bucket)."""
+    path = epath.Path(path)
+    if is_url(path):
+        return None
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    return shutil.disk_usage(existing).free
+
+
+def with_margin(size: int) -> int:
+    """The room a write of `size` bytes needs (MARGIN_FACTOR, MARGIN_BYTES)."""
+    return int(size * MARGIN_FACTOR) + MARGIN_BYTES
+
+
+def megabytes(size: int) -> str:
+    return f"{size / 1e6:,.0f} MB"
 
 
 def append_text(path: epath.PathLike, text: str) -> None:

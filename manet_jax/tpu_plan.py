@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from manet_jax import cli
+from manet_jax import cli, storage
 
 if TYPE_CHECKING:
     from manet_jax.tpu.compiled_steps import Plan
@@ -64,6 +64,8 @@ def plan(args: argparse.Namespace, overrides: list[str]) -> None:
 
     config = load_config(args.config, overrides)
     slice_type(args.topology)  # an unknown name fails before anything starts
+    outputs = [storage.output(args.output, "--output")] if args.output else []
+    storage.check_outputs(outputs)
     cli.start_runtime()
     from manet_jax.tpu.compiled_steps import make_plan
 
@@ -76,9 +78,8 @@ def plan(args: argparse.Namespace, overrides: list[str]) -> None:
                    "versions": {**{name: importlib.metadata.version(name) for name in ("jax", "jaxlib")},
                                 "libtpu": libtpu_version()},
                    **to_json(result)}
-        with open(args.output, "w") as f:
-            json.dump(payload, f, indent=2)
-            f.write("\n")
+        with storage.writing(outputs) as (temporary,):
+            temporary.write_text(json.dumps(payload, indent=2) + "\n")
         print(f"\nwrote {args.output}")
 
 

@@ -1,6 +1,7 @@
 """PyTorch <-> Flax conversion: exact round trips, official checkpoint formats, errors, CLI."""
 
 import pickle
+import re
 import subprocess
 import sys
 import warnings
@@ -10,11 +11,12 @@ import numpy as np
 import pytest
 
 import golden
-from manet_jax.bundle import load_bundle
+from manet_jax.bundle import ModelSpec, default_class_names, load_bundle, save_bundle
 from manet_jax.convert import (CheckpointFileError, StateDictMismatchError, flax_to_torch, import_resnet18,
                                import_state_dict, load_state_dict_file, save_state_dict_file, torch_to_flax)
 from manet_jax.convert.__main__ import main as convert_main
 from manet_jax.models import MANet, init_variables
+from train_helpers import tmpfs
 
 HEADS = ("fc_1.weight", "fc_1.bias", "fc_2.weight", "fc_2.bias")
 
@@ -226,3 +228,38 @@ def test_cli_errors_exit_2_with_the_file_named(tmp_path):
                              str(tmp_path / "out")], capture_output=True, text=True)
     assert result.returncode == 2
     assert f"error: {tmp_path / 'nope.pth'}: no such file" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory, state_dict, variables):
+    """The golden state_dict as a .npz and as a bundle, for the converter's commands."""
+    root = tmp_path_factory.mktemp("converted")
+    spec = ModelSpec(default_class_names(7))
+    return save_state_dict_file(state_dict, root / "weights.npz"), save_bundle(root / "bundle", variables, spec)
+
+
+@pytest.mark.slow  # 200 MB of weights converted and written: about 10 s each
+@pytest.mark.parametrize("command", ["to-flax", "to-torch"])
+def test_an_output_that_cannot_be_written_is_named_in_one_line_and_nothing_is_left(command, converted, tmp_path,
+                                                                                   capsys):
+    source = converted[0] if command == "to-flax" else converted[1]
+    name = "bundle" if command == "to-flax" else "out.npz"
+    (tmp_path / "file").write_text("notes")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "keep.txt").write_text("keep")
+    cases = {tmp_path / "file" / name: f"lies beneath the file {tmp_path / 'file'}, not in a directory"}
+    if command == "to-flax":
+        cases |= {tmp_path / "file": "is a file, not a directory",
+                  tmp_path / "folder": "exists and is not empty; choose a new directory"}
+    with tmpfs(tmp_path / "full", "size=20m") as full, tmpfs(tmp_path / "ro", "ro,size=1m") as read_only:
+        cases |= {full / name: rf"no space left on device \(the output needs 213 MB; 21 MB free\)",
+                  read_only / name: rf"cannot be written: {read_only} is read-only \(a read-only file system or no "
+                                    r"write permission\)"}
+        for output, problem in cases.items():
+            assert convert_main([command, str(source), str(output)]) == 2
+            captured = capsys.readouterr()
+            assert re.fullmatch(rf"error: {re.escape(str(output))}: {problem}\n", captured.err), captured.err
+            assert captured.out == ""
+        assert list(full.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "folder", "full", "ro"]
+    assert [p.name for p in (tmp_path / "folder").iterdir()] == ["keep.txt"]

@@ -30,7 +30,7 @@ from manet_jax.training.evaluation import (SetEvaluation, evaluate_bundle, evalu
                                           evaluate_model, format_summary, summary_rows, write_outputs, write_summary)
 from manet_jax.training.metrics import classification_metrics, confusion_matrix
 from train_helpers import (DATASET, REPO, TEST_LABEL_COUNTS, environment, make_checkpoint, make_dataset, random_variables,
-                           run)
+                           run, tmpfs)
 
 CLASSES = ("Neutral", "Happiness", "Sadness", "Surprise", "Fear", "Disgust", "Anger")
 EIGHT = (*CLASSES, "Contempt")
@@ -392,3 +392,22 @@ def test_an_eight_class_model_on_other_datasets_without_a_config(setup, tmp_path
     assert all(row["unrestricted_accuracy"] and row["recall_Contempt"] == "" for row in summary)
     header, *lines = result.stdout.splitlines()  # stdout is the table (TFDS's messages go to stderr)
     assert header.split()[:6] == ["set", "head", "accuracy", "mean", "class", "unrestricted"] and len(lines) == 6
+
+
+@pytest.mark.slow  # the module's fixture
+def test_outputs_that_cannot_be_written_are_named_before_the_evaluation(setup, tmp_path, capsys):
+    (tmp_path / "file").write_text("notes")
+    args = ["--checkpoint", str(setup["checkpoint"]), "--dataset", DATASET, "--data-dir", str(setup["data_dir"])]
+    report = f"{DATASET.replace('/', '_')}_test/metrics.json"
+    with tmpfs(tmp_path / "ro", "ro,size=1m") as ro:
+        read_only = rf"cannot be written: {ro} is read-only \(a read-only file system or no write permission\)"
+        cases = [(["--output-dir", str(tmp_path / "file")],
+                  f"{tmp_path / 'file' / report}: lies beneath the file {tmp_path / 'file'}, not in a directory"),
+                 (["--output-dir", str(ro)], f"{ro / report}: {read_only}"),
+                 (["--output-dir", str(tmp_path / "reports"), "--summary", str(ro / "s.json")],
+                  f"--summary {ro / 's.json'}: {read_only}")]
+        for options, message in cases:
+            assert evaluate_tool.main([*args, *options]) == 2
+            err = capsys.readouterr().err
+            assert re.fullmatch(f"error: {message}\n", err), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "ro"]

@@ -5,6 +5,7 @@ A randomly initialised 7-class model at 96x96 keeps this fast: no map is smaller
 """
 
 import json
+import re
 
 import jax
 import numpy as np
@@ -16,6 +17,7 @@ from manet_jax.bundle import ModelSpec, default_class_names, load_bundle, save_b
 from manet_jax.inference.predictor import OUTPUTS, outputs
 from manet_jax.inference.stablehlo import METADATA, STABLEHLO_FILE
 from manet_jax.models import MANet, init_variables
+from train_helpers import tmpfs
 
 pytestmark = pytest.mark.slow  # MA-Net's initialiser compiled (module fixture), exports at 96x96: minutes
 
@@ -108,3 +110,20 @@ def test_refuses_a_non_empty_output_in_one_line(tmp_path, capsys):
     assert exit_status(export.main, ["--checkpoint", str(tmp_path / "model"), "--format", "savedmodel",
                                      "--output", str(tmp_path)]) == 2
     assert capsys.readouterr().err == f"error: --output {tmp_path}: exists and is not empty; choose a new directory\n"
+
+
+def test_an_output_that_cannot_be_written_is_named_in_one_line_and_nothing_is_left(checkpoint, tmp_path, capsys):
+    (tmp_path / "file").write_text("notes")
+    cases = {tmp_path / "file": "is a file, not a directory",
+             tmp_path / "file" / "export": f"lies beneath the file {tmp_path / 'file'}, not in a directory"}
+    with tmpfs(tmp_path / "full", "size=20m") as full, tmpfs(tmp_path / "ro", "ro,size=1m") as read_only:
+        cases |= {full / "export": r"no space left on device \(the output needs \d+ MB; 21 MB free\)",
+                  read_only / "export": rf"cannot be written: {read_only} is read-only \(a read-only file system or "
+                                        r"no write permission\)"}
+        for output, problem in cases.items():
+            assert exit_status(export.main, ["--checkpoint", str(checkpoint), "--format", "stablehlo",
+                                             "--output", str(output)]) == 2
+            err = capsys.readouterr().err
+            assert re.fullmatch(rf"error: --output {re.escape(str(output))}: {problem}\n", err), err
+        assert list(full.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "full", "ro"]

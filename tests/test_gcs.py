@@ -69,6 +69,26 @@ def test_files_in_a_bucket_are_replaced_and_appended_whole(bucket):
     assert [p.name for p in storage_listing(bucket)] == ["metrics.jsonl"]  # no temporary objects
 
 
+def test_outputs_in_a_bucket_are_moved_into_place_whole_or_not_at_all(bucket):
+    from etils import epath
+
+    report, model = f"gs://{bucket}/run/eval/metrics.json", f"gs://{bucket}/run/model"
+    outputs = [storage.output(report, "--summary"), storage.output(model, folder=True)]
+    with pytest.raises(KeyboardInterrupt):
+        with storage.writing(outputs) as (file, folder):
+            file.write_text("{}")
+            (folder / "header.json").write_text("{}")
+            raise KeyboardInterrupt
+    assert not epath.Path(f"gs://{bucket}/run").exists()  # nothing left, temporary objects included
+    with storage.writing(outputs) as (file, folder):
+        file.write_text("{}")
+        (folder / "header.json").write_text("{}")
+    assert [p.name for p in storage_listing(bucket)] == ["eval", "model"]
+    assert epath.Path(report).read_text() == epath.Path(f"{model}/header.json").read_text() == "{}"
+    with pytest.raises(storage.OutputError, match=f"^{model}: exists and is not empty; choose a new directory$"):
+        storage.check_outputs([outputs[1]])
+
+
 def storage_listing(bucket: str) -> list:
     from etils import epath
 

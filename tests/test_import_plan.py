@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "manet_jax"
 # their imports allow; the tools (`python -m manet_jax.<tool>`) sit on top.
 LAYERS: list[tuple[str, ...]] = [
     ("manet_jax", "errors", "accelerators"),  # the version, the errors users can fix, the chips' data sheet
-    ("storage",),  # local paths and gs:// buckets: epath on gcsfs, a bucket's conditional writes
+    ("storage",),  # local paths and gs:// buckets: epath on gcsfs, a bucket's conditional writes, whole outputs
     ("cli", "mesh", "models"),  # the tools' command line, the device mesh, the Flax model
     ("data",),  # datasets, their canonical labels and the host input pipeline
     ("bundle",),  # a model on disk: its variables and header (its classes in data.labels' order)

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from types import SimpleNamespace
 
 import pytest
 from official_runs import REPO, example_runs, fabricate
+from train_helpers import tmpfs
 
 from manet_jax.report import main as report
 from manet_jax.training.config import load_config
@@ -164,6 +166,20 @@ def test_the_report_draws_the_runs_over_the_official_curve(tmp_path, monkeypatch
     assert report(["--official", *runs]) == 2  # the first run taken for the figure
     assert capsys.readouterr().err == (f"error: --official {runs[0]}: name the figure's .png file (or put "
                                        "--official after the runs, for official_curves.png)\n")
+
+
+def test_the_report_names_an_output_it_cannot_write_before_reading_the_runs(tmp_path, capsys):
+    (tmp_path / "file").write_text("notes")
+    with tmpfs(tmp_path / "ro", "ro,size=1m") as read_only:
+        cases = {("--json", read_only / "t.json"): rf"cannot be written: {read_only} is read-only \(a read-only file "
+                                                   r"system or no write permission\)",
+                 ("--official", tmp_path / "file" / "c.png"): f"lies beneath the file {tmp_path / 'file'}, not in a "
+                                                              "directory"}
+        for (option, path), problem in cases.items():
+            assert report([str(tmp_path / "no_run"), option, str(path)]) == 2
+            err = capsys.readouterr().err
+            assert re.fullmatch(rf"error: {option} {re.escape(str(path))}: {problem}\n", err), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "ro"]
 
 
 def test_the_report_refuses_a_run_without_an_official_curve(tmp_path, capsys):

@@ -9,6 +9,7 @@ pass, and `predict --runtime onnx`.
 import argparse
 import importlib.util
 import json
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -236,3 +237,17 @@ def test_the_benchmark_times_onnx_runtime(exported):
         "onnxruntime", "float32/1t", "eval", 2, 12.5)
     assert 0 < result.spread[0] <= result.images_per_s <= result.spread[1]
     assert benchmark.format_table([result]).splitlines()[1].startswith("onnxruntime float32/1t eval      2")
+
+
+@pytest.mark.slow  # the export above
+def test_a_damaged_export_file_is_named_by_its_checksum(exported, tmp_path, capsys):
+    """64 KB overwritten in the middle of manet.onnx: ONNX Runtime might load it; its checksum tells."""
+    damaged = tmp_path / "onnx"
+    shutil.copytree(exported, damaged)
+    model = bytearray((damaged / ONNX_FILE).read_bytes())
+    middle = len(model) // 2
+    model[middle:middle + 65536] = bytes(65536)
+    (damaged / ONNX_FILE).write_bytes(bytes(model))
+    assert predict.main(["face.png", "--checkpoint", str(damaged), "--runtime", "onnx"]) == 2
+    assert capsys.readouterr().err == (f"error: {damaged / ONNX_FILE}: damaged (its SHA-256 is not the one "
+                                       f"{METADATA} gives); export the model again\n")

@@ -9,6 +9,7 @@ import dataclasses
 import io
 import itertools
 import json
+import re
 from pathlib import Path
 
 import cv2
@@ -35,7 +36,7 @@ from manet_jax.training.checkpointing import Checkpoints
 from manet_jax.training.config import load_config
 from manet_jax.training.evaluation import evaluate_checkpoint
 from manet_jax.training.state import TrainState
-from train_helpers import REPO
+from train_helpers import REPO, tmpfs
 
 SIZE = 64
 FAST_RNG = "unsafe_rbg"  # compiles the random init three times faster than threefry on CPU
@@ -333,3 +334,21 @@ def test_cli_rejects_a_non_checkpoint(tmp_path, capsys):
     assert f"error: {tmp_path}: not a manet-jax model" in capsys.readouterr().err
     assert exit_status(["x.png", "--checkpoint", str(tmp_path / "nowhere")]) == 2
     assert f"error: {tmp_path / 'nowhere'}: does not exist" in capsys.readouterr().err
+
+
+def test_outputs_that_cannot_be_written_are_named_before_the_model_loads(tmp_path, capsys):
+    """The model does not exist: each output is refused first, in one line, and nothing is written."""
+    (tmp_path / "vis").mkdir()
+    (tmp_path / "vis" / "keep.txt").write_text("keep")  # not an earlier --visualize, which holds PNGs only
+    args = ["face.png", "--checkpoint", str(tmp_path / "no_model")]
+    with tmpfs(tmp_path / "ro", "ro,size=1m") as read_only, tmpfs(tmp_path / "full", "size=32k") as full:
+        cases = [("--output", read_only / "out.json", rf"cannot be written: {read_only} is read-only \(a read-only "
+                                                      r"file system or no write permission\)"),
+                 ("--visualize", tmp_path / "vis", "exists and is not empty; choose a new directory"),
+                 ("--visualize", full / "vis", r"no space left on device \(the output needs 1 MB; 0 MB free\)")]
+        for option, path, problem in cases:
+            assert predict.main([*args, option, str(path)]) == 2
+            err = capsys.readouterr().err
+            assert re.fullmatch(rf"error: {option} {re.escape(str(path))}: {problem}\n", err), err
+        assert list(full.iterdir()) == []
+    assert [p.name for p in (tmp_path / "vis").iterdir()] == ["keep.txt"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -30,6 +31,7 @@ from manet_jax import tpu_plan  # noqa: E402
 from manet_jax.tpu import compiled_steps  # noqa: E402
 from manet_jax.tpu import collectives as collectives_lib  # noqa: E402
 from manet_jax.tpu.slices import SLICE_TYPES, hosts, slice_devices  # noqa: E402
+from train_helpers import tmpfs  # noqa: E402
 
 SIZE = 64
 FLOPS_TOLERANCE = 0.2  # XLA's count within 20% of the model's (3x forward for training; measured 0.87-1.03x)
@@ -179,6 +181,17 @@ def test_errors_before_compiling(capsys):
     assert tpu_plan.main(["--config", "configs/raf.py", "--topology", "v5x-8"]) == 2
     error = capsys.readouterr().err
     assert error.startswith("error: unknown TPU type 'v5x-8'; known: v4-8, v4-16,") and "v6e-256" in error
+
+
+def test_an_output_that_cannot_be_written_is_named_before_compiling(tmp_path, capsys):
+    with tmpfs(tmp_path / "ro", "ro,size=1m") as read_only:
+        cases = {tmp_path: "is a directory, not a file",
+                 read_only / "plan.json": rf"cannot be written: {read_only} is read-only \(a read-only file system or "
+                                          r"no write permission\)"}
+        for output, problem in cases.items():
+            assert tpu_plan.main(["--config", "configs/raf.py", "--topology", "v5p-8", "--output", str(output)]) == 2
+            err = capsys.readouterr().err
+            assert re.fullmatch(rf"error: --output {re.escape(str(output))}: {problem}\n", err), err
 
 
 @pytest.mark.slow  # a process

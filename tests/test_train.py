@@ -28,7 +28,7 @@ import tensorflow as tf
 from etils import epath
 from tensorflow.core.util import event_pb2
 
-from manet_jax.bundle import ModelSpec, absolute_path, load_bundle
+from manet_jax.bundle import ModelSpec, absolute_path, load_bundle, state_bytes
 from manet_jax.data.errors import DatasetNameError, DatasetNotFoundError
 from manet_jax.errors import ConfigError
 from manet_jax.mesh import make_mesh
@@ -37,7 +37,7 @@ from manet_jax.report import main as report
 from manet_jax.storage import replace_text
 from manet_jax.training.build import build
 from manet_jax.training.checkpointing import CORRUPT, CheckpointRestoreError, Checkpoints
-from manet_jax.training.disk_space import CheckpointSaveError, check_room, state_bytes
+from manet_jax.training.disk_space import CheckpointSaveError, check_room
 from manet_jax.training.config import RANGES, base_config, eval_sets, load_config
 from manet_jax.training.loop import StepTrace, train_and_evaluate
 from manet_jax.training.metric_writer import MetricWriter, MetricsFileError
@@ -302,10 +302,10 @@ def test_preempted_and_killed_run_resumes_exactly(setup, reference):
     with (workdir / "metrics.jsonl").open("a") as f:  # as a kill in the middle of an append leaves it
         f.write('{"step": 9, "epoch": 2.25, "tr')
     lines = len((workdir / "metrics.jsonl").read_text().splitlines())
-    (workdir / ".summary.json.0123abcd.tmp").write_text("{")  # as a kill while replacing it leaves it
+    (workdir / ".summary.json.0123abcd.tmp.json").write_text("{")  # as a kill while replacing it leaves it
     result = run(command(setup, workdir), setup["env"])
     assert result.returncode == 0, result.stderr[-3000:]
-    assert not (workdir / ".summary.json.0123abcd.tmp").exists()
+    assert not (workdir / ".summary.json.0123abcd.tmp.json").exists()
     assert "resuming from checkpoint" in result.stderr
     assert f"{workdir / 'metrics.jsonl'}: dropped line {lines}, cut short" in result.stderr
     assert f"taking over the lease {workdir / 'lease.json'} of a trainer that is gone (pid " in result.stderr
@@ -328,11 +328,12 @@ def test_a_file_replaced_whole_or_not_at_all(tmp_path):
 
 
 def test_temporary_files_left_by_a_killed_run_are_removed_but_those_in_use(tmp_path):
-    names = [".summary.json.0123abcd.tmp", ".lease.json.4567cdef.tmp", ".notes.tmp", "summary.json.0123abcd.tmp"]
+    names = [".summary.json.0123abcd.tmp.json", ".config.json.89abcdef.tmp",  # the second as older versions named it
+             ".lease.json.4567cdef.tmp.json", ".notes.tmp", "summary.json.0123abcd.tmp"]
     for name in names:
         (tmp_path / name).write_text("{")
     remove_temporary_files(tmp_path, in_use=["lease.json"])
-    assert sorted(os.listdir(tmp_path)) == sorted(names[1:])
+    assert sorted(os.listdir(tmp_path)) == sorted(names[2:])
 
 
 def test_a_metrics_line_cut_short_is_dropped_and_a_damaged_one_before_it_named(tmp_path, caplog):

@@ -16,10 +16,10 @@ import jax
 from etils import epath
 
 from manet_jax import cli
-from manet_jax.bundle import ModelSpec, default_class_names, load_bundle, save_bundle
+from manet_jax.bundle import ModelSpec, check_new_bundle, default_class_names, load_bundle, save_bundle
 from manet_jax.convert.core import (StateDictMismatchError, flax_to_torch, import_resnet18, import_state_dict,
                                     is_resnet18, num_classes_of, torch_to_flax)
-from manet_jax.convert.files import load_state_dict_file, save_state_dict_file
+from manet_jax.convert.files import check_state_dict_output, load_state_dict_file, save_state_dict_file
 from manet_jax.convert.wiring import CHECK_IMAGES, fit_wirings, synthetic_faces
 from manet_jax.data.image_files import load_image_folder
 from manet_jax.errors import ConfigError
@@ -37,6 +37,7 @@ is weak."""
 
 
 def to_flax(args: argparse.Namespace) -> None:
+    check_new_bundle(args.output)
     state_dict = load_state_dict_file(args.input)
     rng = jax.random.key(args.seed)
     if is_resnet18(state_dict):
@@ -46,12 +47,12 @@ def to_flax(args: argparse.Namespace) -> None:
         kind = f"MA-Net with {num_classes_of(state_dict)}-way heads"
         conversion = import_state_dict(state_dict, args.num_classes, rng)
     num_classes = args.num_classes or num_classes_of(state_dict)
-    print(f"{args.input}: {kind}; {len(conversion.loaded)} tensors loaded, "
-          f"{len(conversion.initialised)} initialised fresh (seed {args.seed}), {len(conversion.dropped)} dropped")
-    print(conversion.summary())
     spec = ModelSpec(default_class_names(num_classes), image_size=args.image_size,
                      multiscale_wiring=args.multiscale_wiring, source=f"{args.input} ({kind})")
     out = save_bundle(args.output, conversion.variables, spec)
+    print(f"{args.input}: {kind}; {len(conversion.loaded)} tensors loaded, "
+          f"{len(conversion.initialised)} initialised fresh (seed {args.seed}), {len(conversion.dropped)} dropped")
+    print(conversion.summary())
     print(f"wrote {out} (MANet(num_classes={num_classes}), multi-scale wiring {spec.multiscale_wiring})")
     if not is_resnet18(state_dict):
         print(f"the wiring is --multiscale-wiring's; `python -m manet_jax.convert inspect {args.input}` tells which "
@@ -91,6 +92,7 @@ def inspect(args: argparse.Namespace) -> int:
 
 
 def to_torch(args: argparse.Namespace) -> None:
+    check_state_dict_output(args.output)
     bundle = load_bundle(args.checkpoint)
     state_dict = flax_to_torch(bundle.variables)
     out = save_state_dict_file(state_dict, args.output)

@@ -10,6 +10,7 @@ from typing import Mapping
 
 import numpy as np
 
+from manet_jax import storage
 from manet_jax.convert.core import normalise_state_dict
 from manet_jax.errors import ManetError
 
@@ -126,20 +127,33 @@ def check_state_dict_file(path: str | Path) -> None:
                                   f"{', '.join(TORCH_SUFFIXES)}, .safetensors, .npz")
 
 
-def save_state_dict_file(state_dict: Mapping[str, np.ndarray], path: str | Path) -> Path:
-    """Writes a state_dict as `.pth` (torch.save of tensors), `.safetensors` or `.npz`."""
+def check_state_dict_output(path: str | Path) -> None:
+    """Raises CheckpointFileError unless `path` names a weight file type `save_state_dict_file`
+    writes (and torch is there for PyTorch's), or OutputError where it cannot be written
+    (`storage.check_outputs`; `save_state_dict_file` also checks the free space)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() not in (".safetensors", ".npz", *TORCH_SUFFIXES):
+        raise CheckpointFileError(f"{path}: unknown output type {path.suffix.lower()!r}; use .pth, .safetensors "
+                                  "or .npz")
+    if path.suffix.lower() in TORCH_SUFFIXES:
+        _import_torch(path)
+    storage.check_outputs([storage.output(path)])
+
+
+def save_state_dict_file(state_dict: Mapping[str, np.ndarray], path: str | Path) -> Path:
+    """Writes a state_dict as `.pth` (torch.save of tensors), `.safetensors` or `.npz`, whole or not
+    at all (`storage.writing`, after `check_state_dict_output`)."""
+    path = Path(path)
+    check_state_dict_output(path)
     suffix = path.suffix.lower()
     arrays = {k: np.asarray(v, order="C") for k, v in state_dict.items()}
-    if suffix == ".safetensors":
-        from safetensors.numpy import save_file
-        save_file(arrays, str(path))
-    elif suffix == ".npz":
-        np.savez(path, **arrays)
-    elif suffix in TORCH_SUFFIXES:
-        torch = _import_torch(path)
-        torch.save({k: torch.from_numpy(v) for k, v in arrays.items()}, path)
-    else:
-        raise CheckpointFileError(f"{path}: unknown output type {suffix!r}; use .pth, .safetensors or .npz")
+    with storage.writing([storage.output(path)], sum(a.nbytes for a in arrays.values())) as (temporary,):
+        if suffix == ".safetensors":
+            from safetensors.numpy import save_file
+            save_file(arrays, str(temporary))
+        elif suffix == ".npz":
+            np.savez(str(temporary), **arrays)
+        else:
+            torch = _import_torch(path)
+            torch.save({k: torch.from_numpy(v) for k, v in arrays.items()}, str(temporary))
     return path

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +9,7 @@ import numpy as np
 from manet_jax.bundle import ModelSpec
 from manet_jax.errors import ManetError
 from manet_jax.inference.predictor import OUTPUTS
-from manet_jax.inference.stablehlo import METADATA
+from manet_jax.inference.stablehlo import METADATA, check_export
 
 ONNX_FILE = "manet.onnx"
 
@@ -25,8 +24,8 @@ def read_spec(directory: Path) -> ModelSpec:
     if not (directory / ONNX_FILE).is_file() or not metadata_file.is_file():
         raise OnnxRuntimeError(f"--checkpoint {directory}: not an ONNX export (python -m manet_jax.export "
                                f"--format onnx makes one)")
+    metadata = check_export(directory)
     try:
-        metadata = json.loads(metadata_file.read_text())
         if metadata["format"] != "onnx":
             raise OnnxRuntimeError(f"--checkpoint {directory}: a {metadata['format']} export, not an ONNX one "
                                    f"(python -m manet_jax.export --format onnx makes one)")

@@ -21,12 +21,14 @@ _OUTPUT_KEYS = dict(zip(BRANCHES, ("probabilities", "probabilities_local", "prob
 
 class Batcher:
     """Collects preprocessed faces and predicts them `predictor.batch_size` at a time, filling in
-    their records (and writing visualisations into `visualize`, when given). Faces stay pending
+    their records (and writing visualisations into `visualize`, when given, which the records name
+    in `visualize_as`, default `visualize`). Faces stay pending
     until their forward returns, so a flush cut short by Ctrl-C can be run again."""
 
-    def __init__(self, predictor: Predictor, visualize: Path | None):
+    def __init__(self, predictor: Predictor, visualize: Path | None, visualize_as: Path | None = None):
         self.predictor = predictor
         self.visualize = visualize
+        self.visualize_as = visualize_as or visualize  # the folder the records name (`predict_paths`)
         self.pending: list[tuple[Record, np.ndarray]] = []
         self.png_names: set[str] = set()
 
@@ -47,18 +49,18 @@ class Batcher:
                                     for branch, key in _OUTPUT_KEYS.items()}
             record.label = names[int(out["probabilities"][i].argmax())]
             if self.visualize is not None:
-                png = self._png_path(Path(record.file).stem, record.face)
-                save_visualization(png, view, record.label, record.probabilities, out["attention"][i],
-                                   out["cam"][i])
-                record.visualization = str(png)
+                name = self._png_name(Path(record.file).stem, record.face)
+                save_visualization(self.visualize / name, view, record.label, record.probabilities,
+                                   out["attention"][i], out["cam"][i])
+                record.visualization = str(self.visualize_as / name)
 
-    def _png_path(self, stem: str, face: int) -> Path:
+    def _png_name(self, stem: str, face: int) -> str:
         name, n = f"{stem}_face{face}.png", 1
         while name in self.png_names:  # same stem in another folder
             n += 1
             name = f"{stem}_face{face}_{n}.png"
         self.png_names.add(name)
-        return self.visualize / name
+        return name
 
 
 def crop_boxes(pixels: np.ndarray, detect_faces: Detector | None, margin: float) -> list[Box]:
@@ -71,20 +73,21 @@ def crop_boxes(pixels: np.ndarray, detect_faces: Detector | None, margin: float)
 
 def predict_paths(paths: Sequence[str], predictor: Predictor, *, detect_faces: Detector | None,
                   margin: float = MARGIN, boxes: BoxesFile | None = None,
-                  visualize: Path | None = None) -> list[Record]:
+                  visualize: Path | None = None, visualize_as: Path | None = None) -> list[Record]:
     """Records for every face in the images named by `paths` (files, folders, globs), in file order.
 
     Faces are found by `detect_faces` (`detectors.get_detector`) and cropped with `margin`; without
     a detector, each image is taken as one face crop. With `boxes`, the crops
     are an image's boxes in that file (clipped to the image; no margin). Images without faces and
     inputs that fail give a record each (NO_FACE, ERROR). A record's box is the crop fed to the
-    model, in original pixels.
+    model, in original pixels. PNGs go into `visualize`, and records name them in `visualize_as`
+    (default: `visualize`), where they will be moved.
     """
     if visualize is not None:
         visualize.mkdir(parents=True, exist_ok=True)
     files, missing = find_images(paths)
     records = [Record(path, ERROR, reason) for path, reason in missing]
-    batcher = Batcher(predictor, visualize)
+    batcher = Batcher(predictor, visualize, visualize_as)
     for path in files:
         try:
             image = load_image(path)

@@ -1,27 +1,35 @@
 """Exporting a model for serving without its Python code: what every export shares, and the
 serialized `jax.export` (StableHLO) artifact; `savedmodel` makes the TensorFlow SavedModel.
 
-Each export directory also holds `manet_export.json`: the format, class names, input size and
-the input and output names. Exports take a batch of any size.
+Each export directory also holds `manet_export.json`: the format, class names, input size, the
+input and output names, and the SHA-256 of each of the export's other files (`check_export`
+compares them when an export is loaded). Exports take a batch of any size.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax import export as jax_export
 
 from manet_jax.bundle import Bundle
+from manet_jax.errors import ManetError
 from manet_jax.inference.predictor import OUTPUTS, outputs
 
 PLATFORMS = ("cpu", "cuda", "tpu")
 METADATA = "manet_export.json"
 STABLEHLO_FILE = "manet.jax_export"
+
+
+class ExportError(ManetError):
+    """An export that is damaged or incomplete; the message names the file."""
 
 
 def serving_fn(bundle: Bundle) -> Callable[[dict, jax.Array], dict[str, jax.Array]]:
@@ -32,10 +40,44 @@ def serving_fn(bundle: Bundle) -> Callable[[dict, jax.Array], dict[str, jax.Arra
 
 def write_metadata(directory: Path, bundle: Bundle, fmt: str, inputs: dict[str, str],
                    platforms: Sequence[str]) -> None:
-    """Writes METADATA, describing an export of `fmt` with `inputs` (name -> `input_spec`)."""
+    """Writes METADATA, describing an export of `fmt` with `inputs` (name -> `input_spec`), and
+    the checksums of the files written before it."""
     metadata = {"format": fmt, "class_names": list(bundle.spec.class_names), "image_size": bundle.spec.image_size,
-                "inputs": inputs, "outputs": list(OUTPUTS), "platforms": list(platforms)}
+                "inputs": inputs, "outputs": list(OUTPUTS), "platforms": list(platforms),
+                "sha256": {name: sha256(directory / name) for name in export_files(directory)}}
     (directory / METADATA).write_text(json.dumps(metadata, indent=2) + "\n")
+
+
+def export_files(directory: Path) -> list[str]:
+    """The files of the export in `directory` but METADATA, as paths relative to it."""
+    return sorted(str(path.relative_to(directory)) for path in directory.rglob("*")
+                  if path.is_file() and path.name != METADATA)
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_export(directory: Path) -> dict[str, Any]:
+    """The metadata of the export in `directory`, once each file it lists has the checksum it was
+    written with; raises ExportError naming the file that is missing or damaged, or the metadata."""
+    metadata_file = directory / METADATA
+    try:
+        metadata = json.loads(metadata_file.read_text())
+        checksums = dict(metadata.get("sha256", {}))
+    except (OSError, ValueError, TypeError, AttributeError) as e:
+        raise ExportError(f"{metadata_file}: damaged ({type(e).__name__}: {e})") from e
+    for name, expected in checksums.items():
+        if not (directory / name).is_file():
+            raise ExportError(f"{directory / name}: missing from the export; export the model again")
+        if sha256(directory / name) != expected:
+            raise ExportError(f"{directory / name}: damaged (its SHA-256 is not the one {METADATA} gives); "
+                              "export the model again")
+    return metadata
 
 
 def input_spec(bundle: Bundle, dtype: str) -> str:

@@ -30,12 +30,13 @@ from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
 from manet_jax import storage
-from manet_jax.bundle import HEADER, HEADER_FILE, LEGACY_STATE, METRIC, VARIABLES, ModelSpec, absolute_path, best_step
+from manet_jax.bundle import (HEADER, HEADER_FILE, LEGACY_STATE, METRIC, VARIABLES, ModelSpec, absolute_path, best_step,
+                              state_bytes)
 from manet_jax.errors import ManetError, is_disk_full
+from manet_jax.storage import free_bytes, megabytes, settled, with_margin
 from manet_jax.training.checkpoint_checks import (HOST_STATE, CheckpointDamagedError, check_matches, check_readable,
                                                   json_problem)
-from manet_jax.training.disk_space import (CheckpointSaveError, bytes_on_disk, free_bytes, megabytes, no_space,
-                                           resume_hint, settled, state_bytes, with_margin)
+from manet_jax.training.disk_space import CheckpointSaveError, bytes_on_disk, no_space, resume_hint
 from manet_jax.training.lease import Lease, check_held
 from manet_jax.training.state import TrainState
 

@@ -1,29 +1,22 @@
-"""Room on disk for checkpoints: a checkpoint's size before it is written, the free space beside
-it with a margin, the one-line message when there is none, and waiting for abandoned writes.
+"""Room on disk for checkpoints: the check before a run and the one-line message when there is none.
 
 A full disk is caught before anything is written: `check_room` (before a run starts) and each
-save (`checkpointing.Checkpoints.save`) compare the disk's free space with a checkpoint's size
-(its arrays' bytes, or the last complete checkpoint's size on disk if larger) plus a margin.
+save (`checkpointing.Checkpoints.save`) compare the disk's free space (`storage.free_bytes`) with a
+checkpoint's size (its arrays' bytes, `bundle.state_bytes`, or the last complete checkpoint's size
+on disk if larger) plus a margin (`storage.with_margin`).
 """
 
 from __future__ import annotations
 
-import math
 import os
-import shutil
-import time
 from typing import Any
 
-import jax
-import numpy as np
 from etils import epath
 
 from manet_jax import storage
-from manet_jax.bundle import absolute_path
+from manet_jax.bundle import absolute_path, state_bytes
 from manet_jax.errors import ManetError
-
-# Room a save needs beyond a checkpoint's size: its metadata files and the file system's blocks.
-MARGIN_FACTOR, MARGIN_BYTES = 1.05, 1_000_000
+from manet_jax.storage import free_bytes, megabytes, with_margin
 
 
 class CheckpointSaveError(ManetError, OSError):
@@ -41,28 +34,11 @@ def check_room(directory: epath.PathLike, state: Any) -> None:
                                             resume_hint(directory, max(steps, default=None))))
 
 
-def state_bytes(state: Any) -> int:
-    """Bytes of the arrays (or abstract arrays) in `state`: a checkpoint's size before it is written."""
-    return sum(math.prod(leaf.shape) * np.dtype(leaf.dtype).itemsize for leaf in jax.tree.leaves(state))
-
-
-def with_margin(size: int) -> int:
-    return int(size * MARGIN_FACTOR) + MARGIN_BYTES
-
-
 def bytes_on_disk(directory: epath.Path) -> int:
     """The size of the files under a local `directory` (0 for a bucket)."""
     if storage.is_url(directory):
         return 0
     return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(directory) for name in names)
-
-
-def free_bytes(directory: epath.Path) -> int | None:
-    """Free bytes on the disk of `directory` or its nearest existing parent (None for a bucket)."""
-    if storage.is_url(directory):
-        return None
-    existing = next(p for p in (directory, *directory.parents) if p.exists())
-    return shutil.disk_usage(existing).free
 
 
 def no_space(what: str, directory: epath.Path, size: int | None, free: int | None, hint: str) -> str:
@@ -78,30 +54,3 @@ def resume_hint(directory: epath.Path, latest: int | None) -> str:
         return "no checkpoint was saved: run the same command to start again once the cause is fixed"
     return (f"the last complete checkpoint is {directory / str(latest)}: run the same command to resume from it "
             "once the cause is fixed")
-
-
-def settled(directory: epath.Path, interval: float = 0.5, timeout: float = 120) -> None:
-    """Returns once the files under a local `directory` have stopped changing for `interval` seconds
-    (or after `timeout`): the writes Orbax abandoned after a failed one are done. Orbax has no public
-    way to wait for them."""
-    def snapshot() -> list[tuple[str, int]]:
-        files = []
-        for root, _, names in os.walk(directory):
-            for name in names:
-                try:
-                    files.append((os.path.join(root, name), os.stat(os.path.join(root, name)).st_size))
-                except OSError:  # removed meanwhile
-                    pass
-        return sorted(files)
-
-    deadline, last = time.monotonic() + timeout, None
-    while time.monotonic() < deadline:
-        current = snapshot()
-        if current == last:
-            return
-        last = current
-        time.sleep(interval)
-
-
-def megabytes(size: int) -> str:
-    return f"{size / 1e6:,.0f} MB"

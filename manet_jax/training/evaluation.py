@@ -28,6 +28,7 @@ import numpy as np
 from etils import epath
 from matplotlib.figure import Figure
 
+from manet_jax import storage
 from manet_jax.bundle import Bundle, BundleError, load_bundle
 from manet_jax.data import pipeline
 from manet_jax.errors import ConfigError
@@ -137,13 +138,12 @@ def figure_title(results: dict[str, Any], head: str = "fused") -> str:
             f"{metrics['mean_class_accuracy']:.2%} (n={results['count']})")
 
 
-def write_report(results: dict[str, Any], output_dir: epath.PathLike, class_names: Sequence[str]) -> None:
-    """Writes metrics.json and the fused head's confusion_matrix.png to `output_dir`."""
-    output_dir = epath.Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / METRICS_JSON).write_text(json.dumps(results, indent=2) + "\n")
+def write_report(results: dict[str, Any], metrics_file: epath.Path, figure_file: epath.Path,
+                 class_names: Sequence[str]) -> None:
+    """Writes the results to `metrics_file` (JSON) and the fused head's confusion matrix to `figure_file` (PNG)."""
+    metrics_file.write_text(json.dumps(results, indent=2) + "\n")
     figure = confusion_figure(results["fused"]["confusion_matrix"], class_names, figure_title(results))
-    with (output_dir / CONFUSION_PNG).open("wb") as f:
+    with figure_file.open("wb") as f:
         figure.savefig(f, format="png", dpi=120)
 
 
@@ -227,23 +227,51 @@ def evaluate_model(evaluator: Evaluator, bundle: Bundle, sets: Sequence[EvalSet]
     return evaluations
 
 
+def report_dir(output_dir: epath.PathLike, eval_set: EvalSet) -> epath.Path:
+    """Where the report of `eval_set` goes: `<output_dir>/<dataset>_<split>`."""
+    return epath.Path(output_dir) / eval_set.name.replace("/", "_")
+
+
+def outputs_of(sets: Sequence[EvalSet], output_dir: epath.PathLike, summary: str | None,
+               predictions: str | None) -> dict[tuple[str, str], storage.Output]:
+    """What `write_outputs` writes, by (eval set, file name) for the reports and ('', option) for
+    the summary and predictions files, if named."""
+    outputs = {(eval_set.name, name): storage.output(report_dir(output_dir, eval_set) / name)
+               for eval_set in sets for name in (METRICS_JSON, CONFUSION_PNG)}
+    named = {"--summary": summary, "--predictions": predictions}
+    return outputs | {("", option): storage.output(path, option) for option, path in named.items() if path}
+
+
+def check_outputs(sets: Sequence[EvalSet], output_dir: epath.PathLike, summary: str | None,
+                  predictions: str | None) -> epath.PathLike:
+    """`output_dir`, once the outputs of `sets` can be written (`storage.check_outputs`), before
+    the evaluation starts."""
+    storage.check_outputs(list(outputs_of(sets, output_dir, summary, predictions).values()))
+    return output_dir
+
+
 def write_outputs(evaluations: Sequence[SetEvaluation], output_dir: epath.PathLike, data_dir: str | None,
                   summary: str | None = None, predictions: str | None = None) -> dict[str, dict[str, Any]]:
     """Process 0 writes a report per eval set to `<output_dir>/<dataset>_<split>`, and the summary
     table (`summary_rows`) and per-image predictions (`write_predictions`) to the files named, if
-    any. Returns the results per eval set."""
+    any, all or none (`storage.writing`). Returns the results per eval set."""
     results = {e.eval_set.name: e.results for e in evaluations}
     if jax.process_index() != 0:
         return results
+    outputs = outputs_of([e.eval_set for e in evaluations], output_dir, summary, predictions)
+    with storage.writing(list(outputs.values())) as temporaries:
+        written = dict(zip(outputs, temporaries))
+        for evaluation in evaluations:
+            name = evaluation.eval_set.name
+            write_report(evaluation.results, written[name, METRICS_JSON], written[name, CONFUSION_PNG],
+                         evaluation.eval_set.model_classes)
+        if summary:
+            write_summary(written["", "--summary"], summary_rows(results))
+        if predictions:
+            write_predictions(written["", "--predictions"], evaluations, data_dir)
     for evaluation in evaluations:
-        name = evaluation.eval_set.name
-        report_dir = epath.Path(output_dir) / name.replace("/", "_")
-        write_report(evaluation.results, report_dir, evaluation.eval_set.model_classes)
-        logger.info("%s; report in %s", describe(name, evaluation.results), report_dir)
-    if summary:
-        write_summary(summary, summary_rows(results))
-    if predictions:
-        write_predictions(predictions, evaluations, data_dir)
+        logger.info("%s; report in %s", describe(evaluation.eval_set.name, evaluation.results),
+                    report_dir(output_dir, evaluation.eval_set))
     return results
 
 
@@ -253,8 +281,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, checkpoint: str, outp
     """Evaluates a model (a bundle, or a trainer workdir's best checkpoint) on every eval set of
     `config` (config.eval_dataset, else the splits of config.dataset) as a run of `config` would:
     classes matched by name (and `class_map`), those the model lacks left out. Writes the outputs
-    (`write_outputs`; default output_dir: `<checkpoint>/eval`) once every set is evaluated.
-    Returns the results per eval set."""
+    (`write_outputs`; default output_dir: `<checkpoint>/eval`, checked before the evaluation)
+    once every set is evaluated. Returns the results per eval set."""
     setup = build(config)
     bundle = load_bundle(checkpoint)
     info = setup.info
@@ -269,10 +297,10 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, checkpoint: str, outp
                        config.dataset, list(info.class_names))
     sets = find_eval_sets(eval_sets(config), bundle.spec.class_names, config.data_dir,
                           f"config.eval_dataset={config.eval_dataset!r}", class_map=class_map, leave_out=True)
+    output_dir = check_outputs(sets, output_dir or epath.Path(checkpoint) / "eval", summary, predictions)
     evaluator = dataclasses.replace(setup.evaluator, predictions=predictions is not None)
     evaluations = evaluate_model(evaluator, bundle, sets, str(checkpoint))
-    return write_outputs(evaluations, output_dir or epath.Path(checkpoint) / "eval", config.data_dir, summary,
-                         predictions)
+    return write_outputs(evaluations, output_dir, config.data_dir, summary, predictions)
 
 
 def evaluate_bundle(checkpoint: str, sets: Sequence[tuple[str, str | None]], output_dir: str | None = None, *,
@@ -284,8 +312,8 @@ def evaluate_bundle(checkpoint: str, sets: Sequence[tuple[str, str | None]], out
     eval sets are read (a generated dataset is generated). Every dataset class must count as a
     model class, by name or by `class_map` (None: left out). Global batches of `batch_size`
     (default: DEFAULT_BATCH_SIZE rounded up to a multiple of the devices). Writes the outputs
-    (`write_outputs`; default output_dir: `<checkpoint>/eval`) once every set is evaluated.
-    Returns the results per eval set."""
+    (`write_outputs`; default output_dir: `<checkpoint>/eval`, checked before the evaluation)
+    once every set is evaluated. Returns the results per eval set."""
     bundle = load_bundle(checkpoint)
     spec = bundle.spec
     if spec.dtype == "float64" and not jax.config.jax_enable_x64:
@@ -294,7 +322,8 @@ def evaluate_bundle(checkpoint: str, sets: Sequence[tuple[str, str | None]], out
     batch_size = batch_size or -(-DEFAULT_BATCH_SIZE // mesh.size) * mesh.size
     check_batch_size(batch_size, mesh, "--batch-size")
     found = find_eval_sets(sets, spec.class_names, data_dir, "name each eval set once", class_map=class_map)
+    output_dir = check_outputs(found, output_dir or epath.Path(checkpoint) / "eval", summary, predictions)
     evaluator = Evaluator(module_for(spec, mesh), spec.beta, mesh, spec.image_size, batch_size, data_dir,
                           predictions=predictions is not None)
     evaluations = evaluate_model(evaluator, bundle, found, str(checkpoint))
-    return write_outputs(evaluations, output_dir or epath.Path(checkpoint) / "eval", data_dir, summary, predictions)
+    return write_outputs(evaluations, output_dir, data_dir, summary, predictions)

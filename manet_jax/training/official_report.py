@@ -139,7 +139,7 @@ def markdown(table: dict[str, Any], figure_link: str | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def draw(table: dict[str, Any], path: str) -> None:
+def draw(table: dict[str, Any], path: epath.PathLike) -> None:
     """Writes a PNG to `path`: per curve, the test accuracy (the official run's, with its swing
     shaded, and each run's) and the train loss per epoch, up to SHOWN_AHEAD epochs past the runs'."""
     names = list(table["curves"])

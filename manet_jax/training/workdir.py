@@ -81,7 +81,7 @@ def remove_temporary_files(directory: epath.PathLike, in_use: Collection[str] = 
     """Deletes the temporary files of `storage.replace_text` that a run killed while writing left in
     `directory`, except those of the files `in_use` (a thread of this run may be writing them).
     Call it holding the directory's lease: another trainer's temporary files are in use."""
-    for path in epath.Path(directory).glob(".*.tmp"):
+    for path in epath.Path(directory).glob(".*.tmp*"):
         match = storage.TEMPORARY.fullmatch(path.name)
         if match and match.group(1) not in in_use:
             logger.warning("removing %s, left by a run killed while writing it", path)
