@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import re
 import statistics
@@ -29,7 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from gcs_emulator import Emulator  # noqa: E402  (tests/, the emulator the tests start)
+from gcs_emulator import serving  # noqa: E402  (tests/, the emulator the tests start)
 
 DATASET, EPOCHS, STEPS_PER_EPOCH = "synthetic_faces/32_1280_70", 5, 20  # batch 64
 
@@ -78,18 +79,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, help="write the figures as JSON")
     args = parser.parse_args()
-    import os
-
-    from manet_jax import storage
     from manet_jax.data import pipeline
 
-    storage.configure()
     with tempfile.TemporaryDirectory() as root:
         root = Path(root)
-        emulator = Emulator(root / "gcs")
-        emulator.start()
-        try:
-            os.environ.update(emulator.environment())
+        with serving(root / "gcs") as emulator:
             env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": str(root / "cache")}
             pipeline.dataset_info(DATASET, str(root / "data"))
             bucket = emulator.new_bucket()
@@ -100,8 +94,6 @@ def main() -> None:
                     runs[f"{where}_{name}"] = train(workdir, root / "data", every, env)
                     print(f"{where} workdir, checkpoint {name.replace('_', ' ')}: {runs[f'{where}_{name}']}", flush=True)
             saves = {"local": save_times(str(root / "saves")), "bucket": save_times(f"gs://{bucket}/saves")}
-        finally:
-            emulator.stop()
     results = {
         "date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
         "cpu": next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()

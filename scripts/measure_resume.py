@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import sys
@@ -25,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from gcs_emulator import Emulator  # noqa: E402  (tests/, the emulator the tests start)
+from gcs_emulator import serving  # noqa: E402  (tests/, the emulator the tests start)
 
 REPEATS, DATASET = 3, "synthetic_faces/32_64_32"  # a small dataset: only the checkpoint matters
 
@@ -61,20 +60,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, help="write the figures as JSON")
     args = parser.parse_args()
-    from manet_jax import storage
     from manet_jax.data import pipeline
 
-    storage.configure()
-    with tempfile.TemporaryDirectory() as root:
-        emulator = Emulator(Path(root) / "gcs")
-        emulator.start()
-        try:
-            os.environ.update(emulator.environment())
-            pipeline.dataset_info(DATASET, f"{root}/data")
-            results = {"local": timings(f"{root}/checkpoints", f"{root}/data"),
-                       "bucket": timings(f"gs://{emulator.new_bucket()}/checkpoints", f"{root}/data")}
-        finally:
-            emulator.stop()
+    with tempfile.TemporaryDirectory() as root, serving(Path(root) / "gcs") as emulator:
+        pipeline.dataset_info(DATASET, f"{root}/data")
+        results = {"local": timings(f"{root}/checkpoints", f"{root}/data"),
+                   "bucket": timings(f"gs://{emulator.new_bucket()}/checkpoints", f"{root}/data")}
     results = {"date": time.strftime("%Y-%m-%d"), "machine": platform.machine(),
                "cpu": next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                             if line.startswith("model name")), None), **results}

