@@ -18,10 +18,8 @@ from pathlib import Path
 from etils import epath
 
 from manet_jax import cli
-from manet_jax.bundle import load_bundle
+from manet_jax.accelerators import PLATFORMS
 from manet_jax.errors import ManetError
-from manet_jax.inference.onnx_export import export_onnx
-from manet_jax.inference.stablehlo import PLATFORMS, export_stablehlo
 
 FORMATS = ("stablehlo", "savedmodel", "onnx")
 
@@ -50,7 +48,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def export(args: argparse.Namespace) -> None:
     if args.output.exists() and any(args.output.iterdir()):
         raise ManetError(f"--output {args.output}: exists and is not empty; choose a new directory")
-    cli.start_runtime()
+    cli.start_tensorflow()
+    from manet_jax.bundle import load_bundle  # the model's modules load JAX: once the tool has started
+    from manet_jax.inference.onnx_export import export_onnx
+    from manet_jax.inference.stablehlo import export_stablehlo
+
     bundle = load_bundle(args.checkpoint).resized(args.image_size, "--image-size")
     args.output.mkdir(parents=True, exist_ok=True)
     if args.format == "savedmodel":

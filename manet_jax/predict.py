@@ -18,22 +18,21 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from manet_jax import cli
-from manet_jax.bundle import load_bundle
 from manet_jax.inference.boxes import BoxesFile
-from manet_jax.inference.clips import predict_video
 from manet_jax.inference.detectors import Detector, get_detector
 from manet_jax.inference.face_options import add_face_options, check_face_options
-from manet_jax.inference.onnx_runtime import OnnxPredictor
-from manet_jax.inference.photos import predict_paths
-from manet_jax.inference.predictor import Predictor
 from manet_jax.inference.records import BRANCHES, ERROR, NO_FACE, OK, WRITERS, format_table, write_records
 from manet_jax.inference.video import (VIDEO_SUFFIXES, WRITER_CODECS, VideoSource, is_video_file, open_camera,
                                        open_video)
-from manet_jax.inference.visualize import save_timeline
+
+if TYPE_CHECKING:  # the model's modules load JAX and TensorFlow: once the tool has started (`cli.run`)
+    from manet_jax.inference.onnx_runtime import OnnxPredictor
+    from manet_jax.inference.predictor import Predictor
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,7 +113,12 @@ def check_video_options(parser: argparse.ArgumentParser, args: argparse.Namespac
 
 def predict(args: argparse.Namespace) -> int:
     boxes = BoxesFile(args.boxes) if args.boxes else None
-    cli.start_runtime()
+    cli.start_tensorflow()
+    from manet_jax.bundle import load_bundle
+    from manet_jax.inference.onnx_runtime import OnnxPredictor
+    from manet_jax.inference.photos import predict_paths
+    from manet_jax.inference.predictor import Predictor
+
     sources = [open_camera(args.camera)] if args.camera is not None else [open_video(p) for p in args.paths
                                                                            if is_video_file(p)]
     if args.runtime == "onnx":
@@ -154,35 +158,42 @@ def face_detector(args: argparse.Namespace) -> Detector | None:
 
 def predict_videos(args: argparse.Namespace, sources: list[VideoSource], predictor: Predictor | OnnxPredictor) -> int:
     """Runs the videos (or the camera) in turn, then prints and writes what was collected, also
-    after Ctrl-C (exit status 0 for a camera, where Ctrl-C is how it ends; else 130). The forward
-    compiles before the first frame is read, so frames/s is the steady rate."""
+    after SIGINT (Ctrl-C) or SIGTERM, which end the reading between frames (exit status 0 after
+    Ctrl-C on a camera, where it is how it ends; else 128 + the signal). The forward compiles
+    before the first frame is read, so frames/s is the steady rate."""
+    from manet_jax.inference import clips
+    from manet_jax.inference.visualize import save_timeline
+
     warm_up(predictor)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C now ends the reading: what was read is written
-    detect_faces = face_detector(args)
-    records, frames, start = [], 0, time.perf_counter()
-    for source in sources:
-        result = predict_video(source, predictor, every=args.every, fps=args.fps, detect_faces=detect_faces,
-                               margin=args.margin, smooth=args.smooth, annotate=args.annotate)
-        records += result.records
-        frames += result.frames
-        if result.interrupted:
-            print(f"{source.name}: stopped by Ctrl-C after {result.frames} sampled frames", file=sys.stderr)
-            break
-        if message := source.ended_early():
-            print(message, file=sys.stderr)
-    seconds = time.perf_counter() - start
-    class_names = predictor.spec.class_names
-    print(format_table(records, class_names))
-    if args.output:
-        write_records(args.output, records, class_names, BRANCHES if args.branch_probabilities else BRANCHES[:1])
-    if args.timeline:
-        save_timeline(args.timeline, records, class_names)
-    faces = [r for r in records if r.status == OK]
-    print(f"{frames} frames from {len(sources)} source(s): {len(faces)} face(s) in "
-          f"{len({(r.file, r.frame) for r in faces})} frame(s), {sum(r.status == NO_FACE for r in records)} "
-          f"without a face, {len({(r.file, r.track) for r in faces})} track(s); {frames / seconds:.1f} frames/s",
-          file=sys.stderr)
-    return 130 if result.interrupted and args.camera is None else 0
+    with cli.deferring_signals():  # what was read is written
+        detect_faces = face_detector(args)
+        records, frames, start = [], 0, time.perf_counter()
+        for source in sources:
+            result = clips.predict_video(source, predictor, every=args.every, fps=args.fps,
+                                         detect_faces=detect_faces, margin=args.margin, smooth=args.smooth,
+                                         annotate=args.annotate, stop=lambda: cli.received_signal() is not None)
+            records += result.records
+            frames += result.frames
+            if result.interrupted:
+                stopped_by = "Ctrl-C" if cli.received_signal() == signal.SIGINT else "SIGTERM"
+                print(f"{source.name}: stopped by {stopped_by} after {result.frames} sampled frames", file=sys.stderr)
+                break
+            if message := source.ended_early():
+                print(message, file=sys.stderr)
+        seconds = time.perf_counter() - start
+        class_names = predictor.spec.class_names
+        print(format_table(records, class_names))
+        if args.output:
+            write_records(args.output, records, class_names, BRANCHES if args.branch_probabilities else BRANCHES[:1])
+        if args.timeline:
+            save_timeline(args.timeline, records, class_names)
+        faces = [r for r in records if r.status == OK]
+        print(f"{frames} frames from {len(sources)} source(s): {len(faces)} face(s) in "
+              f"{len({(r.file, r.frame) for r in faces})} frame(s), {sum(r.status == NO_FACE for r in records)} "
+              f"without a face, {len({(r.file, r.track) for r in faces})} track(s); {frames / seconds:.1f} frames/s",
+              file=sys.stderr)
+    signum = cli.received_signal()
+    return 0 if signum is None or signum == signal.SIGINT and args.camera is not None else 128 + signum
 
 
 if __name__ == "__main__":

@@ -64,7 +64,7 @@ def plan(args: argparse.Namespace, overrides: list[str]) -> None:
 
     config = load_config(args.config, overrides)
     slice_type(args.topology)  # an unknown name fails before anything starts
-    cli.start_runtime()
+    cli.start_tensorflow()
     from manet_jax.tpu.compiled_steps import make_plan
 
     result = make_plan(config, args.topology, args.num_slices, args.steps.split(","), args.train_examples,
