@@ -9,9 +9,10 @@ printed as one `error:` line); 130 when Ctrl-C stopped it after it saved its wor
 Any other exception is a bug and keeps its traceback.
 
 A tool's `main` hands its work to `run` (most parse their command line first), which first sets
-what is process-wide (`start_runtime`; importing manet_jax sets nothing). From then on SIGTERM and
-SIGINT end it, at any moment (while JAX and TensorFlow load, a dataset builds, XLA compiles), with the
-one line `stopped by SIGTERM` (or SIGINT) and status 143 (or 130), without tearing the interpreter
+what is process-wide (`start_runtime`; importing manet_jax sets nothing). From then on (before it,
+Python's own start and the tool's first imports keep Python's defaults) SIGTERM and SIGINT end
+it, at any moment (while JAX and TensorFlow load, a dataset builds, XLA compiles), with the one
+line `stopped by SIGTERM` (or SIGINT) and status 143 (or 130), without tearing the interpreter
 down under running compiles (`stop_on_signals`). Work with something to save or finish defers
 them (`deferring_signals`) and acts at its safe points: the trainer checkpoints at its next step
 (`training.preemption`), the server stops taking requests and exits with 0, predict stops reading
@@ -31,7 +32,6 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from manet_jax import storage
 from manet_jax.errors import Interrupted, ManetError, Stopped
 
 CONFIG_OVERRIDE = "--config."
@@ -120,7 +120,10 @@ def start_runtime() -> Callable[[], None]:
     oneDNN off (TensorFlow logs at import on CPUs with AVX-512 that its oneDNN operations are on,
     before its log level applies; the input pipeline uses none it speeds up), `gs://` paths through
     gcsfs (`storage.configure`) and libtpu quiet (`quiet_libtpu_without_tpus`); manet_jax logs
-    progress at INFO, libraries at WARNING; and SIGTERM and SIGINT as `stop_on_signals` says."""
+    progress at INFO, libraries at WARNING; and, first, SIGTERM and SIGINT as `stop_on_signals` says."""
+    restore = stop_on_signals()
+    from manet_jax import storage  # etils epath takes a second to import: after the handlers
+
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # FFmpeg's own messages ("moov atom not found") quiet (AV_LOG_QUIET): a video that cannot be read
@@ -136,7 +139,7 @@ def start_runtime() -> Callable[[], None]:
     logging.getLogger("absl").setLevel(logging.CRITICAL)
     # gcsfs logs each request it gives up on with its traceback; the tools report the error in one line.
     logging.getLogger("gcsfs").setLevel(logging.CRITICAL)
-    return stop_on_signals()
+    return restore
 
 
 def start_tensorflow() -> None:

@@ -1,10 +1,11 @@
 """A tool signalled at one moment of its run, and how it ended: shared by tests/test_signals.py (a
 few moments per tool) and scripts/signal_sweep.py (many).
 
-A moment is either seconds after the start (`1.5`: the signal is sent from outside, as a scheduler
-would) or `compile+S`: S seconds after the tool's first program is lowered, which is inside its
+A moment is seconds after the start (`1.5`: the signal is sent from outside, as a scheduler
+would); or `compile+S`: S seconds after the tool's first program is lowered, which is inside its
 first compile (sent by the tool's own process, from a JAX monitoring listener, so that no load on
-the machine moves it out of the compile). A try passes when the tool ends in one of the ways
+the machine moves it out of the compile); or `after:TEXT+S`: S seconds after the tool has printed
+TEXT (`after:Serving on+1`, sent from outside). A try passes when the tool ends in one of the ways
 `PASSING` names within `bound` seconds of the signal.
 """
 
@@ -110,7 +111,7 @@ def signal_once(tool: str, command: list[str], signum: signal.Signals, moment: s
             start = time.monotonic()
             sent = start
             if not moment.startswith("compile+"):
-                time.sleep(max(0.0, start + float(moment) - time.monotonic()))
+                time.sleep(max(0.0, send_at(moment, start, process, Path(scratch), bound) - time.monotonic()))
                 sent = time.monotonic()
                 if process.poll() is None:
                     process.send_signal(signum)
@@ -129,6 +130,18 @@ def signal_once(tool: str, command: list[str], signum: signal.Signals, moment: s
     last = lines[-1] if lines else ""
     found = outcome(tool, signum, status, output + errors, last) if signalled else "finished first"
     return Try(tool, signum.name, moment, found, status, exit_s, last)
+
+
+def send_at(moment: str, start: float, process: subprocess.Popen, scratch: Path, bound: float) -> float:
+    """When (time.monotonic) to send the signal of a timed or `after:TEXT+S` moment; for the latter,
+    waits (at most `bound`) until TEXT is in the output in `scratch` or the process has exited."""
+    if not moment.startswith("after:"):
+        return start + float(moment)
+    text, _, delay = moment.removeprefix("after:").rpartition("+")
+    while process.poll() is None and time.monotonic() < start + bound and not any(
+            text in (scratch / name).read_text() for name in ("stdout", "stderr")):
+        time.sleep(0.1)
+    return time.monotonic() + float(delay)
 
 
 def outcome(tool: str, signum: signal.Signals, status: int | None, output: str, last: str) -> str:

@@ -142,7 +142,8 @@ def state() -> dict:
                         if s not in (signal.SIGKILL, signal.SIGSTOP)},
             "wakeup fd": {"fd": signal.set_wakeup_fd(signal.set_wakeup_fd(-1))},
             "loggers": {name: (logger.level, len(logger.handlers), logger.propagate) for name, logger in loggers
-                        if isinstance(logger, logging.Logger) and (logger.level or logger.handlers or not logger.propagate)},
+                        if isinstance(logger, logging.Logger)
+                        and (logger.level or logger.handlers or not logger.propagate)},
             "jax.config": {key: repr(value) for key, value in jax.config.values.items()}}
 
 before = state()
