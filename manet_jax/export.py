@@ -15,8 +15,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from etils import epath
-
 from manet_jax import cli
 from manet_jax.accelerators import PLATFORMS
 from manet_jax.errors import ManetError
@@ -25,6 +23,8 @@ FORMATS = ("stablehlo", "savedmodel", "onnx")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from etils import epath
+
     parser = cli.parser("manet_jax.export", __doc__)
     parser.add_argument("--checkpoint", required=True, type=epath.Path, metavar="DIR",
                         help="model: a converted bundle, trainer checkpoint or workdir (a local path or gs:// URL)")
@@ -38,11 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if unknown := set(args.platforms.split(",")) - set(PLATFORMS):
-        parser.error(f"--platforms {args.platforms}: unknown {sorted(unknown)}; choose from {','.join(PLATFORMS)}")
-    return cli.run(lambda: export(args))
+    def work() -> None:  # parsed once the tool has started: etils epath takes a second to import
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if unknown := set(args.platforms.split(",")) - set(PLATFORMS):
+            parser.error(f"--platforms {args.platforms}: unknown {sorted(unknown)}; choose from {','.join(PLATFORMS)}")
+        export(args)
+    return cli.run(work)
 
 
 def export(args: argparse.Namespace) -> None:
