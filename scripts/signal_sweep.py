@@ -23,6 +23,7 @@ import collections
 import dataclasses
 import datetime
 import json
+import os
 import platform
 import signal
 import sys
@@ -62,6 +63,13 @@ def table(tries: list[Try]) -> str:
     return "\n".join(rows)
 
 
+def machine() -> str:
+    """The CPU's model and cores, and the load on them when the sweep started."""
+    models = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+              if line.startswith("model name")]
+    return f"{models[0] if models else platform.processor()} x {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tools", help="comma-separated tools (default: all)")
@@ -89,7 +97,7 @@ def main() -> int:
     print(table(tries))
     if args.output:
         args.output.write_text(json.dumps({
-            "date": datetime.date.today().isoformat(), "machine": f"{platform.node()} ({platform.processor()})",
+            "date": datetime.date.today().isoformat(), "machine": machine(),
             "python": platform.python_version(), "versions": {name: version(name) for name in ("jax", "jaxlib")},
             "moments": args.moments, "only_after": args.only_after, "window_s": args.window, "bound_s": args.bound,
             "jobs": args.jobs,
