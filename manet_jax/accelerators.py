@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 
+PLATFORMS = ("cpu", "cuda", "tpu")  # JAX's platforms of these chips: what an export is lowered for
+
 
 @dataclasses.dataclass(frozen=True)
 class Chip:

@@ -6,24 +6,33 @@ returns its exit status: 0 on success; 1 when the work ran but did not succeed (
 no readable input, compare found a difference); 2 when it cannot run as given: a malformed
 command line (argparse's usage message) or a `ManetError` (a problem with the user's input,
 printed as one `error:` line); 130 when Ctrl-C stopped it after it saved its work (`Interrupted`).
-SIGTERM or SIGINT before a tool takes them over (while JAX and TensorFlow load, a dataset builds)
-ends it with one line and status 143 or 130.
 Any other exception is a bug and keeps its traceback.
+
+A tool's `main` hands its work to `run` (most parse their command line first), which first sets
+what is process-wide (`start_runtime`; importing manet_jax sets nothing). From then on (before it,
+Python's own start and the tool's first imports keep Python's defaults) SIGTERM and SIGINT end
+it, at any moment (while JAX and TensorFlow load, a dataset builds, XLA compiles), with the one
+line `stopped by SIGTERM` (or SIGINT) and status 143 (or 130), without tearing the interpreter
+down under running compiles (`stop_on_signals`). Work with something to save or finish defers
+them (`deferring_signals`) and acts at its safe points: the trainer checkpoints at its next step
+(`training.preemption`), the server stops taking requests and exits with 0, predict stops reading
+a video between frames and writes what it read.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import NoReturn
 
-from manet_jax import storage
-from manet_jax.errors import Interrupted, ManetError
+from manet_jax.errors import Interrupted, ManetError, Stopped
 
 CONFIG_OVERRIDE = "--config."
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -63,13 +72,10 @@ def parse_with_overrides(parser_: argparse.ArgumentParser, argv: Sequence[str] |
 
 
 def run(work: Callable[[], int | None]) -> int:
-    """Runs a tool's work: its status (None is 0), or 2 with one `error:` line for a ManetError;
-    SIGTERM and SIGINT stop it quietly (`stop_quietly_on_signals`) until it returns. `gs://` paths
-    go through gcsfs (`storage.configure`)."""
-    quiet_libtpu_without_tpus()
-    storage.configure()
-    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
-    stop_quietly_on_signals()
+    """Runs a tool's work after the one start of what is process-wide (`start_runtime`): its status
+    (None is 0), or 2 with one `error:` line for a ManetError, or 128 + the signal with one line for
+    SIGTERM or SIGINT acted upon at a safe point (`errors.Stopped`)."""
+    restore = start_runtime()
     try:
         return work() or 0
     except ManetError as e:
@@ -77,10 +83,11 @@ def run(work: Callable[[], int | None]) -> int:
         return 2
     except Interrupted:  # the work has logged what it saved
         return 130
+    except Stopped as e:
+        print(f"stopped by {e.signal.name}", file=sys.stderr)
+        return 128 + e.signal
     finally:  # for callers that go on (tests call tools' `main` in their process)
-        if threading.current_thread() is threading.main_thread():
-            for signum, handler in previous.items():
-                signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        restore()
 
 
 GOOGLE_PCI_VENDOR = "0x1ae0"  # the PCI vendor of TPU chips (and of Compute Engine's gVNIC network card)
@@ -107,10 +114,23 @@ def _pci_vendor(path: Path) -> str:
         return ""
 
 
-def start_runtime() -> None:
-    """Start-up shared by the tools that run the model or read datasets: manet_jax logs progress
-    at INFO (libraries at WARNING), and TensorFlow (tf.data, image decoding) stays off the
-    accelerators, which belong to JAX."""
+def start_runtime() -> Callable[[], None]:
+    """The tools' one start of what is process-wide, before their work (`run`); returns what puts the
+    signal handlers back. Sets, where the user has not: TensorFlow's and FFmpeg's log levels and
+    oneDNN off (TensorFlow logs at import on CPUs with AVX-512 that its oneDNN operations are on,
+    before its log level applies; the input pipeline uses none it speeds up), `gs://` paths through
+    gcsfs (`storage.configure`) and libtpu quiet (`quiet_libtpu_without_tpus`); manet_jax logs
+    progress at INFO, libraries at WARNING; and, first, SIGTERM and SIGINT as `stop_on_signals` says."""
+    restore = stop_on_signals()
+    from manet_jax import storage  # etils epath takes a second to import: after the handlers
+
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # FFmpeg's own messages ("moov atom not found") quiet (AV_LOG_QUIET): a video that cannot be read
+    # is reported as a VideoError. OpenCV reads this at its first use of FFmpeg.
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    storage.configure()
+    quiet_libtpu_without_tpus()
     logging.basicConfig(level=logging.WARNING, format="%(levelname).1s%(asctime)s %(message)s",
                         datefmt="%m%d %H:%M:%S", force=True)
     logging.getLogger("manet_jax").setLevel(logging.INFO)
@@ -119,28 +139,105 @@ def start_runtime() -> None:
     logging.getLogger("absl").setLevel(logging.CRITICAL)
     # gcsfs logs each request it gives up on with its traceback; the tools report the error in one line.
     logging.getLogger("gcsfs").setLevel(logging.CRITICAL)
-    import tensorflow as tf  # quiet already: manet_jax/__init__.py sets its log level
+    return restore
+
+
+def start_tensorflow() -> None:
+    """Imports TensorFlow (tf.data, image decoding) off the accelerators, which belong to JAX: its one
+    setting that cannot be made before it loads. Tools call it before they read data or images."""
+    import tensorflow as tf
 
     try:
         tf.config.set_visible_devices([], "GPU")
     except RuntimeError:  # TensorFlow already initialised its devices
         pass
-    stop_quietly_on_signals()  # again: importing TensorFlow may have installed its own handlers
 
 
-def stop_quietly_on_signals() -> None:
-    """Until a tool installs its own handlers (the trainer's `PreemptionGuard`), SIGTERM and SIGINT
-    end it with one line and status 128 + the signal's number (143, 130), rather than with a
-    Python traceback or the C++ stack trace of the handler a native library (libtpu, ...) installs
-    as it loads. Call again once such a library is loaded. A signal that is ignored (SIGINT in a
-    background job) stays ignored."""
+# SIGTERM and SIGINT while a tool runs. The handler only records the signal. A thread that the
+# signal wakes (`signal.set_wakeup_fd`), also while the main thread waits in native code (XLA
+# compiling, TensorFlow loading), ends the process at once unless the work is `deferring_signals`:
+# one line, flushed, and `os._exit`, so that no interpreter is torn down under running compiles.
+_received: list[signal.Signals] = []  # since `stop_on_signals`, oldest first
+_deferring = 0  # depth of `deferring_signals` blocks
+_interrupts_deferred = 0  # SIGINTs the watcher saw in the outermost `deferring_signals` block
+_wakeup: list[int] = []  # the read and write ends of the watcher's pipe, once made
+
+
+def stop_on_signals() -> Callable[[], None]:
+    """Until the returned function is called: SIGTERM and SIGINT end the process with one line,
+    `stopped by SIGTERM` (or SIGINT), and status 128 + the signal (143, 130), at any moment, even
+    inside a compile; inside `deferring_signals` they are recorded instead, for the work to act upon
+    at its safe points (`check_signals`, `received_signal`), except that a second SIGINT (Ctrl-C
+    again) still ends it at once. A signal that is ignored (SIGINT in a background job) stays
+    ignored. Only the main thread can install handlers; elsewhere this does nothing."""
     if threading.current_thread() is not threading.main_thread():
-        return
-    for signum in STOP_SIGNALS:
-        if signal.getsignal(signum) != signal.SIG_IGN:
-            signal.signal(signum, _stop)
+        return lambda: None
+    if not _wakeup:
+        _wakeup.extend(os.pipe())
+        os.set_blocking(_wakeup[1], False)
+        threading.Thread(target=_watch, args=(_wakeup[0],), name="manet_jax signals", daemon=True).start()
+    _received.clear()
+    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    for signum, handler in previous.items():
+        if handler != signal.SIG_IGN:
+            signal.signal(signum, _record)
+    previous_fd = signal.set_wakeup_fd(_wakeup[1], warn_on_full_buffer=False)
+
+    def restore() -> None:
+        signal.set_wakeup_fd(previous_fd)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+    return restore
 
 
-def _stop(signum: int, frame) -> None:
-    print(f"stopped by {signal.Signals(signum).name}", file=sys.stderr)
-    raise SystemExit(128 + signum)
+@contextlib.contextmanager
+def deferring_signals() -> Iterator[None]:
+    """A block of work with something to save or finish (a lease held, a server's requests): SIGTERM
+    and SIGINT are only recorded (`received_signal`, `check_signals`), or taken by handlers the block
+    installs (the trainer's `PreemptionGuard`); a second SIGINT ends the process at once."""
+    global _deferring, _interrupts_deferred
+    if not _deferring:
+        _interrupts_deferred = 0
+    _deferring += 1
+    try:
+        yield
+    finally:
+        _deferring -= 1
+
+
+def received_signal() -> signal.Signals | None:
+    """The first SIGTERM or SIGINT the handler recorded since the tool started, if any."""
+    return _received[0] if _received else None
+
+
+def check_signals() -> None:
+    """A safe point: raises `errors.Stopped` once a signal has been recorded (`deferring_signals`)."""
+    if _received:
+        raise Stopped(_received[0])
+
+
+def exit_at_once(signum: int) -> NoReturn:
+    """Ends the process with `stopped by <signal>` and status 128 + `signum`, without tearing the
+    interpreter down (threads compiling or loading end with it); what was printed is flushed first."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError, RuntimeError):
+            stream.flush()
+    with contextlib.suppress(OSError):
+        os.write(sys.stderr.fileno(), f"stopped by {signal.Signals(signum).name}\n".encode())
+    os._exit(128 + signum)
+
+
+def _record(signum: int, frame) -> None:
+    _received.append(signal.Signals(signum))
+
+
+def _watch(wakeup: int) -> None:
+    """The watcher thread: ends the process on each SIGTERM or SIGINT the work does not defer."""
+    global _interrupts_deferred
+    while True:
+        for signum in os.read(wakeup, 64):
+            if signum not in STOP_SIGNALS:
+                continue
+            if not _deferring or signum == signal.SIGINT and _interrupts_deferred:
+                exit_at_once(signum)
+            _interrupts_deferred += signum == signal.SIGINT

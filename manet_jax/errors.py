@@ -7,6 +7,7 @@ other exception is a bug and keeps its traceback.
 from __future__ import annotations
 
 import errno
+import signal
 
 
 class ManetError(Exception):
@@ -29,3 +30,13 @@ def is_disk_full(error: BaseException) -> bool:
 class Interrupted(KeyboardInterrupt):
     """A run stopped by Ctrl-C after it saved what it resumes from (and logged how); the tools exit
     with status 130 (128 + SIGINT), without a traceback."""
+
+
+class Stopped(BaseException):
+    """SIGTERM or SIGINT acted upon at one of a tool's safe points (`cli.check_signals`), with
+    nothing left to save: the tools print one line and exit with 128 + `signal`. Not an Exception,
+    so that what catches errors lets it through."""
+
+    def __init__(self, signum: int):
+        self.signal = signal.Signals(signum)
+        super().__init__(self.signal.name)

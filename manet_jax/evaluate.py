@@ -89,7 +89,7 @@ def evaluate(args: argparse.Namespace, overrides: list[str]) -> None:
         config = load_config(args.config, [*overrides, *(f"{k}={v}" for k, v in settings.items() if v is not None)])
     else:
         sets = parse_eval_sets(args.dataset, args.split, "--dataset")
-    cli.start_runtime()
+    cli.start_tensorflow()
     import jax
 
     from manet_jax.training import evaluation

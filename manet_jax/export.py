@@ -15,17 +15,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from etils import epath
-
-from manet_jax import cli, storage
-from manet_jax.bundle import load_bundle, state_bytes
-from manet_jax.inference.onnx_export import export_onnx
-from manet_jax.inference.stablehlo import PLATFORMS, export_stablehlo
+from manet_jax import cli
+from manet_jax.accelerators import PLATFORMS
 
 FORMATS = ("stablehlo", "savedmodel", "onnx")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from etils import epath
+
     parser = cli.parser("manet_jax.export", __doc__)
     parser.add_argument("--checkpoint", required=True, type=epath.Path, metavar="DIR",
                         help="model: a converted bundle, trainer checkpoint or workdir (a local path or gs:// URL)")
@@ -39,17 +37,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if unknown := set(args.platforms.split(",")) - set(PLATFORMS):
-        parser.error(f"--platforms {args.platforms}: unknown {sorted(unknown)}; choose from {','.join(PLATFORMS)}")
-    return cli.run(lambda: export(args))
+    def work() -> None:  # parsed once the tool has started: etils epath takes a second to import
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if unknown := set(args.platforms.split(",")) - set(PLATFORMS):
+            parser.error(f"--platforms {args.platforms}: unknown {sorted(unknown)}; choose from {','.join(PLATFORMS)}")
+        export(args)
+    return cli.run(work)
 
 
 def export(args: argparse.Namespace) -> None:
+    from manet_jax import storage
+
     output = storage.output(args.output, "--output", folder=True)
     storage.check_outputs([output])  # before the model loads
-    cli.start_runtime()
+    cli.start_tensorflow()
+    from manet_jax.bundle import load_bundle, state_bytes  # the model's modules load JAX: once the tool has started
+    from manet_jax.inference.onnx_export import export_onnx
+    from manet_jax.inference.stablehlo import export_stablehlo
+
     bundle = load_bundle(args.checkpoint).resized(args.image_size, "--image-size")
     with storage.writing([output], state_bytes(bundle.variables)) as (temporary,):  # the variables, once
         directory = Path(temporary)

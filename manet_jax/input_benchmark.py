@@ -14,19 +14,18 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-import tensorflow_datasets as tfds
-from PIL import Image
-
 from manet_jax import cli
-from manet_jax.data import pipeline
-from manet_jax.data.face_renderer import CLASSES, render_face
-from manet_jax.data.options import input_config
-from manet_jax.data.registry import make_builder
+
+# NumPy, TensorFlow and the data modules load inside the work, once the tool has started (`cli.run`).
 
 
 def fabricate_raf_like(folder: Path, per_class: int, seed: int = 0) -> None:
     """MA-Net image-folder layout with `per_class` 100x100 face JPEGs per class and split."""
+    import numpy as np
+    from PIL import Image
+
+    from manet_jax.data.face_renderer import CLASSES, render_face
+
     rng = np.random.default_rng(seed)
     for split in ("train", "test"):
         for label in range(len(CLASSES)):
@@ -39,6 +38,9 @@ def fabricate_raf_like(folder: Path, per_class: int, seed: int = 0) -> None:
 def measure(name: str, data_dir: str, image_size: int, batch_size: int, threads: int,
             seconds: float) -> tuple[float, float]:
     """(images per wall-clock second, images per CPU-second) of the training iterator."""
+    from manet_jax.data import pipeline
+    from manet_jax.data.options import input_config
+
     it = pipeline.train_iterator(name, data_dir, image_size=image_size, global_batch_size=batch_size, seed=0,
                                  options=input_config(), process_index=0, process_count=1, num_threads=threads)
     for _ in range(3):
@@ -52,7 +54,10 @@ def measure(name: str, data_dir: str, image_size: int, batch_size: int, threads:
 def measure_all(threads: int = 1, seconds: float = 10.0, batch_size: int = 64, per_class: int = 64
                 ) -> dict[str, tuple[float, float]]:
     """(images per wall-clock second, per CPU-second) of each case, printed as they come."""
-    tfds.disable_progress_bar()
+    import tensorflow_datasets as tfds
+
+    from manet_jax.data.registry import make_builder
+
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         fabricate_raf_like(Path(tmp, "faces"), per_class)
@@ -78,9 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    cli.start_runtime()
-    measure_all(args.threads, args.seconds, args.batch_size, args.per_class)
-    return 0
+
+    def work() -> None:
+        cli.start_tensorflow()
+        import tensorflow_datasets as tfds
+
+        tfds.disable_progress_bar()
+        measure_all(args.threads, args.seconds, args.batch_size, args.per_class)
+    return cli.run(work)
 
 
 if __name__ == "__main__":

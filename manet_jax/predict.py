@@ -18,23 +18,22 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from etils import epath
 
-from manet_jax import cli, storage
-from manet_jax.bundle import load_bundle
+from manet_jax import cli
 from manet_jax.inference.boxes import BoxesFile
-from manet_jax.inference.clips import predict_video
 from manet_jax.inference.detectors import Detector, get_detector
 from manet_jax.inference.face_options import add_face_options, check_face_options
-from manet_jax.inference.onnx_runtime import OnnxPredictor
-from manet_jax.inference.photos import predict_paths
-from manet_jax.inference.predictor import Predictor
 from manet_jax.inference.records import BRANCHES, ERROR, NO_FACE, OK, WRITERS, format_table, write_records
 from manet_jax.inference.video import (VIDEO_SUFFIXES, WRITER_CODECS, VideoSource, is_video_file, open_camera,
                                        open_video)
-from manet_jax.inference.visualize import save_timeline
+
+if TYPE_CHECKING:  # the model's modules load JAX and TensorFlow: once the tool has started (`cli.run`)
+    from manet_jax.inference.onnx_runtime import OnnxPredictor
+    from manet_jax.inference.predictor import Predictor
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,11 +122,17 @@ def holds_pictures_only(folder: epath.Path) -> bool:
 
 def predict(args: argparse.Namespace) -> int:
     boxes = BoxesFile(args.boxes) if args.boxes else None
+    from manet_jax import storage
+
     outputs = {name: storage.output(getattr(args, name), f"--{name}", folder=name == "visualize",
                                     ours=holds_pictures_only if name == "visualize" else None)
                for name in OUTPUT_OPTIONS if getattr(args, name)}
     storage.check_outputs(list(outputs.values()))  # before the model loads
-    cli.start_runtime()
+    cli.start_tensorflow()
+    from manet_jax.bundle import load_bundle
+    from manet_jax.inference.onnx_runtime import OnnxPredictor
+    from manet_jax.inference.predictor import Predictor
+
     sources = [open_camera(args.camera)] if args.camera is not None else [open_video(p) for p in args.paths
                                                                            if is_video_file(p)]
     if args.runtime == "onnx":
@@ -135,7 +140,8 @@ def predict(args: argparse.Namespace) -> int:
     else:
         bundle = load_bundle(args.checkpoint).resized(args.image_size, "--image-size")
         predictor = Predictor(bundle, args.batch_size, maps=args.visualize is not None)
-    with storage.writing(list(outputs.values())) as temporaries:
+    warm_up(predictor)  # before anything is written: a signal while it compiles ends predict at once
+    with cli.deferring_signals(), storage.writing(list(outputs.values())) as temporaries:
         written = {name: Path(temporary) for name, temporary in zip(outputs, temporaries)}
         if sources:
             return predict_videos(args, sources, predictor, written)
@@ -145,11 +151,14 @@ def predict(args: argparse.Namespace) -> int:
 def predict_images(args: argparse.Namespace, boxes: BoxesFile | None, predictor: Predictor | OnnxPredictor,
                    written: dict[str, Path]) -> int:
     """Runs the images, prints the table and the rate, and writes the outputs to the temporary
-    siblings `written` (by OUTPUT_OPTIONS' name)."""
-    warm_up(predictor)
+    siblings `written` (by OUTPUT_OPTIONS' name). SIGTERM or SIGINT stops it between images,
+    writing nothing (`errors.Stopped`)."""
+    from manet_jax.inference.photos import predict_paths
+
     start = time.perf_counter()
     records = predict_paths(args.paths, predictor, detect_faces=face_detector(args), margin=args.margin,
-                            boxes=boxes, visualize=written.get("visualize"), visualize_as=args.visualize)
+                            boxes=boxes, visualize=written.get("visualize"), visualize_as=args.visualize,
+                            stop=cli.check_signals)
     seconds = time.perf_counter() - start
     class_names = predictor.spec.class_names
     print(format_table(records, class_names))
@@ -177,20 +186,23 @@ def face_detector(args: argparse.Namespace) -> Detector | None:
 def predict_videos(args: argparse.Namespace, sources: list[VideoSource], predictor: Predictor | OnnxPredictor,
                    written: dict[str, Path]) -> int:
     """Runs the videos (or the camera) in turn, then prints what was collected and writes it to the
-    temporary siblings `written`, also after Ctrl-C (exit status 0 for a camera, where Ctrl-C is how
-    it ends; else 130). The forward compiles before the first frame is read, so frames/s is the
-    steady rate."""
-    warm_up(predictor)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C now ends the reading: what was read is written
+    temporary siblings `written`, also after SIGINT (Ctrl-C) or SIGTERM, which end the reading
+    between frames (exit status 0 after Ctrl-C on a camera, where it is how it ends; else 128 + the
+    signal). The forward has compiled before the first frame is read, so frames/s is the steady rate."""
+    from manet_jax.inference import clips
+    from manet_jax.inference.visualize import save_timeline
+
     detect_faces = face_detector(args)
     records, frames, start = [], 0, time.perf_counter()
     for source in sources:
-        result = predict_video(source, predictor, every=args.every, fps=args.fps, detect_faces=detect_faces,
-                               margin=args.margin, smooth=args.smooth, annotate=written.get("annotate"))
+        result = clips.predict_video(source, predictor, every=args.every, fps=args.fps,
+                                     detect_faces=detect_faces, margin=args.margin, smooth=args.smooth,
+                                     annotate=written.get("annotate"), stop=lambda: cli.received_signal() is not None)
         records += result.records
         frames += result.frames
         if result.interrupted:
-            print(f"{source.name}: stopped by Ctrl-C after {result.frames} sampled frames", file=sys.stderr)
+            stopped_by = "Ctrl-C" if cli.received_signal() == signal.SIGINT else "SIGTERM"
+            print(f"{source.name}: stopped by {stopped_by} after {result.frames} sampled frames", file=sys.stderr)
             break
         if message := source.ended_early():
             print(message, file=sys.stderr)
@@ -206,7 +218,8 @@ def predict_videos(args: argparse.Namespace, sources: list[VideoSource], predict
           f"{len({(r.file, r.frame) for r in faces})} frame(s), {sum(r.status == NO_FACE for r in records)} "
           f"without a face, {len({(r.file, r.track) for r in faces})} track(s); {frames / seconds:.1f} frames/s",
           file=sys.stderr)
-    return 130 if result.interrupted and args.camera is None else 0
+    signum = cli.received_signal()
+    return 0 if signum is None or signum == signal.SIGINT and args.camera is not None else 128 + signum
 
 
 if __name__ == "__main__":

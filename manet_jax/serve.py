@@ -16,11 +16,11 @@ import sys
 from collections.abc import Callable, Sequence
 
 from manet_jax import cli
-from manet_jax.bundle import load_bundle
 from manet_jax.errors import ManetError
 from manet_jax.inference.detectors import get_detector
 from manet_jax.inference.face_options import add_face_options, check_face_options
-from manet_jax.inference.predictor import Predictor
+
+POLL_S = 0.5  # seconds between checks for SIGTERM and SIGINT while serving
 
 MAX_BYTES = 20 * 2**20  # the largest request body accepted by default
 MAX_PIXELS = 50_000_000  # the most pixels an upload may decode to by default: about 200 MB decoded
@@ -55,7 +55,10 @@ def serve(args: argparse.Namespace) -> int:
         from manet_jax.inference.server import create_app, warm_up
     except ImportError as e:
         raise ManetError(f"the server needs the serve extra ({e}): pip install -e '.[serve]'") from None
-    cli.start_runtime()
+    cli.start_tensorflow()
+    from manet_jax.bundle import load_bundle  # the model's modules load JAX: once the tool has started
+    from manet_jax.inference.predictor import Predictor
+
     detect_faces = get_detector(args.detector, args.min_neighbors)  # once: a missing package is an error now
     bundle = load_bundle(args.checkpoint).resized(args.image_size, "--image-size")
     predictor = Predictor(bundle, args.batch_size, maps=True)
@@ -68,11 +71,28 @@ def serve(args: argparse.Namespace) -> int:
     # Requests wait for the one model anyway: a queue of them (their bodies buffered on disk by
     # waitress) is how the server works under load, not a warning per request.
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
+    sockets: dict = {}  # waitress's map of the server's sockets, which `_serve` polls
     try:
-        waitress.serve(app, host=args.host, port=args.port, threads=args.threads)
+        server = waitress.create_server(app, map=sockets, host=args.host, port=args.port, threads=args.threads)
     except OSError as e:  # the address is in use or cannot be assigned
         raise ManetError(f"--host {args.host} --port {args.port}: cannot listen there ({e.strerror})") from None
+    server.print_listen("Serving on http://{}:{}")
+    _serve(server, sockets)
     return 0
+
+
+def _serve(server, sockets: dict) -> None:
+    """Serves until SIGTERM or SIGINT, checked between polls of the sockets (every POLL_S); then stops
+    taking requests, lets those being handled finish (waitress's shutdown) and says so in one line.
+    Ctrl-C again stops at once."""
+    from waitress import wasyncore
+
+    with cli.deferring_signals():
+        while (signum := cli.received_signal()) is None:
+            wasyncore.loop(timeout=POLL_S, map=sockets, count=1)
+        server.task_dispatcher.shutdown()
+        wasyncore.close_all(sockets)
+    print(f"stopped by {signum.name}", file=sys.stderr)
 
 
 def _malloc_trim() -> Callable[[int], int] | None:

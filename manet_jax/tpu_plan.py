@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from manet_jax import cli, storage
+from manet_jax import cli
 
 if TYPE_CHECKING:
     from manet_jax.tpu.compiled_steps import Plan
@@ -64,9 +64,11 @@ def plan(args: argparse.Namespace, overrides: list[str]) -> None:
 
     config = load_config(args.config, overrides)
     slice_type(args.topology)  # an unknown name fails before anything starts
+    from manet_jax import storage  # etils epath takes a second to import: once the tool has started
+
     outputs = [storage.output(args.output, "--output")] if args.output else []
     storage.check_outputs(outputs)
-    cli.start_runtime()
+    cli.start_tensorflow()
     from manet_jax.tpu.compiled_steps import make_plan
 
     result = make_plan(config, args.topology, args.num_slices, args.steps.split(","), args.train_examples,

@@ -40,17 +40,12 @@ def train(args: argparse.Namespace, overrides: list[str]) -> None:
 
     config = load_config(args.config, overrides)  # config and workdir errors come before JAX and TensorFlow start
     check_workdir(args.workdir)
-    cli.start_runtime()
-    import jax
-
+    cli.start_tensorflow()
     from manet_jax.mesh import initialize_distributed
     from manet_jax.training.loop import train_and_evaluate
 
     if args.multiprocess or args.coordinator_address:  # JAX's preemption sync point then handles SIGTERM
         initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
-    else:
-        jax.devices()  # loads the backend, whose native library installs a signal handler that prints stack traces
-        cli.stop_quietly_on_signals()
     train_and_evaluate(config, args.workdir)
 
 

@@ -12,6 +12,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # gs:// through gcsfs, as the tools set it as they start (manet_jax.storage.configure): etils decides
 # once per process, at its first path operation of any kind, so before any test makes one.
 os.environ.update(EPATH_USE_TF="false", GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT="false")
+# FFmpeg quiet, as the tools set it as they start (manet_jax.cli.start_runtime): OpenCV reads it at its
+# first use of FFmpeg, which in a test process may be a fixture writing a clip, before a tool starts.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 sys.path.insert(0, str(Path(__file__).parent))
 # A suite started as a background job (`nohup`, `&` in a script) inherits an ignored SIGINT, which the
 # tools rightly leave ignored; the Ctrl-C tests (in process and in the tools they start) need it

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -48,21 +48,124 @@ def test_user_errors_are_one_line_and_status_2_bugs_keep_their_traceback(capsys)
         cli.run(lambda: 1 / 0)
 
 
-def test_a_signal_stops_a_tool_with_one_line_and_its_status_and_the_handlers_are_put_back(capsys):
-    def signalled(signum: int):
-        def work() -> None:
-            os.kill(os.getpid(), signum)
-            time.sleep(5)  # the handler runs in the main thread at the next instruction
-            raise AssertionError(f"{signum} did not stop the work")
-        return work
+# A tool's work signalling itself (argv: the case, the signal's number), run by `cli.run` in a process
+# of its own: "code" from plain Python code; "gc" from a garbage-collection callback (where an
+# exception raised by a handler is lost); "deferred" inside `cli.deferring_signals`, acted upon at a
+# safe point after its `finally` ran; "twice" a second SIGINT inside it, which ends the process at once;
+# "guard" the same inside the trainer's PreemptionGuard, which took the first.
+SIGNALLED = """
+import gc, os, signal, sys, time
+from manet_jax import cli
+case, signum = sys.argv[1], int(sys.argv[2])
 
+def work():
+    if case == "code":
+        os.kill(os.getpid(), signum)
+    elif case == "gc":
+        def collected(phase, info):
+            if phase == "start" and collected in gc.callbacks:
+                gc.callbacks.remove(collected)
+                os.kill(os.getpid(), signum)
+                time.sleep(0.5)
+        gc.callbacks.append(collected)
+        gc.collect()
+    elif case == "guard":
+        from manet_jax.training.preemption import PreemptionGuard
+        with PreemptionGuard() as guard:
+            os.kill(os.getpid(), signum)
+            time.sleep(0.5)
+            assert guard.signal == signal.SIGINT
+            os.kill(os.getpid(), signum)
+            time.sleep(0.5)
+    else:
+        with cli.deferring_signals():
+            try:
+                for _ in range(case == "twice" and 2 or 1):
+                    os.kill(os.getpid(), signum)
+                    time.sleep(0.5)
+                print("deferred", flush=True)
+            finally:
+                print("finally", flush=True)
+        cli.check_signals()
+    time.sleep(5)
+    print("not stopped", flush=True)
+
+sys.exit(cli.run(work))
+"""
+
+
+@pytest.mark.slow  # a process per case
+@pytest.mark.parametrize("case, signum, stdout", [
+    ("code", signal.SIGTERM, ""), ("code", signal.SIGINT, ""), ("gc", signal.SIGTERM, ""),
+    ("deferred", signal.SIGTERM, "deferred\nfinally\n"), ("twice", signal.SIGINT, ""), ("guard", signal.SIGINT, "")])
+def test_a_signal_ends_a_tool_in_one_line_with_its_status_wherever_it_arrives(case, signum, stdout):
+    result = subprocess.run([sys.executable, "-c", SIGNALLED, case, str(int(signum))], capture_output=True, text=True,
+                            timeout=60, cwd=Path(__file__).resolve().parents[1])
+    assert (result.returncode, result.stderr, result.stdout) == (128 + signum, f"stopped by {signum.name}\n", stdout)
+
+
+def test_the_tools_signal_handlers_are_put_back_after_their_work():
     before = {signum: signal.getsignal(signum) for signum in cli.STOP_SIGNALS}
-    for signum, status in [(signal.SIGTERM, 143), (signal.SIGINT, 130)]:
-        with pytest.raises(SystemExit) as stopped:
-            cli.run(signalled(signum))
-        assert stopped.value.code == status
-        assert capsys.readouterr().err == f"stopped by {signal.Signals(signum).name}\n"
-        assert {s: signal.getsignal(s) for s in cli.STOP_SIGNALS} == before
+    wakeup = signal.set_wakeup_fd(-1)
+    signal.set_wakeup_fd(wakeup)
+    assert cli.run(lambda: None) == 0
+    assert {signum: signal.getsignal(signum) for signum in cli.STOP_SIGNALS} == before
+    assert signal.set_wakeup_fd(wakeup) == wakeup
+
+
+# Imports every dependency that manet_jax names (what they set on import is theirs), then every
+# manet_jax module, and prints what changed in between of os.environ, the signal handlers, the
+# loggers' levels and handlers, and jax.config.
+IMPORT_ALL = """
+import ast, importlib, logging, os, pathlib, pkgutil, signal, sys
+package = pathlib.Path(sys.argv[1])
+names = set()
+for path in package.rglob("*.py"):
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+for name in sorted(names):
+    if name.split(".")[0] not in (*sys.stdlib_module_names, "manet_jax"):
+        try:
+            importlib.import_module(name)
+        except ImportError:  # an optional dependency of an optional one
+            pass
+import jax
+
+def state() -> dict:
+    loggers = [("", logging.root), *logging.root.manager.loggerDict.items()]
+    return {"environ": dict(os.environ),
+            "signals": {int(s): repr(signal.getsignal(s)) for s in signal.valid_signals()
+                        if s not in (signal.SIGKILL, signal.SIGSTOP)},
+            "wakeup fd": {"fd": signal.set_wakeup_fd(signal.set_wakeup_fd(-1))},
+            "loggers": {name: (logger.level, len(logger.handlers), logger.propagate) for name, logger in loggers
+                        if isinstance(logger, logging.Logger)
+                        and (logger.level or logger.handlers or not logger.propagate)},
+            "jax.config": {key: repr(value) for key, value in jax.config.values.items()}}
+
+before = state()
+import manet_jax
+for module in pkgutil.walk_packages(manet_jax.__path__, "manet_jax."):
+    importlib.import_module(module.name)
+after = state()
+for kind in before:
+    changed = {key: (before[kind].get(key), after[kind].get(key)) for key in before[kind].keys() | after[kind].keys()
+               if before[kind].get(key) != after[kind].get(key)}
+    if changed:
+        print(kind, changed)
+"""
+
+
+@pytest.mark.slow  # a process importing everything
+def test_importing_any_module_sets_nothing_process_wide():
+    package = Path(cli.__file__).parent
+    environ = {key: os.environ[key] for key in ("PATH", "HOME", "PYTHONPATH", "TMPDIR") if key in os.environ}
+    result = subprocess.run([sys.executable, "-c", IMPORT_ALL, str(package)], capture_output=True, text=True,
+                            timeout=300, cwd=package.parent, env=environ)  # without what this process set
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout == ""
 
 
 # The trainer signals itself when it reaches a point of its start-up: the import of a module, or the
@@ -87,7 +190,9 @@ sys.exit(main())
 @pytest.mark.parametrize("at, signum", [("tensorflow", signal.SIGINT), ("init_from", signal.SIGTERM)])
 def test_a_signal_during_the_trainers_start_up_ends_it_in_one_line(tmp_path, at, signum):
     """SIGINT while TensorFlow loads (once a traceback of KeyboardInterrupt), SIGTERM while the run
-    reads its first weights (once the C++ stack trace of the handler JAX's backend installs)."""
+    reads its first weights (once the C++ stack trace of the handler JAX's backend installs; now the
+    run holds the workdir's lease then, and stops at its first safe point, after its progress line
+    about those weights)."""
     setup = trainer_setup(tmp_path, tmp_path / "compilation_cache")
     workdir = tmp_path / "workdir"
     train = command(setup, workdir)
@@ -95,7 +200,9 @@ def test_a_signal_during_the_trainers_start_up_ends_it_in_one_line(tmp_path, at,
     at = str(setup["init_from"]) if at == "init_from" else at
     result = run([sys.executable, "-c", SIGNAL_AT, at, str(int(signum)), *train[3:]], setup["env"])
     assert result.returncode == 128 + signum, result.stderr[-3000:]
-    assert result.stderr == f"stopped by {signum.name}\n" and result.stdout == ""
+    progress = re.compile(r"I\d{4} \d\d:\d\d:\d\d initialised from ")
+    assert [line for line in result.stderr.splitlines() if not progress.match(line)] == [f"stopped by {signum.name}"]
+    assert result.stdout == ""
     assert not (workdir / "lease.json").exists() and not list(workdir.glob("checkpoints/*"))
 
 

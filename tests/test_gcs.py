@@ -15,7 +15,6 @@ import multiprocessing
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -29,8 +28,7 @@ from tensorflow.core.util import event_pb2
 from gcs_emulator import download
 from manet_jax import storage
 from manet_jax.bundle import load_bundle
-from manet_jax.errors import ManetError
-from train_helpers import DATASET, REPO, command, flat_params, run, run_and_signal, trainer_setup
+from train_helpers import DATASET, REPO, command, run, run_and_signal, trainer_setup
 
 TOTAL = 12  # train_helpers' runs: 3 epochs of 4 steps
 

@@ -9,7 +9,10 @@ import dataclasses
 import io
 import itertools
 import json
+import os
 import re
+import signal
+import time
 from pathlib import Path
 
 import cv2
@@ -303,6 +306,31 @@ def test_cli(checkpoint, photos, tmp_path, capsys):
                                                                   "--visualize", str(tmp_path / "vis2")]) == 0
     row, = csv.DictReader(out_csv.open())
     assert row["status"] == OK and float(row["fused_Happiness"]) > 0 and "local_Happiness" not in row
+
+
+@pytest.mark.slow  # MA-Net's initialiser compiled (module fixture)
+def test_sigterm_between_images_writes_nothing(checkpoint, photos, tmp_path, monkeypatch, capsys):
+    """A real SIGTERM while the second image loads (the tool's own handlers): predict ends with its one
+    line and 143 before the third, and neither --output nor --visualize, nor a temporary, is left."""
+    from manet_jax.inference import photos as photos_module
+    loaded, load = [], photos_module.load_image
+
+    def signalled_at_the_second(path):
+        loaded.append(path)
+        if len(loaded) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.5)  # the handler records it; the next image is not read
+        return load(path)
+
+    monkeypatch.setattr(photos_module, "load_image", signalled_at_the_second)
+    out = tmp_path / "rows.json"
+    names = ["astronaut.png", "two_faces.png", "coffee.png"]
+    assert predict.main([str(photos / name) for name in names] + [
+        "--checkpoint", str(checkpoint), "--image-size", str(SIZE), "--batch-size", str(BATCH),
+        "--output", str(out), "--visualize", str(tmp_path / "vis")]) == 143
+    assert capsys.readouterr().err.endswith("stopped by SIGTERM\n")
+    assert len(loaded) == 2
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.slow  # MA-Net's initialiser compiled (module fixture)

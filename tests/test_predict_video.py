@@ -21,6 +21,7 @@ from skimage import data
 
 from manet_jax import predict
 from manet_jax.bundle import load_bundle
+from manet_jax.inference import clips as video_clips
 from manet_jax.inference.clips import predict_video
 from manet_jax.inference.detectors import get_detector
 from manet_jax.inference.faces import Box
@@ -282,7 +283,7 @@ def test_cli_sampling(clips, checkpoint, predictor, every_frame, tmp_path, capsy
 def test_ctrl_c_on_a_video_writes_the_frames_read(clips, checkpoint, every_frame, tmp_path, monkeypatch):
     """Ctrl-C (a real SIGINT, under the command line's signal handlers) while the sixth frame is
     read: the five read before are predicted and written, and the status is 130."""
-    read_video = predict.predict_video
+    read_video = video_clips.predict_video
 
     def interrupted_at_the_sixth_frame(source, predictor, **options):
         frames = source.frames
@@ -295,7 +296,7 @@ def test_ctrl_c_on_a_video_writes_the_frames_read(clips, checkpoint, every_frame
         source.frames = sampled
         return read_video(source, predictor, **options)
 
-    monkeypatch.setattr(predict, "predict_video", interrupted_at_the_sixth_frame)
+    monkeypatch.setattr(video_clips, "predict_video", interrupted_at_the_sixth_frame)
     out = tmp_path / "out.csv"
     assert exit_status([str(clips / "clip.mp4"), "--checkpoint", str(checkpoint), "--batch-size", str(BATCH),
                         "--output", str(out)]) == 130

@@ -9,6 +9,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "manet_jax"
 HOOKS = {"unraisablehook", "excepthook", "displayhook", "breakpointhook"}  # of sys and threading
 LOG_FILTERS = {"addFilter", "pathname"}  # a log filter, a record's source file
+DOCUMENTED = {"os._exit"}  # public, documented, despite the underscore
 
 
 def private(name: str) -> bool:
@@ -34,7 +35,7 @@ def violations(source: str, where: str) -> list[str]:
                         found.append(f"{where}:{node.lineno}: imports {dotted}")
     for node in ast.walk(tree):
         line = f"{where}:{getattr(node, 'lineno', 0)}: {ast.unparse(node)}" if isinstance(node, ast.expr) else ""
-        if isinstance(node, ast.Attribute) and private(node.attr) and (
+        if isinstance(node, ast.Attribute) and private(node.attr) and ast.unparse(node) not in DOCUMENTED and (
                 not isinstance(node.value, ast.Name) or node.value.id in dependencies):
             found.append(line)
         elif isinstance(node, ast.Attribute) and node.attr in HOOKS | LOG_FILTERS:
@@ -51,14 +52,14 @@ def test_the_check_finds_each_kind_of_violation():
 import jax._src.hardware_utils
 from orbax.checkpoint._src import future
 from jax import _src
-import sys, logging, orbax.checkpoint as ocp
+import os, sys, logging, orbax.checkpoint as ocp
 from manet_jax.cli import _pci_vendor
 x = getattr(getattr(manager, "_checkpointer", None), "_async_manager", None)
 y = self.manager._checkpointer
 z = ocp._src
 sys.unraisablehook = print
 logging.getLogger("absl").addFilter(lambda record: "orbax" not in record.pathname)
-ok = self._saving, lease._refresher, cli._pci_vendor
+ok = self._saving, lease._refresher, cli._pci_vendor, os._exit
 """
     assert sorted(v.split(": ", 1)[1] for v in violations(source, "x.py")) == sorted([
         "imports jax._src.hardware_utils", "imports orbax.checkpoint._src.future", "imports jax._src",

@@ -110,8 +110,9 @@ def server(setup):
             pytest.fail(f"the server did not answer within {START_TIMEOUT} s:\n{process.communicate()[0]}")
         time.sleep(0.5)
     yield url
-    process.terminate()
+    process.terminate()  # SIGTERM while serving: a graceful stop
     output = process.communicate(timeout=30)[0]
+    assert process.returncode == 0 and output.endswith("stopped by SIGTERM\n"), output[-3000:]
     assert f"Serving on {url}" in output
     assert "Task queue depth" not in output  # test_concurrent_requests sends more requests than --threads
 

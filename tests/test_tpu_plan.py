@@ -194,6 +194,20 @@ def test_an_output_that_cannot_be_written_is_named_before_compiling(tmp_path, ca
             assert re.fullmatch(rf"error: --output {re.escape(str(output))}: {problem}\n", err), err
 
 
+def test_the_plan_leaves_the_compilation_cache_as_it_found_it():
+    """The plan turns JAX's persistent compilation cache off (programs compiled for a TPU without
+    one cannot be read back), and puts it back as it was, also when the plan fails."""
+    before = jax.config.jax_enable_compilation_cache
+    try:
+        for caching in (True, False):
+            jax.config.update("jax_enable_compilation_cache", caching)
+            with pytest.raises(ConfigError, match="config.batch_size=30"):
+                compiled_steps.make_plan(config(30), "v5litepod-4")
+            assert jax.config.jax_enable_compilation_cache is caching
+    finally:
+        jax.config.update("jax_enable_compilation_cache", before)
+
+
 @pytest.mark.slow  # a process
 def test_without_libtpu_the_plan_says_how_to_install_it():
     code = ("import sys; sys.modules['libtpu'] = None; from manet_jax import tpu_plan; "

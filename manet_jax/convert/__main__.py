@@ -12,18 +12,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-import jax
-from etils import epath
-
 from manet_jax import cli
-from manet_jax.bundle import ModelSpec, check_new_bundle, default_class_names, load_bundle, save_bundle
-from manet_jax.convert.core import (StateDictMismatchError, flax_to_torch, import_resnet18, import_state_dict,
-                                    is_resnet18, num_classes_of, torch_to_flax)
-from manet_jax.convert.files import check_state_dict_output, load_state_dict_file, save_state_dict_file
-from manet_jax.convert.wiring import CHECK_IMAGES, fit_wirings, synthetic_faces
-from manet_jax.data.image_files import load_image_folder
 from manet_jax.errors import ConfigError
-from manet_jax.models import MULTISCALE_WIRINGS, check_image_size
+
+# JAX, TensorFlow and the model's modules load inside the work (`cli.run`), once the tool has started.
 
 INSPECT_HELP = """\
 Runs face images through MA-Net's pre-extractor and multi-scale blocks in train mode under each
@@ -37,6 +29,12 @@ is weak."""
 
 
 def to_flax(args: argparse.Namespace) -> None:
+    import jax
+
+    from manet_jax.bundle import ModelSpec, check_new_bundle, default_class_names, save_bundle
+    from manet_jax.convert.core import import_resnet18, import_state_dict, is_resnet18, num_classes_of
+    from manet_jax.convert.files import load_state_dict_file
+
     check_new_bundle(args.output)
     state_dict = load_state_dict_file(args.input)
     rng = jax.random.key(args.seed)
@@ -60,6 +58,15 @@ def to_flax(args: argparse.Namespace) -> None:
 
 
 def inspect(args: argparse.Namespace) -> int:
+    from etils import epath
+
+    from manet_jax.bundle import load_bundle
+    from manet_jax.convert.core import StateDictMismatchError, is_resnet18, num_classes_of, torch_to_flax
+    from manet_jax.convert.files import load_state_dict_file
+    from manet_jax.convert.wiring import fit_wirings, synthetic_faces
+    from manet_jax.data.image_files import load_image_folder
+    from manet_jax.models import check_image_size
+
     check_image_size(args.image_size, "--image-size")
     if args.max_images < 2:
         raise ConfigError(f"--max-images={args.max_images}: batch statistics need at least 2 images")
@@ -92,6 +99,10 @@ def inspect(args: argparse.Namespace) -> int:
 
 
 def to_torch(args: argparse.Namespace) -> None:
+    from manet_jax.bundle import load_bundle
+    from manet_jax.convert.core import flax_to_torch
+    from manet_jax.convert.files import check_state_dict_output, save_state_dict_file
+
     check_state_dict_output(args.output)
     bundle = load_bundle(args.checkpoint)
     state_dict = flax_to_torch(bundle.variables)
@@ -102,6 +113,9 @@ def to_torch(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from manet_jax.convert.wiring import CHECK_IMAGES
+    from manet_jax.models import MULTISCALE_WIRINGS
+
     parser = cli.parser("manet_jax.convert", __doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("to-flax", help="PyTorch weights -> manet-jax model bundle",
@@ -142,8 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return cli.run(lambda: args.run(args))
+    def work() -> int | None:  # the parser needs the model's modules: parsed once the tool has started
+        args = build_parser().parse_args(argv)
+        return args.run(args)
+    return cli.run(work)
 
 
 if __name__ == "__main__":

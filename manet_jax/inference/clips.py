@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 from manet_jax.inference.detectors import Detector
@@ -22,7 +23,7 @@ from manet_jax.inference.visualize import annotate_frame
 @dataclasses.dataclass
 class VideoResult:
     """A source's records in frame order (a `no face` record for a frame without faces), how many
-    frames were sampled, and whether Ctrl-C ended the reading early."""
+    frames were sampled, and whether `stop` or Ctrl-C ended the reading early."""
 
     records: list[Record]
     frames: int
@@ -31,14 +32,15 @@ class VideoResult:
 
 def predict_video(source: VideoSource, predictor: Predictor, *, every: int = 1, fps: float | None = None,
                   detect_faces: Detector | None, margin: float = MARGIN, smooth: int = 1,
-                  annotate: Path | None = None) -> VideoResult:
+                  annotate: Path | None = None, stop: Callable[[], bool] = lambda: False) -> VideoResult:
     """Records for the faces of `source`'s frames sampled by `every` or `fps` (see
     `VideoSource.frames`), each with the frame's index and time and its face's track id.
 
     Faces are found and cropped as in images (`crop_boxes`) and predicted `predictor.batch_size`
     at a time, across frames. With `smooth` > 1 each face's probabilities (and label) are the mean
     of its track's last `smooth`. `annotate` gets the sampled frames with their faces drawn, at the
-    sampling rate. Ctrl-C stops the reading; the frames read so far are still predicted.
+    sampling rate. `stop()`, asked before each sampled frame, or Ctrl-C (KeyboardInterrupt) ends
+    the reading; the frames read so far are still predicted.
     """
     batcher, tracker, smoother = Batcher(predictor, None), Tracker(), Smoother(smooth)
     writer = VideoWriter(annotate, fps or source.fps / every) if annotate else None
@@ -61,6 +63,9 @@ def predict_video(source: VideoSource, predictor: Predictor, *, every: int = 1, 
     try:
         with contextlib.closing(source.frames(every, fps)) as sampled:  # releases the capture on Ctrl-C too
             for frame in sampled:
+                if stop():
+                    interrupted = True
+                    break
                 boxes = crop_boxes(frame.pixels, detect_faces, margin)
                 faces = [Record(source.name, OK, face=face, box=box, frame=frame.index, time_s=frame.time_s,
                                 track=track) for face, (box, track) in enumerate(zip(boxes, tracker.update(boxes)))]

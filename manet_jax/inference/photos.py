@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -73,7 +73,8 @@ def crop_boxes(pixels: np.ndarray, detect_faces: Detector | None, margin: float)
 
 def predict_paths(paths: Sequence[str], predictor: Predictor, *, detect_faces: Detector | None,
                   margin: float = MARGIN, boxes: BoxesFile | None = None,
-                  visualize: Path | None = None, visualize_as: Path | None = None) -> list[Record]:
+                  visualize: Path | None = None, visualize_as: Path | None = None,
+                  stop: Callable[[], None] = lambda: None) -> list[Record]:
     """Records for every face in the images named by `paths` (files, folders, globs), in file order.
 
     Faces are found by `detect_faces` (`detectors.get_detector`) and cropped with `margin`; without
@@ -81,7 +82,8 @@ def predict_paths(paths: Sequence[str], predictor: Predictor, *, detect_faces: D
     are an image's boxes in that file (clipped to the image; no margin). Images without faces and
     inputs that fail give a record each (NO_FACE, ERROR). A record's box is the crop fed to the
     model, in original pixels. PNGs go into `visualize`, and records name them in `visualize_as`
-    (default: `visualize`), where they will be moved.
+    (default: `visualize`), where they will be moved. `stop` is called before each image: what it
+    raises (`cli.check_signals`) ends the work.
     """
     if visualize is not None:
         visualize.mkdir(parents=True, exist_ok=True)
@@ -89,6 +91,7 @@ def predict_paths(paths: Sequence[str], predictor: Predictor, *, detect_faces: D
     records = [Record(path, ERROR, reason) for path, reason in missing]
     batcher = Batcher(predictor, visualize, visualize_as)
     for path in files:
+        stop()
         try:
             image = load_image(path)
         except ImageLoadError as e:

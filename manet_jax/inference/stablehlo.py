@@ -19,11 +19,11 @@ import jax
 import jax.numpy as jnp
 from jax import export as jax_export
 
+from manet_jax.accelerators import PLATFORMS
 from manet_jax.bundle import Bundle
 from manet_jax.errors import ManetError
 from manet_jax.inference.predictor import OUTPUTS, outputs
 
-PLATFORMS = ("cpu", "cuda", "tpu")
 METADATA = "manet_export.json"
 STABLEHLO_FILE = "manet.jax_export"
 

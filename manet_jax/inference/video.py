@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,9 +18,6 @@ from manet_jax.errors import ManetError
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 WRITER_CODECS = {".mp4": "mp4v", ".avi": "MJPG"}  # what --annotate writes, by extension
 CAMERA_FPS = 30.0  # a camera's frame rate when it reports none
-# FFmpeg's own messages ("moov atom not found") quiet (AV_LOG_QUIET) unless set: a video that cannot
-# be read is reported as a VideoError. OpenCV reads this at its first use of FFmpeg.
-os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
 
 class VideoError(ManetError):

@@ -11,11 +11,12 @@ bound on speed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -125,6 +126,18 @@ class Plan:
         return rate, rate / self.input_images_per_core_s
 
 
+@contextlib.contextmanager
+def compilation_cache_off() -> Iterator[None]:
+    """JAX's persistent compilation cache off for the block (compile-only programs cannot be read
+    back), then as it was."""
+    caching = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_compilation_cache", caching)
+
+
 def make_plan(config: ml_collections.ConfigDict, accelerator: str, num_slices: int = 1,
               steps: Sequence[str] = STEPS, train_examples: int | None = None, hbm_limit_gib: float | None = None,
               input_images_per_core_s: float = 1.0, log=print) -> Plan:
@@ -137,58 +150,59 @@ def make_plan(config: ml_collections.ConfigDict, accelerator: str, num_slices: i
     if unknown or not steps:
         raise ConfigError(f"--steps must name {' and/or '.join(STEPS)}, got {','.join(steps)}")
     devices = slice_devices(cloud_name, num_slices)
-    jax.config.update("jax_enable_compilation_cache", False)  # compile-only programs cannot be read back
-    mesh = make_mesh(devices)
-    by_host = hosts(devices)
-    found = chip(devices[0].device_kind)
-    usable = hbm_limit_gib or found.usable_hbm_gib
-    info = pipeline.published_info(config.dataset)
-    published = dict(info.splits)
-    warnings = []
-    known = train_examples or info.splits.get(info.train_split)
-    if not known:
-        warnings.append(f"the size of {config.dataset}'s {info.train_split} split is not known without the data "
-                        f"(pass --train-examples N): no epoch time")
+    with compilation_cache_off():
+        mesh = make_mesh(devices)
+        by_host = hosts(devices)
+        found = chip(devices[0].device_kind)
+        usable = hbm_limit_gib or found.usable_hbm_gib
+        info = pipeline.published_info(config.dataset)
+        published = dict(info.splits)
+        warnings = []
+        known = train_examples or info.splits.get(info.train_split)
+        if not known:
+            warnings.append(f"the size of {config.dataset}'s {info.train_split} split is not known without the data "
+                            f"(pass --train-examples N): no epoch time")
 
-    def planned_info(name: str, data_dir: str | None) -> pipeline.DatasetInfo:
-        """Published sizes; a train or eval split of unknown size counts one batch (the learning-rate
-        steps and the eval sets need a size, the programs' cost does not)."""
-        published_info = pipeline.published_info(name)
-        splits = dict(published_info.splits)
-        for split in (published_info.train_split, published_info.eval_split):
-            if split:
-                splits.setdefault(split, config.batch_size)
-        if name == config.dataset:
-            splits[published_info.train_split] = known or config.batch_size
-        return dataclasses.replace(published_info, splits=splits)
+        def planned_info(name: str, data_dir: str | None) -> pipeline.DatasetInfo:
+            """Published sizes; a train or eval split of unknown size counts one batch (the learning-rate
+            steps and the eval sets need a size, the programs' cost does not)."""
+            published_info = pipeline.published_info(name)
+            splits = dict(published_info.splits)
+            for split in (published_info.train_split, published_info.eval_split):
+                if split:
+                    splits.setdefault(split, config.batch_size)
+            if name == config.dataset:
+                splits[published_info.train_split] = known or config.batch_size
+            return dataclasses.replace(published_info, splits=splits)
 
-    def published_size(eval_set: EvalSet) -> int | None:
-        return pipeline.published_info(eval_set.info.name).splits.get(eval_set.split)
+        def published_size(eval_set: EvalSet) -> int | None:
+            return pipeline.published_info(eval_set.info.name).splits.get(eval_set.split)
 
-    setup = build(config, mesh, planned_info)
-    device_batch = config.batch_size // mesh.size
-    if device_batch < MIN_DEVICE_BATCH:
-        warnings.append(
-            f"{device_batch} image(s) per device: each step's fixed costs (the gradient all-reduce, "
-            f"launching the program) are shared by few images, and a TPU core fills its matrix units from "
-            f"batch x pixels; use a batch of at least {MIN_DEVICE_BATCH * mesh.size} ({MIN_DEVICE_BATCH} per "
-            f"device). BatchNorm statistics are over the global batch of {config.batch_size} either way.")
-    log(f"{cloud_name}{f' x {num_slices} slices' if num_slices > 1 else ''}: {mesh.size} x {devices[0].device_kind} "
-        f"on {len(by_host)} host(s); {config.dataset} {config.image_size}x{config.image_size} {config.dtype}, batch "
-        f"{config.batch_size} ({device_batch} per device), {setup.model.branch_execution} local branches")
-    plans = {}
-    for mode in steps:
-        batch = config.batch_size if mode == "train" else setup.eval_batch_size
-        log(f"compiling the {mode} step (batch {batch}) ...")
-        plans[mode] = _plan_step(setup, mode, batch, found, usable, by_host, num_slices, warnings)
-    return Plan(accelerator=cloud_name, num_slices=num_slices, topology=kind.topology,
-                device_kind=devices[0].device_kind, chip=found, devices=mesh.size, hosts=len(by_host),
-                devices_per_host=mesh.size // len(by_host), usable_hbm_gib=usable, dataset=config.dataset,
-                splits=published, splits_note=SPLIT_NOTES.get(config.dataset, ""),
-                train_examples=known, eval_set=setup.eval_sets[0].name,
-                eval_examples=published_size(setup.eval_sets[0]), image_size=config.image_size, dtype=config.dtype,
-                branch_execution=setup.model.branch_execution, input_images_per_core_s=input_images_per_core_s,
-                steps=plans, warnings=warnings)
+        setup = build(config, mesh, planned_info)
+        device_batch = config.batch_size // mesh.size
+        if device_batch < MIN_DEVICE_BATCH:
+            warnings.append(
+                f"{device_batch} image(s) per device: each step's fixed costs (the gradient all-reduce, "
+                f"launching the program) are shared by few images, and a TPU core fills its matrix units from "
+                f"batch x pixels; use a batch of at least {MIN_DEVICE_BATCH * mesh.size} ({MIN_DEVICE_BATCH} per "
+                f"device). BatchNorm statistics are over the global batch of {config.batch_size} either way.")
+        log(f"{cloud_name}{f' x {num_slices} slices' if num_slices > 1 else ''}: {mesh.size} x "
+            f"{devices[0].device_kind} on {len(by_host)} host(s); {config.dataset} {config.image_size}x"
+            f"{config.image_size} {config.dtype}, batch {config.batch_size} ({device_batch} per device), "
+            f"{setup.model.branch_execution} local branches")
+        plans = {}
+        for mode in steps:
+            batch = config.batch_size if mode == "train" else setup.eval_batch_size
+            log(f"compiling the {mode} step (batch {batch}) ...")
+            plans[mode] = _plan_step(setup, mode, batch, found, usable, by_host, num_slices, warnings)
+        return Plan(accelerator=cloud_name, num_slices=num_slices, topology=kind.topology,
+                    device_kind=devices[0].device_kind, chip=found, devices=mesh.size, hosts=len(by_host),
+                    devices_per_host=mesh.size // len(by_host), usable_hbm_gib=usable, dataset=config.dataset,
+                    splits=published, splits_note=SPLIT_NOTES.get(config.dataset, ""),
+                    train_examples=known, eval_set=setup.eval_sets[0].name,
+                    eval_examples=published_size(setup.eval_sets[0]), image_size=config.image_size, dtype=config.dtype,
+                    branch_execution=setup.model.branch_execution, input_images_per_core_s=input_images_per_core_s,
+                    steps=plans, warnings=warnings)
 
 
 def abstract_batch(setup: Setup, mode: str, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:

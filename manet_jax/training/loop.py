@@ -24,7 +24,7 @@ from etils import epath
 
 from manet_jax import storage
 from manet_jax.bundle import CHECKPOINTS
-from manet_jax.errors import Interrupted, ManetError, is_disk_full
+from manet_jax.errors import Interrupted, ManetError, Stopped, is_disk_full
 from manet_jax.training.build import Setup, build
 from manet_jax.training.checkpointing import Checkpoints
 from manet_jax.training.config import profile_steps, save_config
@@ -59,21 +59,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     Evaluates every `eval_every_epochs` and checkpoints every `checkpoint_every_epochs` (and at
     the end); on SIGTERM saves a checkpoint and returns early; on a first SIGINT (Ctrl-C) saves one
-    and raises `errors.Interrupted` (a KeyboardInterrupt), on a second raises KeyboardInterrupt at
-    once. Raises NonFiniteLossError, naming the step, when the loss stops being finite (the
-    checkpoints saved before stay as they are), CheckpointSaveError before the first step when the
-    disk has no room for a checkpoint, WorkdirFullError or CheckpointSaveError when it fills up, and
-    WorkdirBusyError, naming the other trainer, when one holds the workdir's lease. A workdir it
-    must not write to (`workdir.check_workdir`), a config.init_from that is no model, or a disk
-    without room for one checkpoint is refused before anything is written.
+    and raises `errors.Interrupted` (a KeyboardInterrupt), on a second leaves it to the handler from
+    before (`preemption.PreemptionGuard`); either signal before the first step raises
+    `errors.Stopped`, with nothing saved. Raises NonFiniteLossError, naming the step, when the loss
+    stops being finite (the checkpoints saved before stay as they are), CheckpointSaveError before
+    the first step when the disk has no room for a checkpoint, WorkdirFullError or
+    CheckpointSaveError when it fills up, and WorkdirBusyError, naming the other trainer, when one
+    holds the workdir's lease. A workdir it must not write to (`workdir.check_workdir`), a
+    config.init_from that is no model, or a disk without room for one checkpoint is refused before
+    anything is written.
     """
     check_workdir(workdir)
     setup, workdir = build(config), epath.Path(workdir)
     if not (workdir / CHECKPOINTS).exists():  # a new run: its weights are read after the workdir is made
         check_init_from(config.init_from)
     check_room(workdir / CHECKPOINTS, setup.abstract_state())  # a disk without room for one checkpoint
-    with hold(workdir) as lease:
-        trainer = Trainer(setup, workdir, lease)
+    with PreemptionGuard() as preemption, hold(workdir) as lease:  # signals from here on are saved or stop safely
+        trainer = Trainer(setup, workdir, lease, preemption)
         try:
             summary = trainer.run()
         except BaseException:
@@ -89,8 +91,8 @@ class Trainer:
     (through a MetricWriter) and its checkpoints to Checkpoints; each of those checks the lease
     before it writes to the workdir."""
 
-    def __init__(self, setup: Setup, workdir: epath.Path, lease: Lease | None):
-        self.setup, self.config, self.workdir = setup, setup.config, workdir
+    def __init__(self, setup: Setup, workdir: epath.Path, lease: Lease | None, preemption: PreemptionGuard):
+        self.setup, self.config, self.workdir, self.preemption = setup, setup.config, workdir, preemption
         is_main = jax.process_index() == 0
         if is_main:
             remove_temporary_files(workdir, in_use=[lease.path.name] if lease else [])
@@ -139,20 +141,21 @@ class Trainer:
         if start >= setup.total_steps:
             logger.info("%s is already trained (step %d)", self.workdir, start)
             return self.summary.to_json()
+        if self.preemption.signal:  # before the first step: nothing new to save
+            raise Stopped(self.preemption.signal)
         self.reporter.plan(start)
         batches, pending = setup.train_batches(start), []  # pending: device metrics since the last report
-        with PreemptionGuard() as preemption:
-            for done in range(start + 1, setup.total_steps + 1):
-                self.trace.before(done)
-                state = self._step(state, batches, pending)
-                self.trace.after(done, state)
-                epoch_done, preempted = done % setup.steps_per_epoch == 0, preemption.reached(done)
-                if done % self.config.log_every_steps == 0 or epoch_done or preempted:
-                    self._report_train(pending, done)
-                if epoch_done:
-                    self._end_epoch(state, done)
-                if preempted:
-                    return self._stop(state, done, preemption.signal)
+        for done in range(start + 1, setup.total_steps + 1):
+            self.trace.before(done)
+            state = self._step(state, batches, pending)
+            self.trace.after(done, state)
+            epoch_done, preempted = done % setup.steps_per_epoch == 0, self.preemption.reached(done)
+            if done % self.config.log_every_steps == 0 or epoch_done or preempted:
+                self._report_train(pending, done)
+            if epoch_done:
+                self._end_epoch(state, done)
+            if preempted:
+                return self._stop(state, done, self.preemption.signal)
         self.checkpoints.wait()
         self.reporter.done(self.summary)
         return self.summary.to_json()
