@@ -1,12 +1,14 @@
 """Facial expression prediction on image and video files: `python -m manet_jax.predict PATH... --checkpoint DIR`.
 
 Finds faces (OpenCV's frontal-face cascade, or --detector mtcnn) and crops each with a margin, or
-crops the boxes of --boxes; preprocesses each face as the evaluation pipeline does and runs MA-Net
-in batches; prints a table, optionally writes JSON or CSV (--output) and a PNG per face with
-attention maps (--visualize). Exits with 1 only if no input could be processed. Video files (by
-extension) and --camera N give a row per face per sampled frame, with the frame, its time and the
-face's track. With `--runtime onnx` the faces go through ONNX Runtime instead of XLA, --checkpoint
-being an ONNX export (`python -m manet_jax.export --format onnx`), which has no attention maps.
+crops the boxes of --boxes; faces with landmarks (MTCNN's, or in --boxes) are aligned onto the
+model's face template instead where it has one (--align, --no-align); preprocesses each face as
+the evaluation pipeline does and runs MA-Net in batches; prints a table, optionally writes JSON or
+CSV (--output) and a PNG per face with attention maps (--visualize). Exits with 1 only if no
+input could be processed. Video files (by extension) and --camera N give a row per face per
+sampled frame, with the frame, its time and the face's track. With `--runtime onnx` the faces go
+through ONNX Runtime instead of XLA, --checkpoint being an ONNX export (`python -m
+manet_jax.export --format onnx`), which has no attention maps.
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from manet_jax import cli
-from manet_jax.bundle import load_bundle
+from manet_jax.bundle import FaceTemplate, load_bundle
+from manet_jax.inference.alignment import choose_template
 from manet_jax.inference.boxes import BoxesFile
 from manet_jax.inference.clips import predict_video
-from manet_jax.inference.detectors import Detector, get_detector
+from manet_jax.inference.detectors import LANDMARK_DETECTORS, Detector, get_detector
 from manet_jax.inference.face_options import add_face_options, check_face_options
 from manet_jax.inference.onnx_runtime import OnnxPredictor
 from manet_jax.inference.photos import predict_paths
@@ -122,12 +125,14 @@ def predict(args: argparse.Namespace) -> int:
     else:
         bundle = load_bundle(args.checkpoint).resized(args.image_size, "--image-size")
         predictor = Predictor(bundle, args.batch_size, maps=args.visualize is not None)
+    landmarks = not args.no_detect and (boxes.has_landmarks if boxes else args.detector in LANDMARK_DETECTORS)
+    template = choose_template(args.align, landmarks, predictor.spec)
     if sources:
-        return predict_videos(args, sources, predictor)
+        return predict_videos(args, sources, predictor, template)
     warm_up(predictor)
     start = time.perf_counter()
     records = predict_paths(args.paths, predictor, detect_faces=face_detector(args), margin=args.margin,
-                            boxes=boxes, visualize=args.visualize)
+                            boxes=boxes, template=template, visualize=args.visualize)
     seconds = time.perf_counter() - start
     class_names = predictor.spec.class_names
     print(format_table(records, class_names))
@@ -152,17 +157,19 @@ def face_detector(args: argparse.Namespace) -> Detector | None:
     return None if args.no_detect or args.boxes else get_detector(args.detector, args.min_neighbors)
 
 
-def predict_videos(args: argparse.Namespace, sources: list[VideoSource], predictor: Predictor | OnnxPredictor) -> int:
-    """Runs the videos (or the camera) in turn, then prints and writes what was collected, also
-    after Ctrl-C (exit status 0 for a camera, where Ctrl-C is how it ends; else 130). The forward
-    compiles before the first frame is read, so frames/s is the steady rate."""
+def predict_videos(args: argparse.Namespace, sources: list[VideoSource], predictor: Predictor | OnnxPredictor,
+                   template: FaceTemplate | None) -> int:
+    """Runs the videos (or the camera) in turn, faces aligned onto `template` if given, then prints
+    and writes what was collected, also after Ctrl-C (exit status 0 for a camera, where Ctrl-C is
+    how it ends; else 130). The forward compiles before the first frame is read, so frames/s is the
+    steady rate."""
     warm_up(predictor)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C now ends the reading: what was read is written
     detect_faces = face_detector(args)
     records, frames, start = [], 0, time.perf_counter()
     for source in sources:
         result = predict_video(source, predictor, every=args.every, fps=args.fps, detect_faces=detect_faces,
-                               margin=args.margin, smooth=args.smooth, annotate=args.annotate)
+                               margin=args.margin, template=template, smooth=args.smooth, annotate=args.annotate)
         records += result.records
         frames += result.frames
         if result.interrupted:

@@ -2,9 +2,9 @@
 
 Serves `GET /health`, `POST /predict` (an image as the body, `Content-Type: image/*`, or as the
 multipart field `image`; answers predict's JSON records) and `GET /`, a page to upload a photo and
-see its faces, labels and attention maps. The model is compiled before the server starts; requests
-are handled by --threads threads and run the model one at a time. Needs the `serve` extra
-(`pip install -e '.[serve]'`).
+see its faces, labels and attention maps; faces are cropped or aligned as predict does them. The
+model is compiled before the server starts; requests are handled by --threads threads and run the
+model one at a time. Needs the `serve` extra (`pip install -e '.[serve]'`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from collections.abc import Callable, Sequence
 from manet_jax import cli
 from manet_jax.bundle import load_bundle
 from manet_jax.errors import ManetError
-from manet_jax.inference.detectors import get_detector
+from manet_jax.inference.alignment import choose_template
+from manet_jax.inference.detectors import LANDMARK_DETECTORS, get_detector
 from manet_jax.inference.face_options import add_face_options, check_face_options
 from manet_jax.inference.predictor import Predictor
 
@@ -58,10 +59,11 @@ def serve(args: argparse.Namespace) -> int:
     cli.start_runtime()
     detect_faces = get_detector(args.detector, args.min_neighbors)  # once: a missing package is an error now
     bundle = load_bundle(args.checkpoint).resized(args.image_size, "--image-size")
+    template = choose_template(args.align, args.detector in LANDMARK_DETECTORS, bundle.spec)
     predictor = Predictor(bundle, args.batch_size, maps=True)
     warm_up(predictor)
-    app = create_app(predictor, detect_faces=detect_faces, margin=args.margin, max_bytes=args.max_bytes,
-                     max_pixels=args.max_pixels)
+    app = create_app(predictor, detect_faces=detect_faces, margin=args.margin, template=template,
+                     max_bytes=args.max_bytes, max_pixels=args.max_pixels)
     if trim := _malloc_trim():  # glibc keeps a decoded image's freed memory otherwise: the RSS stays at its peak
         app.teardown_request(lambda _error: trim(0))
     logging.getLogger("waitress").setLevel(logging.INFO)  # its "Serving on http://..." line

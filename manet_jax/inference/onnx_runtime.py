@@ -19,8 +19,8 @@ class OnnxRuntimeError(ManetError):
     """An ONNX export cannot be run."""
 
 
-def read_spec(directory: Path) -> ModelSpec:
-    """The classes and input size of the ONNX export in `directory`, from its metadata."""
+def read_metadata(directory: Path) -> dict:
+    """The metadata of the ONNX export in `directory`."""
     metadata_file = directory / METADATA
     if not (directory / ONNX_FILE).is_file() or not metadata_file.is_file():
         raise OnnxRuntimeError(f"--checkpoint {directory}: not an ONNX export (python -m manet_jax.export "
@@ -30,9 +30,18 @@ def read_spec(directory: Path) -> ModelSpec:
         if metadata["format"] != "onnx":
             raise OnnxRuntimeError(f"--checkpoint {directory}: a {metadata['format']} export, not an ONNX one "
                                    f"(python -m manet_jax.export --format onnx makes one)")
-        return ModelSpec(metadata["class_names"], metadata["image_size"])
+        return metadata
     except (ValueError, KeyError, TypeError) as e:
         raise OnnxRuntimeError(f"{metadata_file}: damaged ({type(e).__name__}: {e})") from e
+
+
+def read_spec(directory: Path) -> ModelSpec:
+    """The classes, input size and face template of the ONNX export in `directory`, from its metadata."""
+    metadata = read_metadata(directory)
+    try:
+        return ModelSpec(metadata["class_names"], metadata["image_size"], face_template=metadata.get("face_template"))
+    except (ValueError, KeyError, TypeError, ManetError) as e:  # ManetError: a bad template or class list
+        raise OnnxRuntimeError(f"{directory / METADATA}: damaged ({type(e).__name__}: {e})") from e
 
 
 class OnnxPredictor:

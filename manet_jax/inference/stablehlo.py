@@ -7,6 +7,7 @@ the input and output names. Exports take a batch of any size.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from collections.abc import Callable, Sequence
@@ -32,9 +33,12 @@ def serving_fn(bundle: Bundle) -> Callable[[dict, jax.Array], dict[str, jax.Arra
 
 def write_metadata(directory: Path, bundle: Bundle, fmt: str, inputs: dict[str, str],
                    platforms: Sequence[str]) -> None:
-    """Writes METADATA, describing an export of `fmt` with `inputs` (name -> `input_spec`)."""
-    metadata = {"format": fmt, "class_names": list(bundle.spec.class_names), "image_size": bundle.spec.image_size,
-                "inputs": inputs, "outputs": list(OUTPUTS), "platforms": list(platforms)}
+    """Writes METADATA, describing an export of `fmt` with `inputs` (name -> `input_spec`), and the
+    model's face template."""
+    spec = bundle.spec
+    metadata = {"format": fmt, "class_names": list(spec.class_names), "image_size": spec.image_size,
+                "inputs": inputs, "outputs": list(OUTPUTS), "platforms": list(platforms),
+                "face_template": dataclasses.asdict(spec.face_template) if spec.face_template else None}
     (directory / METADATA).write_text(json.dumps(metadata, indent=2) + "\n")
 
 
