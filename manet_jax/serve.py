@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import logging
+import socket
 import sys
 from collections.abc import Callable, Sequence
 
@@ -51,6 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
+    check_address(args.host, args.port)  # before the imports, the model's loading and its compiling
     try:
         import waitress
         from manet_jax.inference.server import create_app, warm_up
@@ -72,9 +74,24 @@ def serve(args: argparse.Namespace) -> int:
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     try:
         waitress.serve(app, host=args.host, port=args.port, threads=args.threads)
-    except OSError as e:  # the address is in use or cannot be assigned
-        raise ManetError(f"--host {args.host} --port {args.port}: cannot listen there ({e.strerror})") from None
+    except OSError as e:  # taken since check_address
+        raise address_error(args.host, args.port, e) from None
     return 0
+
+
+def check_address(host: str, port: int) -> None:
+    """Raises `address_error` where waitress could not listen on host:port now (it is in use, or
+    the host is not this machine's), binding as waitress does (SO_REUSEADDR)."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as e:
+        raise address_error(host, port, e) from None
+
+
+def address_error(host: str, port: int, error: OSError) -> ManetError:
+    return ManetError(f"--host {host} --port {port}: cannot listen there ({error.strerror or error})")
 
 
 def _malloc_trim() -> Callable[[int], int] | None:
