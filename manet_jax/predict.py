@@ -32,6 +32,7 @@ from manet_jax.inference.detectors import LANDMARK_DETECTORS, Detector, get_dete
 from manet_jax.inference.face_options import add_face_options, check_face_options
 from manet_jax.inference.onnx_runtime import OnnxPredictor
 from manet_jax.inference.photos import predict_paths
+from manet_jax.inference.quantize import runtime_note
 from manet_jax.inference.predictor import Predictor
 from manet_jax.inference.records import BRANCHES, ERROR, NO_FACE, OK, WRITERS, format_table, write_records
 from manet_jax.inference.video import (VIDEO_SUFFIXES, WRITER_CODECS, VideoSource, is_video_file, open_camera,
@@ -122,6 +123,7 @@ def predict(args: argparse.Namespace) -> int:
                                                                            if is_video_file(p)]
     if args.runtime == "onnx":
         predictor = OnnxPredictor(Path(args.checkpoint), args.batch_size)
+        print(f"{args.checkpoint}: {runtime_note(predictor.precision)}", file=sys.stderr)
     else:
         bundle = load_bundle(args.checkpoint).resized(args.image_size, "--image-size")
         predictor = Predictor(bundle, args.batch_size, maps=args.visualize is not None)

@@ -46,7 +46,8 @@ def read_spec(directory: Path) -> ModelSpec:
 
 class OnnxPredictor:
     """`Predictor`'s interface (without attention maps) over ONNX Runtime on the CPU, all graph
-    optimisations on; `threads` intra-op threads (default: ONNX Runtime's, one per core)."""
+    optimisations on; `threads` intra-op threads (default: ONNX Runtime's, one per core).
+    `precision` is the export's: float32, or int8 for a quantized one."""
 
     def __init__(self, directory: Path, batch_size: int = 32, threads: int | None = None):
         try:
@@ -55,6 +56,7 @@ class OnnxPredictor:
             raise OnnxRuntimeError(f"ONNX Runtime is not installed ({e}): pip install -e '.[onnx]'") from e
         directory = Path(directory)
         self.spec = read_spec(directory)
+        self.precision = read_metadata(directory).get("precision", "float32")
         self.batch_size = batch_size
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -32,12 +32,12 @@ def serving_fn(bundle: Bundle) -> Callable[[dict, jax.Array], dict[str, jax.Arra
 
 
 def write_metadata(directory: Path, bundle: Bundle, fmt: str, inputs: dict[str, str],
-                   platforms: Sequence[str]) -> None:
-    """Writes METADATA, describing an export of `fmt` with `inputs` (name -> `input_spec`), and the
-    model's face template."""
+                   platforms: Sequence[str], precision: str = "float32") -> None:
+    """Writes METADATA, describing an export of `fmt` with `inputs` (name -> `input_spec`) computing
+    in `precision` (float32, or int8 for a quantized ONNX export), and the model's face template."""
     spec = bundle.spec
     metadata = {"format": fmt, "class_names": list(spec.class_names), "image_size": spec.image_size,
-                "inputs": inputs, "outputs": list(OUTPUTS), "platforms": list(platforms),
+                "inputs": inputs, "outputs": list(OUTPUTS), "platforms": list(platforms), "precision": precision,
                 "face_template": dataclasses.asdict(spec.face_template) if spec.face_template else None}
     (directory / METADATA).write_text(json.dumps(metadata, indent=2) + "\n")
 
