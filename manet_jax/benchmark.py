@@ -14,7 +14,8 @@ With `--compare-torch` the official PyTorch model (imported from the given clone
 same process on the same device, batch and input: float32 eager as the official code trains, and
 autocast bfloat16 with channels_last, and the ratios are printed. With `--onnx` the eval mode also
 times ONNX Runtime on the CPU running the same model exported with `--format onnx`'s route (forward
-pass only; the `onnx` extra).
+pass only; the `onnx` extra), in float32 and quantized to int8 (`--quantize int8`, calibrated on 16
+synthetic faces), one after the other at each batch size; the JSON names the CPU and its SIMD flags.
 """
 
 from __future__ import annotations
@@ -41,8 +42,10 @@ from manet_jax import cli, storage
 from manet_jax.accelerators import peak_tflops
 from manet_jax.bundle import Bundle, ModelSpec, default_class_names
 from manet_jax.errors import ConfigError
-from manet_jax.inference.onnx_export import export_onnx
+from manet_jax.inference.onnx_export import export_onnx, quantized_export
+from manet_jax.convert.wiring import synthetic_faces
 from manet_jax.inference.onnx_runtime import OnnxPredictor
+from manet_jax.inference.quantize import INT8, SIMD_FLAGS, cpu_flags, cpu_info
 from manet_jax.mesh import batch_sharded, make_mesh, platform, replicated
 from manet_jax.models import BRANCH_EXECUTION, MANet, branch_execution_for, init_variables, model_flops
 from manet_jax.training.optim import sgd
@@ -176,14 +179,24 @@ def bench_torch(module, mode: str, variant: str, batch: int, args: argparse.Name
                      device_peak_tflops(variant, args.peak_tflops), peak_memory_gib=memory)
 
 
-def export_for_onnx(directory: Path, image_size: int) -> float:
-    """Exports the benchmark's model (JAX's weights) into `directory` as `python -m manet_jax.export
-    --format onnx` does; returns the seconds it took."""
+ONNX_PRECISIONS = ("float32", INT8)
+CALIBRATION_FACES = 16
+
+
+def export_for_onnx(directory: Path, image_size: int) -> dict[str, float]:
+    """Exports the benchmark's model (JAX's weights) into `directory`/float32 and, quantized,
+    `directory`/int8 as `python -m manet_jax.export --format onnx [--quantize int8]` does; returns
+    the seconds each took."""
     spec = ModelSpec(default_class_names(NUM_CLASSES), image_size)
     bundle = Bundle(spec, jax.device_get(init_variables(MANet(NUM_CLASSES), jax.random.key(0))))
+    float32, int8 = (directory / precision for precision in ONNX_PRECISIONS)
+    float32.mkdir()
+    int8.mkdir()
     start = time.perf_counter()
-    export_onnx(bundle, directory)
-    return time.perf_counter() - start
+    export_onnx(bundle, float32)
+    exported = time.perf_counter()
+    quantized_export(bundle, float32, int8, synthetic_faces(CALIBRATION_FACES, image_size))
+    return {"float32": exported - start, INT8: time.perf_counter() - start}  # int8: the export, then quantized
 
 
 def bench_onnx(directory: Path, export_s: float, batch: int, args: argparse.Namespace) -> Result:
@@ -197,7 +210,7 @@ def bench_onnx(directory: Path, export_s: float, batch: int, args: argparse.Name
             predictor(images)
 
     seconds = timed_repeats(run, args.warmup, args.repeats)
-    variant = f"float32/{args.onnx_threads}t" if args.onnx_threads else "float32"
+    variant = f"{predictor.precision}/{args.onnx_threads}t" if args.onnx_threads else predictor.precision
     return summarise("onnxruntime", variant, "eval", batch, seconds, args.steps,
                      model_flops("eval", batch, args.image_size), None, compile_s=export_s)
 
@@ -233,18 +246,21 @@ def format_table(results: Sequence[Result]) -> str:
 
 def cpu_model() -> str:
     """The host CPU's model name (Linux's /proc/cpuinfo; else what `platform` knows)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return host_platform.processor()
+    return cpu_info().get("model name") or host_platform.processor()
+
+
+def cpu_family() -> str:
+    """The host CPU's vendor, family and model numbers (Linux's /proc/cpuinfo; else empty)."""
+    info = cpu_info()
+    return f"{info['vendor_id']} family {info['cpu family']} model {info['model']}" if "cpu family" in info else ""
 
 
 def environment() -> dict[str, Any]:
     env = {"jax": jax.__version__, "jaxlib": jaxlib.__version__,
            "python": host_platform.python_version(), "backend": jax.default_backend(),
            "devices": [d.device_kind for d in jax.local_devices()], "processor": cpu_model(),
-           "cpu_cores": os.cpu_count(), "machine": host_platform.machine()}
+           "cpu_cores": os.cpu_count(), "machine": host_platform.machine(),
+           "cpu_family": cpu_family(), "cpu_flags": sorted(cpu_flags() & set(SIMD_FLAGS))}
     try:
         import torch
         env["torch"] = torch.__version__
@@ -284,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--onnx-threads", type=int, default=None,
                         help="ONNX Runtime intra-op threads (default: ONNX Runtime's)")
     parser.add_argument("--output", default=None, help="write the results as JSON here")
+    parser.add_argument("--note", default="", help="kept in the JSON's args: how the machine was (idle, shared, ...)")
     return parser
 
 
@@ -296,7 +313,7 @@ def measure(args: argparse.Namespace, batch_sizes: list[int], modes: list[str], 
             onnx_dir: Path | None) -> list[Result]:
     """Each batch size's and mode's results, each printed as it comes: JAX's dtypes, ONNX Runtime
     (eval, on a model exported into `onnx_dir`, when given) and the official model's variants."""
-    export_s = export_for_onnx(onnx_dir, args.image_size) if onnx_dir else 0.0
+    export_s = export_for_onnx(onnx_dir, args.image_size) if onnx_dir else {}
     results = []
     for batch in batch_sizes:
         for mode in modes:
@@ -304,8 +321,9 @@ def measure(args: argparse.Namespace, batch_sizes: list[int], modes: list[str], 
                 results.append(bench_jax(mode, dtype, batch, args))
                 print(format_table(results[-1:]).splitlines()[1], flush=True)
             if onnx_dir and mode == "eval":
-                results.append(bench_onnx(onnx_dir, export_s, batch, args))
-                print(format_table(results[-1:]).splitlines()[1], flush=True)
+                for precision in ONNX_PRECISIONS:
+                    results.append(bench_onnx(onnx_dir / precision, export_s[precision], batch, args))
+                    print(format_table(results[-1:]).splitlines()[1], flush=True)
             if module is not None:
                 for variant in args.torch_variants.split(","):
                     results.append(bench_torch(module, mode, variant, batch, args))

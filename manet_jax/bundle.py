@@ -2,8 +2,9 @@
 
 A bundle is a directory with `variables/` (an Orbax tree `{'params', 'batch_stats'}`) and
 `header/manet.json` (a `ModelSpec`: class names, input size, beta, compute dtype, multi-scale
-wiring, where the weights came from). The converter writes bundles; the trainer writes one in
-every checkpoint, `<workdir>/checkpoints/<step>/`, beside the run state it resumes from.
+wiring, where the weights came from, the face template of its training data). The converter
+writes bundles; the trainer writes one in every checkpoint, `<workdir>/checkpoints/<step>/`,
+beside the run state it resumes from.
 `load_bundle` reads a bundle, such a checkpoint, or a trainer workdir (its best checkpoint), and
 the two layouts manet-jax wrote before bundles existed.
 """
@@ -45,6 +46,58 @@ class BundleError(ManetError, ValueError):
     """A path that holds no usable model; the message names the path and the cause."""
 
 
+LANDMARKS = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")  # MTCNN's five, in its order
+
+
+@dataclasses.dataclass(frozen=True)
+class FaceTemplate:
+    """Where a model's training data placed the five LANDMARKS: (x, y) per landmark as fractions of
+    the input's width and height, with how they were measured (`faces` found in `images`, the median
+    absolute deviation per landmark in the same fractions; 0 and () for a template not measured)."""
+
+    points: tuple[tuple[float, float], ...]
+    source: str
+    faces: int = 0
+    images: int = 0
+    spread: tuple[tuple[float, float], ...] = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "points", _pairs(self.points, "points"))
+        object.__setattr__(self, "spread", _pairs(self.spread, "spread") if len(self.spread) else ())
+
+    def describe(self, size: int) -> str:
+        """The template's points (and spread) in pixels at size x size, and its source, on one line."""
+        points = ", ".join(f"{name} ({x * size:.1f}, {y * size:.1f})" for name, (x, y) in zip(LANDMARKS, self.points))
+        spread = (f"; spread {max(max(pair) for pair in self.spread) * size:.1f} px at most"
+                  if self.spread else "")
+        return f"{points} at {size}x{size}{spread}; {self.source}"
+
+    @classmethod
+    def from_json(cls, value: Any, where: str) -> FaceTemplate:
+        try:
+            return cls(**value)
+        except (TypeError, ValueError) as e:
+            raise BundleError(f"{where}: not a face template ({e})") from None
+
+
+def _pairs(values: Any, name: str) -> tuple[tuple[float, float], ...]:
+    pairs = tuple((float(x), float(y)) for x, y in values)
+    if len(pairs) != len(LANDMARKS) or not all(map(math.isfinite, np.ravel(pairs))):
+        raise ValueError(f"{name} must be {len(LANDMARKS)} finite (x, y) pairs, one per {', '.join(LANDMARKS)}")
+    return pairs
+
+
+def read_face_template(path: epath.PathLike, option: str) -> FaceTemplate:
+    """The face template in the JSON file at `path` (as `python -m manet_jax.face_template` writes
+    it), given as command-line `option`."""
+    path = epath.Path(path)
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise BundleError(f"{option} {path}: cannot be read as JSON ({e})") from None
+    return FaceTemplate.from_json(value, f"{option} {path}")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
     """What a bundle's variables are and how to run them."""
@@ -55,9 +108,12 @@ class ModelSpec:
     dtype: str = "float32"  # compute dtype
     multiscale_wiring: str = MULTISCALE_WIRINGS[0]
     source: str = ""  # where the weights came from
+    face_template: FaceTemplate | None = None  # where its training data placed faces' landmarks
 
     def __post_init__(self):
         object.__setattr__(self, "class_names", tuple(self.class_names))
+        if isinstance(self.face_template, dict):
+            object.__setattr__(self, "face_template", FaceTemplate.from_json(self.face_template, "face_template"))
         check_image_size(self.image_size, "image_size")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
@@ -84,7 +140,7 @@ class ModelSpec:
         fields = {field.name for field in dataclasses.fields(cls)}
         try:
             return cls(**{key: value for key, value in header.items() if key in fields})
-        except (TypeError, ConfigError) as e:
+        except (TypeError, ConfigError, BundleError) as e:
             raise BundleError(f"{where}: {e}") from e
 
 

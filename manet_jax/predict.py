@@ -1,12 +1,14 @@
 """Facial expression prediction on image and video files: `python -m manet_jax.predict PATH... --checkpoint DIR`.
 
 Finds faces (OpenCV's frontal-face cascade, or --detector mtcnn) and crops each with a margin, or
-crops the boxes of --boxes; preprocesses each face as the evaluation pipeline does and runs MA-Net
-in batches; prints a table, optionally writes JSON or CSV (--output) and a PNG per face with
-attention maps (--visualize). Exits with 1 only if no input could be processed. Video files (by
-extension) and --camera N give a row per face per sampled frame, with the frame, its time and the
-face's track. With `--runtime onnx` the faces go through ONNX Runtime instead of XLA, --checkpoint
-being an ONNX export (`python -m manet_jax.export --format onnx`), which has no attention maps.
+crops the boxes of --boxes; faces with landmarks (MTCNN's, or in --boxes) are aligned onto the
+model's face template instead where it has one (--align, --no-align); preprocesses each face as
+the evaluation pipeline does and runs MA-Net in batches; prints a table, optionally writes JSON or
+CSV (--output) and a PNG per face with attention maps (--visualize). Exits with 1 only if no
+input could be processed. Video files (by extension) and --camera N give a row per face per
+sampled frame, with the frame, its time and the face's track. With `--runtime onnx` the faces go
+through ONNX Runtime instead of XLA, --checkpoint being an ONNX export (`python -m
+manet_jax.export --format onnx`), which has no attention maps.
 """
 
 from __future__ import annotations
@@ -25,13 +27,14 @@ from etils import epath
 
 from manet_jax import cli
 from manet_jax.inference.boxes import BoxesFile
-from manet_jax.inference.detectors import Detector, get_detector
+from manet_jax.inference.detectors import LANDMARK_DETECTORS, Detector, get_detector
 from manet_jax.inference.face_options import add_face_options, check_face_options
 from manet_jax.inference.records import BRANCHES, ERROR, NO_FACE, OK, WRITERS, format_table, write_records
 from manet_jax.inference.video import (VIDEO_SUFFIXES, WRITER_CODECS, VideoSource, is_video_file, open_camera,
                                        open_video)
 
 if TYPE_CHECKING:  # the model's modules load JAX and TensorFlow: once the tool has started (`cli.run`)
+    from manet_jax.bundle import FaceTemplate
     from manet_jax.inference.onnx_runtime import OnnxPredictor
     from manet_jax.inference.predictor import Predictor
 
@@ -130,35 +133,40 @@ def predict(args: argparse.Namespace) -> int:
     storage.check_outputs(list(outputs.values()))  # before the model loads
     cli.start_tensorflow()
     from manet_jax.bundle import load_bundle
+    from manet_jax.inference.alignment import choose_template
     from manet_jax.inference.onnx_runtime import OnnxPredictor
     from manet_jax.inference.predictor import Predictor
+    from manet_jax.inference.quantize import runtime_note
 
     sources = [open_camera(args.camera)] if args.camera is not None else [open_video(p) for p in args.paths
                                                                            if is_video_file(p)]
     if args.runtime == "onnx":
         predictor = OnnxPredictor(Path(args.checkpoint), args.batch_size)
+        print(f"{args.checkpoint}: {runtime_note(predictor.precision)}", file=sys.stderr)
     else:
         bundle = load_bundle(args.checkpoint).resized(args.image_size, "--image-size")
         predictor = Predictor(bundle, args.batch_size, maps=args.visualize is not None)
+    landmarks = not args.no_detect and (boxes.has_landmarks if boxes else args.detector in LANDMARK_DETECTORS)
+    template = choose_template(args.align, landmarks, predictor.spec)
     warm_up(predictor)  # before anything is written: a signal while it compiles ends predict at once
     with cli.deferring_signals(), storage.writing(list(outputs.values())) as temporaries:
         written = {name: Path(temporary) for name, temporary in zip(outputs, temporaries)}
         if sources:
-            return predict_videos(args, sources, predictor, written)
-        return predict_images(args, boxes, predictor, written)
+            return predict_videos(args, sources, predictor, template, written)
+        return predict_images(args, boxes, predictor, template, written)
 
 
 def predict_images(args: argparse.Namespace, boxes: BoxesFile | None, predictor: Predictor | OnnxPredictor,
-                   written: dict[str, Path]) -> int:
-    """Runs the images, prints the table and the rate, and writes the outputs to the temporary
-    siblings `written` (by OUTPUT_OPTIONS' name). SIGTERM or SIGINT stops it between images,
-    writing nothing (`errors.Stopped`)."""
+                   template: FaceTemplate | None, written: dict[str, Path]) -> int:
+    """Runs the images, faces aligned onto `template` if given, prints the table and the rate, and
+    writes the outputs to the temporary siblings `written` (by OUTPUT_OPTIONS' name). SIGTERM or
+    SIGINT stops it between images, writing nothing (`errors.Stopped`)."""
     from manet_jax.inference.photos import predict_paths
 
     start = time.perf_counter()
     records = predict_paths(args.paths, predictor, detect_faces=face_detector(args), margin=args.margin,
-                            boxes=boxes, visualize=written.get("visualize"), visualize_as=args.visualize,
-                            stop=cli.check_signals)
+                            boxes=boxes, template=template, visualize=written.get("visualize"),
+                            visualize_as=args.visualize, stop=cli.check_signals)
     seconds = time.perf_counter() - start
     class_names = predictor.spec.class_names
     print(format_table(records, class_names))
@@ -184,19 +192,20 @@ def face_detector(args: argparse.Namespace) -> Detector | None:
 
 
 def predict_videos(args: argparse.Namespace, sources: list[VideoSource], predictor: Predictor | OnnxPredictor,
-                   written: dict[str, Path]) -> int:
-    """Runs the videos (or the camera) in turn, then prints what was collected and writes it to the
-    temporary siblings `written`, also after SIGINT (Ctrl-C) or SIGTERM, which end the reading
-    between frames (exit status 0 after Ctrl-C on a camera, where it is how it ends; else 128 + the
-    signal). The forward has compiled before the first frame is read, so frames/s is the steady rate."""
+                   template: FaceTemplate | None, written: dict[str, Path]) -> int:
+    """Runs the videos (or the camera) in turn, faces aligned onto `template` if given, then prints
+    what was collected and writes it to the temporary siblings `written`, also after SIGINT (Ctrl-C)
+    or SIGTERM, which end the reading between frames (exit status 0 after Ctrl-C on a camera, where
+    it is how it ends; else 128 + the signal). The forward has compiled before the first frame is
+    read, so frames/s is the steady rate."""
     from manet_jax.inference import clips
     from manet_jax.inference.visualize import save_timeline
 
     detect_faces = face_detector(args)
     records, frames, start = [], 0, time.perf_counter()
     for source in sources:
-        result = clips.predict_video(source, predictor, every=args.every, fps=args.fps,
-                                     detect_faces=detect_faces, margin=args.margin, smooth=args.smooth,
+        result = clips.predict_video(source, predictor, every=args.every, fps=args.fps, detect_faces=detect_faces,
+                                     margin=args.margin, template=template, smooth=args.smooth,
                                      annotate=written.get("annotate"), stop=lambda: cli.received_signal() is not None)
         records += result.records
         frames += result.frames

@@ -2,9 +2,9 @@
 
 Serves `GET /health`, `POST /predict` (an image as the body, `Content-Type: image/*`, or as the
 multipart field `image`; answers predict's JSON records) and `GET /`, a page to upload a photo and
-see its faces, labels and attention maps. The model is compiled before the server starts; requests
-are handled by --threads threads and run the model one at a time. Needs the `serve` extra
-(`pip install -e '.[serve]'`).
+see its faces, labels and attention maps; faces are cropped or aligned as predict does them. The
+model is compiled before the server starts; requests are handled by --threads threads and run the
+model one at a time. Needs the `serve` extra (`pip install -e '.[serve]'`).
 """
 
 from __future__ import annotations
@@ -12,12 +12,13 @@ from __future__ import annotations
 import argparse
 import ctypes
 import logging
+import socket
 import sys
 from collections.abc import Callable, Sequence
 
 from manet_jax import cli
 from manet_jax.errors import ManetError
-from manet_jax.inference.detectors import get_detector
+from manet_jax.inference.detectors import LANDMARK_DETECTORS, get_detector
 from manet_jax.inference.face_options import add_face_options, check_face_options
 
 POLL_S = 0.5  # seconds between checks for SIGTERM and SIGINT while serving
@@ -50,6 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
+    check_address(args.host, args.port)  # before the imports, the model's loading and its compiling
     try:
         import waitress
         from manet_jax.inference.server import create_app, warm_up
@@ -57,14 +59,16 @@ def serve(args: argparse.Namespace) -> int:
         raise ManetError(f"the server needs the serve extra ({e}): pip install -e '.[serve]'") from None
     cli.start_tensorflow()
     from manet_jax.bundle import load_bundle  # the model's modules load JAX: once the tool has started
+    from manet_jax.inference.alignment import choose_template
     from manet_jax.inference.predictor import Predictor
 
     detect_faces = get_detector(args.detector, args.min_neighbors)  # once: a missing package is an error now
     bundle = load_bundle(args.checkpoint).resized(args.image_size, "--image-size")
+    template = choose_template(args.align, args.detector in LANDMARK_DETECTORS, bundle.spec)
     predictor = Predictor(bundle, args.batch_size, maps=True)
     warm_up(predictor)
-    app = create_app(predictor, detect_faces=detect_faces, margin=args.margin, max_bytes=args.max_bytes,
-                     max_pixels=args.max_pixels)
+    app = create_app(predictor, detect_faces=detect_faces, margin=args.margin, template=template,
+                     max_bytes=args.max_bytes, max_pixels=args.max_pixels)
     if trim := _malloc_trim():  # glibc keeps a decoded image's freed memory otherwise: the RSS stays at its peak
         app.teardown_request(lambda _error: trim(0))
     logging.getLogger("waitress").setLevel(logging.INFO)  # its "Serving on http://..." line
@@ -74,8 +78,8 @@ def serve(args: argparse.Namespace) -> int:
     sockets: dict = {}  # waitress's map of the server's sockets, which `_serve` polls
     try:
         server = waitress.create_server(app, map=sockets, host=args.host, port=args.port, threads=args.threads)
-    except OSError as e:  # the address is in use or cannot be assigned
-        raise ManetError(f"--host {args.host} --port {args.port}: cannot listen there ({e.strerror})") from None
+    except OSError as e:  # taken since check_address
+        raise address_error(args.host, args.port, e) from None
     server.print_listen("Serving on http://{}:{}")
     _serve(server, sockets)
     return 0
@@ -93,6 +97,21 @@ def _serve(server, sockets: dict) -> None:
         server.task_dispatcher.shutdown()
         wasyncore.close_all(sockets)
     print(f"stopped by {signum.name}", file=sys.stderr)
+
+
+def check_address(host: str, port: int) -> None:
+    """Raises `address_error` where waitress could not listen on host:port now (it is in use, or
+    the host is not this machine's), binding as waitress does (SO_REUSEADDR)."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as e:
+        raise address_error(host, port, e) from None
+
+
+def address_error(host: str, port: int, error: OSError) -> ManetError:
+    return ManetError(f"--host {host} --port {port}: cannot listen there ({error.strerror or error})")
 
 
 def _malloc_trim() -> Callable[[int], int] | None:

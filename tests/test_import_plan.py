@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("inference", "reference_model", "training"),  # prediction and export; the official model; the trainer
     ("tpu",),  # Cloud TPU slices and the trainer's steps compiled for them
     ("train", "evaluate", "predict", "serve", "export", "compare", "benchmark", "report", "tpu_plan",
-     "input_benchmark"),  # the tools
+     "input_benchmark", "face_template"),  # the tools
 ]
 
 

@@ -20,10 +20,11 @@ from PIL import Image
 
 from manet_jax import benchmark, export, predict
 from manet_jax.bundle import load_bundle
-from manet_jax.inference.onnx_export import OnnxExportError, nchw_max_pools, onnx_model
+from manet_jax.inference.onnx_export import OnnxExportError, nchw_max_pools, onnx_model, quantized_export
 from manet_jax.inference.onnx_runtime import ONNX_FILE, OnnxPredictor
 from manet_jax.inference.predictor import OUTPUTS, outputs
 from manet_jax.inference.preprocess import eval_view
+from manet_jax.inference.quantize import QuantizeError, calibration_images
 from manet_jax.inference.stablehlo import METADATA
 from manet_jax.models.layers import max_pool_3x3_s2
 from train_helpers import make_checkpoint
@@ -189,12 +190,17 @@ def test_onnx_runtime_matches_flax_at_any_batch_size(exported, expected):
             assert max_relative_difference(got[key], want[key]) <= RTOL, (key, batch_size)
 
 
+def save_crops(crops: np.ndarray, folder) -> list:
+    """The crops as PNG files face0.png, face1.png, ... in `folder`."""
+    paths = [folder / f"face{i}.png" for i in range(len(crops))]
+    for path, crop in zip(paths, crops):
+        Image.fromarray(crop).save(path)
+    return paths
+
+
 @pytest.mark.slow  # the export above
 def test_predict_runs_faces_through_onnx_runtime(exported, expected, crops, tmp_path):
-    paths = []
-    for i, crop in enumerate(crops):
-        paths.append(tmp_path / f"face{i}.png")
-        Image.fromarray(crop).save(paths[-1])
+    paths = save_crops(crops, tmp_path)
     out = tmp_path / "out.json"
     assert predict.main([*map(str, paths), "--checkpoint", str(exported), "--runtime", "onnx", "--no-detect",
                          "--batch-size", "2", "--output", str(out), "--branch-probabilities"]) == 0
@@ -251,3 +257,60 @@ def test_a_damaged_export_file_is_named_by_its_checksum(exported, tmp_path, caps
     assert predict.main(["face.png", "--checkpoint", str(damaged), "--runtime", "onnx"]) == 2
     assert capsys.readouterr().err == (f"error: {damaged / ONNX_FILE}: damaged (its SHA-256 is not the one "
                                        f"{METADATA} gives); export the model again\n")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--format", "onnx", "--quantize", "int8"], "--quantize and --calibration: give both or neither"),
+    (["--format", "stablehlo", "--quantize", "int8", "--calibration", "x"], "--quantize: ONNX exports only"),
+    (["--format", "onnx", "--quantize", "int8", "--calibration", "x", "--calibration-images", "0"],
+     "--calibration-images 0: must be at least 1"),
+])
+def test_int8_options_are_checked(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        export.main(["--checkpoint", "c", "--output", "o", *argv])
+    assert message in capsys.readouterr().err
+
+
+def test_calibration_images_are_the_models_view(tmp_path):
+    """A folder's images (non-images skipped) as predict's --no-detect sees them, the first N."""
+    rng = np.random.default_rng(0)
+    crops = [rng.integers(0, 256, (40 + i, 30, 3), dtype=np.uint8) for i in range(3)]
+    for i, crop in enumerate(crops):
+        Image.fromarray(crop).save(tmp_path / f"{i}.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    np.testing.assert_array_equal(calibration_images(str(tmp_path), 32, 2),
+                                  np.stack([eval_view(crop, 32) for crop in crops[:2]]))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(QuantizeError, match="--calibration .*empty: holds no image to calibrate on"):
+        calibration_images(str(tmp_path / "empty"), 32, 2)
+
+
+@pytest.mark.slow  # the export above, quantized
+def test_an_int8_export_quantizes_every_convolution_and_runs_in_predict(exported, checkpoint, expected, crops,
+                                                                         tmp_path, capsys):
+    """The float export quantized as `export --quantize int8` does (calibrated on the crops): every
+    convolution between QDQ pairs, its weights int8 per output channel; predict runs it and says
+    so, its probabilities near float32's."""
+    images, want = expected
+    int8 = tmp_path / "int8"
+    int8.mkdir()
+    quantized_export(load_bundle(checkpoint), exported, int8, images)
+    model = onnx.load(int8 / ONNX_FILE)
+    producers = {output: node for node in model.graph.node for output in node.output}
+    initializers = {tensor.name: tensor for tensor in model.graph.initializer}
+    convs = [node for node in model.graph.node if node.op_type == "Conv"]
+    assert len(convs) == sum(node.op_type == "Conv" for node in onnx.load(exported / ONNX_FILE).graph.node)
+    for conv in convs:
+        activation, weight = producers[conv.input[0]], producers[conv.input[1]]
+        assert activation.op_type == weight.op_type == "DequantizeLinear"
+        kernel, scale = initializers[weight.input[0]], initializers[weight.input[1]]
+        assert kernel.data_type == onnx.TensorProto.INT8 and list(scale.dims) == [kernel.dims[0]]
+    paths = save_crops(crops, tmp_path)
+    out = tmp_path / "out.json"
+    assert predict.main([*map(str, paths), "--checkpoint", str(int8), "--runtime", "onnx", "--no-detect",
+                         "--output", str(out)]) == 0
+    assert f"{int8}: ONNX Runtime, int8" in capsys.readouterr().err
+    names = json.loads((int8 / METADATA).read_text())["class_names"]
+    got = np.array([[row["probabilities"]["fused"][name] for name in names] for row in json.loads(out.read_text())])
+    print(f"int8 against float32: {max_relative_difference(got, want['probabilities']):.4f}")
+    assert max_relative_difference(got, want["probabilities"]) <= 0.1  # a random model: 0.043 measured

@@ -158,6 +158,16 @@ def test_bad_options_are_refused(capsys, option, message):
     assert capsys.readouterr().err.splitlines()[-1].endswith(f"error: {message}")
 
 
+def test_a_port_in_use_is_reported_before_the_model_loads(capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert serve.main(["--checkpoint", "no/such/model", "--port", str(port)]) == 2  # the model: not read
+    assert capsys.readouterr().err.strip().splitlines()[-1] == \
+        f"error: --host 127.0.0.1 --port {port}: cannot listen there (Address already in use)"
+
+
 @pytest.mark.slow
 def test_a_port_in_use_is_an_error(server, setup):
     port = server.rsplit(":", 1)[1]
@@ -171,7 +181,7 @@ def test_a_port_in_use_is_an_error(server, setup):
 @pytest.mark.slow
 def test_health(server):
     assert request(server + "/health") == (200, {"status": "ok", "classes": list(default_class_names(7)),
-                                                 "image_size": 64})
+                                                 "image_size": 64, "face_template": None})
 
 
 @pytest.mark.slow

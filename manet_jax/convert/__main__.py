@@ -31,11 +31,12 @@ is weak."""
 def to_flax(args: argparse.Namespace) -> None:
     import jax
 
-    from manet_jax.bundle import ModelSpec, check_new_bundle, default_class_names, save_bundle
+    from manet_jax.bundle import ModelSpec, check_new_bundle, default_class_names, read_face_template, save_bundle
     from manet_jax.convert.core import import_resnet18, import_state_dict, is_resnet18, num_classes_of
     from manet_jax.convert.files import load_state_dict_file
 
     check_new_bundle(args.output)
+    template = read_face_template(args.face_template, "--face-template") if args.face_template else None
     state_dict = load_state_dict_file(args.input)
     rng = jax.random.key(args.seed)
     if is_resnet18(state_dict):
@@ -46,7 +47,7 @@ def to_flax(args: argparse.Namespace) -> None:
         conversion = import_state_dict(state_dict, args.num_classes, rng)
     num_classes = args.num_classes or num_classes_of(state_dict)
     spec = ModelSpec(default_class_names(num_classes), image_size=args.image_size,
-                     multiscale_wiring=args.multiscale_wiring, source=f"{args.input} ({kind})")
+                     multiscale_wiring=args.multiscale_wiring, source=f"{args.input} ({kind})", face_template=template)
     out = save_bundle(args.output, conversion.variables, spec)
     print(f"{args.input}: {kind}; {len(conversion.loaded)} tensors loaded, "
           f"{len(conversion.initialised)} initialised fresh (seed {args.seed}), {len(conversion.dropped)} dropped")
@@ -134,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "'The two multi-scale wirings')")
     p.add_argument("--image-size", type=int, default=224, help="input size the model runs at (default 224)")
     p.add_argument("--seed", type=int, default=0, help="seed of the fresh initialisation (default 0)")
+    p.add_argument("--face-template", metavar="FILE",
+                   help="the face template of the weights' training data (python -m manet_jax.face_template), "
+                        "kept in the bundle for predict's alignment")
     p.set_defaults(run=to_flax)
     p = sub.add_parser("to-torch", help="manet-jax model -> reference PyTorch state_dict file",
                        description="Writes the reference state_dict (official key names, OIHW layouts, "

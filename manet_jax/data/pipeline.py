@@ -241,6 +241,23 @@ def file_names(name: str, data_dir: str | None, split: str, indices: Sequence[in
     return names
 
 
+def split_images(name: str, data_dir: str | None, split: str | None = None, limit: int | None = None
+                 ) -> tuple[int, Iterator[np.ndarray]]:
+    """(how many, the images): the first `limit` (None: all) images of dataset `name`'s `split`
+    (default: its train split), in order, decoded as evaluation decodes them ((H, W, 3) uint8, each
+    at its stored size)."""
+    builder = _prepared_builder(name, data_dir)
+    records = _records(builder, _check_split(builder, split or "train"))
+    count = len(records) if limit is None else min(limit, len(records))
+
+    def images() -> Iterator[np.ndarray]:
+        for start in range(0, count, 64):
+            for serialized in _get(records, np.arange(start, min(start + 64, count))):
+                yield augment.decode_image(_parse(tf.constant([serialized]))[IMAGE][0]).numpy()
+
+    return count, images()
+
+
 _FEATURES = {IMAGE: tf.io.FixedLenFeature([], tf.string, default_value=""),
              LABEL: tf.io.FixedLenFeature([], tf.int64, default_value=0)}
 

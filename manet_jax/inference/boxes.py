@@ -1,5 +1,6 @@
 """Face boxes given by the user (`predict --boxes FILE`): a JSON list of {file, x, y, width, height}
-objects or a CSV file with those columns, a row per face."""
+objects (each optionally with `landmarks`, the face's five (x, y) in `bundle.LANDMARKS`' order, to
+align it by) or a CSV file with those columns, a row per face."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
+from manet_jax.bundle import LANDMARKS
 from manet_jax.errors import ManetError
 from manet_jax.inference.faces import Box
 
@@ -33,8 +35,10 @@ class BoxesFile:
         # by each file's resolved path and by its name, resolved once rather than for every image
         self._by_path: dict[str, list[Box]] = defaultdict(list)
         self._by_name: dict[str, list[Box]] = defaultdict(list)
+        self.has_landmarks = False  # whether any face comes with landmarks
         for line, entry in entries:
             file, box = _parse_entry(path, line, entry)
+            self.has_landmarks |= box.landmarks is not None
             self._by_path[os.path.realpath(file)].append(box)
             self._by_name[Path(file).name].append(box)
 
@@ -92,8 +96,22 @@ def _parse_entry(path: Path, line: int, entry: object) -> tuple[str, Box]:
     if len(values) < 4 or not all(map(math.isfinite, values)) or any(isinstance(entry[f], bool) for f in FIELDS[1:]):
         raise BoxesFileError(f"{where}: x, y, width and height must be numbers; got "
                              f"{', '.join(repr(entry[field]) for field in FIELDS[1:])}")
-    box = Box(*(round(v) for v in values))
+    box = Box(*(round(v) for v in values), _landmarks(where, entry.get("landmarks")))
     if box.x < 0 or box.y < 0 or box.width < 1 or box.height < 1:
         raise BoxesFileError(f"{where}: {box.x},{box.y},{box.width},{box.height}: x and y must be at least 0, "
                              "width and height at least 1")
     return entry["file"], box
+
+
+def _landmarks(where: str, value: object) -> tuple[tuple[float, float], ...] | None:
+    """A JSON entry's `landmarks` (None where it has none)."""
+    if value is None:
+        return None
+    try:
+        pairs = tuple((float(x), float(y)) for x, y in value)
+    except (TypeError, ValueError):
+        pairs = ()
+    if len(pairs) != len(LANDMARKS) or not all(math.isfinite(v) for pair in pairs for v in pair):
+        raise BoxesFileError(f"{where}: landmarks must be {len(LANDMARKS)} [x, y] pairs ({', '.join(LANDMARKS)}); "
+                             f"got {value!r}")
+    return pairs

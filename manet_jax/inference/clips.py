@@ -1,4 +1,4 @@
-"""Videos and cameras in, one record per face per sampled frame out: sample, detect, track, crop,
+"""Videos and cameras in, one record per face per sampled frame out: sample, detect, track, crop or align,
 predict in batches shared across frames, smooth per track, draw."""
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
+from manet_jax.bundle import FaceTemplate
+from manet_jax.inference.alignment import face_crop
 from manet_jax.inference.detectors import Detector
 from manet_jax.inference.faces import MARGIN
 from manet_jax.inference.photos import Batcher, crop_boxes
@@ -31,12 +33,14 @@ class VideoResult:
 
 
 def predict_video(source: VideoSource, predictor: Predictor, *, every: int = 1, fps: float | None = None,
-                  detect_faces: Detector | None, margin: float = MARGIN, smooth: int = 1,
-                  annotate: Path | None = None, stop: Callable[[], bool] = lambda: False) -> VideoResult:
+                  detect_faces: Detector | None, margin: float = MARGIN, template: FaceTemplate | None = None,
+                  smooth: int = 1, annotate: Path | None = None, stop: Callable[[], bool] = lambda: False
+                  ) -> VideoResult:
     """Records for the faces of `source`'s frames sampled by `every` or `fps` (see
     `VideoSource.frames`), each with the frame's index and time and its face's track id.
 
-    Faces are found and cropped as in images (`crop_boxes`) and predicted `predictor.batch_size`
+    Faces are found and cropped as in images (`crop_boxes`), or aligned onto `template` (frame by
+    frame; tracks follow the boxes), and predicted `predictor.batch_size`
     at a time, across frames. With `smooth` > 1 each face's probabilities (and label) are the mean
     of its track's last `smooth`. `annotate` gets the sampled frames with their faces drawn, at the
     sampling rate. `stop()`, asked before each sampled frame, or Ctrl-C (KeyboardInterrupt) ends
@@ -69,8 +73,9 @@ def predict_video(source: VideoSource, predictor: Predictor, *, every: int = 1, 
                 boxes = crop_boxes(frame.pixels, detect_faces, margin)
                 faces = [Record(source.name, OK, face=face, box=box, frame=frame.index, time_s=frame.time_s,
                                 track=track) for face, (box, track) in enumerate(zip(boxes, tracker.update(boxes)))]
+                size = predictor.spec.image_size
                 for record, box in zip(faces, boxes):
-                    batcher.add(record, eval_view(box.crop(frame.pixels), predictor.spec.image_size))
+                    batcher.add(record, eval_view(face_crop(frame.pixels, box, template, size), size))
                 faces = faces or [Record(source.name, NO_FACE, frame=frame.index, time_s=frame.time_s)]
                 records += faces
                 pending.append((frame, faces))

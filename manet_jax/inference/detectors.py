@@ -30,13 +30,17 @@ def _mtcnn():
 
 
 def detect_mtcnn(pixels: np.ndarray, min_confidence: float = MTCNN_MIN_CONFIDENCE) -> list[Box]:
-    """Faces in an (H, W, 3) uint8 RGB image found by MTCNN, in its pixel coordinates, left to right."""
-    found = _mtcnn().detect_faces(pixels)
-    boxes = (Box(*map(int, face["box"])) for face in found if face["confidence"] >= min_confidence)
+    """Faces in an (H, W, 3) uint8 RGB image found by MTCNN, in its pixel coordinates, left to right,
+    each with its five landmarks (`bundle.LANDMARKS`, unrounded)."""
+    # rows of image, x, y, width, height, confidence, the landmarks' five x then their five y
+    found = _mtcnn().detect_faces(pixels, output_type="numpy", box_format="xywh")
+    boxes = (Box(*(int(v) for v in np.round(row[1:5])), tuple(zip(row[6:11].tolist(), row[11:16].tolist())))
+             for row in found if row[5] >= min_confidence)
     return sorted((box for box in boxes if box.width > 0 and box.height > 0), key=lambda b: (b.x, b.y))
 
 
 DETECTORS = ("cascade", "mtcnn")
+LANDMARK_DETECTORS = ("mtcnn",)  # those whose faces come with landmarks
 
 
 def get_detector(name: str, min_neighbors: int = 5) -> Detector:

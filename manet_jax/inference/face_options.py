@@ -1,5 +1,5 @@
 """The command-line options of the tools that find and crop faces and run a model on them
-(`predict`, `serve`): the model, its input size, the detector and the crop, the batch."""
+(`predict`, `serve`): the model, its input size, the detector, the crop or the alignment, the batch."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from manet_jax.inference.faces import MARGIN
 
 
 def add_face_options(parser: argparse.ArgumentParser, batch_size: int) -> None:
-    """--checkpoint, --image-size, --detector, --margin, --min-neighbors and --batch-size (default `batch_size`)."""
+    """--checkpoint, --image-size, --detector, --margin, --align/--no-align, --min-neighbors and
+    --batch-size (default `batch_size`)."""
     parser.add_argument("--checkpoint", required=True, type=epath.Path, metavar="DIR",
                         help="model: a converted bundle, trainer checkpoint or workdir (a local path or gs:// URL)")
     parser.add_argument("--image-size", type=int, metavar="S", help="model input size (default: the model's)")
@@ -20,6 +21,10 @@ def add_face_options(parser: argparse.ArgumentParser, batch_size: int) -> None:
                         help="face detector: cascade (OpenCV's) or mtcnn (needs the mtcnn extra) (%(default)s)")
     parser.add_argument("--margin", type=float, default=MARGIN,
                         help="crop margin per side, a fraction of the face box (%(default)s)")
+    parser.add_argument("--align", action=argparse.BooleanOptionalAction,
+                        help="warp each face by its landmarks onto the model's face template instead of cropping "
+                             "its box (default: where the detector gives landmarks, mtcnn, and the model carries a "
+                             "template; --align without one uses a default template)")
     parser.add_argument("--min-neighbors", type=int, default=5,
                         help="the cascade's strictness: more, fewer false faces (%(default)s)")
     parser.add_argument("--batch-size", type=int, default=batch_size, help="faces per forward (%(default)s)")

@@ -16,23 +16,26 @@ MARGIN = 0.15  # fraction of the face box added on each side of a crop
 
 @dataclasses.dataclass(frozen=True)
 class Box:
-    """An axis-aligned box in pixels: top-left corner (x, y), width and height."""
+    """An axis-aligned box in pixels: top-left corner (x, y), width and height; and the face's five
+    landmarks (`bundle.LANDMARKS`, (x, y) in the same pixels) where its detector gives them."""
 
     x: int
     y: int
     width: int
     height: int
+    landmarks: tuple[tuple[float, float], ...] | None = dataclasses.field(default=None, compare=False)
 
     def scaled(self, factor: float) -> Box:
-        """The box with every coordinate multiplied by `factor` (rounded)."""
-        return Box(*(round(v * factor) for v in dataclasses.astuple(self)))
+        """The box with every coordinate multiplied by `factor` (rounded; landmarks are not)."""
+        landmarks = None if self.landmarks is None else tuple((x * factor, y * factor) for x, y in self.landmarks)
+        return Box(*(round(v * factor) for v in (self.x, self.y, self.width, self.height)), landmarks)
 
     def expanded(self, margin: float, width: int, height: int) -> Box:
         """The box grown by `margin` times its size on each side, clipped to a width x height image."""
         dx, dy = round(margin * self.width), round(margin * self.height)
         x0, y0 = max(self.x - dx, 0), max(self.y - dy, 0)
         x1, y1 = min(self.x + self.width + dx, width), min(self.y + self.height + dy, height)
-        return Box(x0, y0, x1 - x0, y1 - y0)
+        return Box(x0, y0, x1 - x0, y1 - y0, self.landmarks)
 
     def crop(self, pixels: np.ndarray) -> np.ndarray:
         """The part of an (H, W, ...) array inside the box."""

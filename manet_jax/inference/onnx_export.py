@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import functools
 import logging
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import export as jax_export
 from jax.extend.core import ClosedJaxpr, Jaxpr, Literal, jaxpr_as_fun
 
@@ -25,6 +27,7 @@ from manet_jax.bundle import Bundle
 from manet_jax.errors import ManetError
 from manet_jax.inference.onnx_runtime import ONNX_FILE
 from manet_jax.inference.predictor import OUTPUTS
+from manet_jax.inference.quantize import INT8, quantize_int8
 from manet_jax.inference.stablehlo import input_spec, serving_fn, write_metadata
 
 JAX2ONNX = "jax2onnx==0.17.1"  # the release the rewrites below were made for and tested with
@@ -36,10 +39,15 @@ class OnnxExportError(ManetError):
     """The model cannot be exported as ONNX."""
 
 
-def export_onnx(bundle: Bundle, directory: Path) -> Path:
+def export_onnx(bundle: Bundle, directory: Path, calibration: np.ndarray | None = None) -> Path:
     """Writes `manet.onnx`: input `images` float32 (batch, S, S, 3) RGB in [0, 1], the batch size
     dynamic -> the OUTPUTS in their order, float32 (batch, classes), with the variables as
-    initializers; and the export's metadata."""
+    initializers; and the export's metadata. With `calibration` (images as `quantize_int8` takes
+    them) the model is quantized to int8."""
+    if calibration is not None:
+        with tempfile.TemporaryDirectory(prefix="manet-onnx-") as scratch:
+            export_onnx(bundle, Path(scratch))
+            return quantized_export(bundle, Path(scratch), directory, calibration)
     size = bundle.spec.image_size
     batch, = jax_export.symbolic_shape("batch")
     serve, variables = serving_fn(bundle), bundle.variables
@@ -48,6 +56,15 @@ def export_onnx(bundle: Bundle, directory: Path) -> Path:
     path = directory / ONNX_FILE
     path.write_bytes(model.SerializeToString())
     write_metadata(directory, bundle, "onnx", {"images": input_spec(bundle, "float32")}, ["onnx"])
+    return path
+
+
+def quantized_export(bundle: Bundle, float_export: Path, directory: Path, calibration: np.ndarray) -> Path:
+    """Writes into `directory` the float32 ONNX export of `bundle` in `float_export` quantized to
+    int8 (`quantize_int8`, calibrated on `calibration`), with its metadata."""
+    path = directory / ONNX_FILE
+    quantize_int8(float_export / ONNX_FILE, path, calibration)
+    write_metadata(directory, bundle, "onnx", {"images": input_spec(bundle, "float32")}, ["onnx"], INT8)
     return path
 
 

@@ -18,8 +18,8 @@ class OnnxRuntimeError(ManetError):
     """An ONNX export cannot be run."""
 
 
-def read_spec(directory: Path) -> ModelSpec:
-    """The classes and input size of the ONNX export in `directory`, from its metadata."""
+def read_metadata(directory: Path) -> dict:
+    """The metadata of the ONNX export in `directory`."""
     metadata_file = directory / METADATA
     if not (directory / ONNX_FILE).is_file() or not metadata_file.is_file():
         raise OnnxRuntimeError(f"--checkpoint {directory}: not an ONNX export (python -m manet_jax.export "
@@ -29,14 +29,24 @@ def read_spec(directory: Path) -> ModelSpec:
         if metadata["format"] != "onnx":
             raise OnnxRuntimeError(f"--checkpoint {directory}: a {metadata['format']} export, not an ONNX one "
                                    f"(python -m manet_jax.export --format onnx makes one)")
-        return ModelSpec(metadata["class_names"], metadata["image_size"])
+        return metadata
     except (ValueError, KeyError, TypeError) as e:
         raise OnnxRuntimeError(f"{metadata_file}: damaged ({type(e).__name__}: {e})") from e
 
 
+def read_spec(directory: Path) -> ModelSpec:
+    """The classes, input size and face template of the ONNX export in `directory`, from its metadata."""
+    metadata = read_metadata(directory)
+    try:
+        return ModelSpec(metadata["class_names"], metadata["image_size"], face_template=metadata.get("face_template"))
+    except (ValueError, KeyError, TypeError, ManetError) as e:  # ManetError: a bad template or class list
+        raise OnnxRuntimeError(f"{directory / METADATA}: damaged ({type(e).__name__}: {e})") from e
+
+
 class OnnxPredictor:
     """`Predictor`'s interface (without attention maps) over ONNX Runtime on the CPU, all graph
-    optimisations on; `threads` intra-op threads (default: ONNX Runtime's, one per core)."""
+    optimisations on; `threads` intra-op threads (default: ONNX Runtime's, one per core).
+    `precision` is the export's: float32, or int8 for a quantized one."""
 
     def __init__(self, directory: Path, batch_size: int = 32, threads: int | None = None):
         try:
@@ -45,6 +55,7 @@ class OnnxPredictor:
             raise OnnxRuntimeError(f"ONNX Runtime is not installed ({e}): pip install -e '.[onnx]'") from e
         directory = Path(directory)
         self.spec = read_spec(directory)
+        self.precision = read_metadata(directory).get("precision", "float32")
         self.batch_size = batch_size
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

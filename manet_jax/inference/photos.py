@@ -1,4 +1,4 @@
-"""Images in, one record per face out: load, detect, crop, preprocess, predict in batches, visualise."""
+"""Images in, one record per face out: load, detect, crop or align, preprocess, predict in batches, visualise."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from manet_jax.bundle import FaceTemplate
+from manet_jax.inference.alignment import face_crop
 from manet_jax.inference.boxes import BoxesFile
 from manet_jax.inference.detectors import Detector
 from manet_jax.inference.faces import MARGIN, Box
@@ -72,14 +74,15 @@ def crop_boxes(pixels: np.ndarray, detect_faces: Detector | None, margin: float)
 
 
 def predict_paths(paths: Sequence[str], predictor: Predictor, *, detect_faces: Detector | None,
-                  margin: float = MARGIN, boxes: BoxesFile | None = None,
+                  margin: float = MARGIN, boxes: BoxesFile | None = None, template: FaceTemplate | None = None,
                   visualize: Path | None = None, visualize_as: Path | None = None,
                   stop: Callable[[], None] = lambda: None) -> list[Record]:
     """Records for every face in the images named by `paths` (files, folders, globs), in file order.
 
     Faces are found by `detect_faces` (`detectors.get_detector`) and cropped with `margin`; without
     a detector, each image is taken as one face crop. With `boxes`, the crops
-    are an image's boxes in that file (clipped to the image; no margin). Images without faces and
+    are an image's boxes in that file (clipped to the image; no margin). With `template`, faces with
+    landmarks are aligned onto it instead (`alignment.face_crop`). Images without faces and
     inputs that fail give a record each (NO_FACE, ERROR). A record's box is the crop fed to the
     model, in original pixels. PNGs go into `visualize`, and records name them in `visualize_as`
     (default: `visualize`), where they will be moved. `stop` is called before each image: what it
@@ -103,7 +106,8 @@ def predict_paths(paths: Sequence[str], predictor: Predictor, *, detect_faces: D
         for face, (box, original) in enumerate(crops):
             record = Record(str(path), OK, face=face, box=original)
             records.append(record)
-            batcher.add(record, eval_view(box.crop(image.pixels), predictor.spec.image_size))
+            size = predictor.spec.image_size
+            batcher.add(record, eval_view(face_crop(image.pixels, box, template, size), size))
     batcher.flush()
     return records
 

@@ -32,6 +32,7 @@ class Record:
 
 
 VIDEO_FIELDS = ("frame", "time_s", "track")  # written only when a record comes from a video
+BOX_FIELDS = ("x", "y", "width", "height")  # a box as written (a detector's landmarks are not)
 
 
 def _from_video(records: Sequence[Record]) -> bool:
@@ -42,6 +43,7 @@ def json_row(record: Record, branches: Sequence[str] = BRANCHES[:1], video: bool
     """`record` as a JSON object, with the probabilities of `branches` only, and the VIDEO_FIELDS
     only for a `video`'s records."""
     row = dataclasses.asdict(record)
+    row["box"] = {key: row["box"][key] for key in BOX_FIELDS} if record.box else None  # not its landmarks
     row["probabilities"] = {b: p for b, p in record.probabilities.items() if b in branches}
     return row if video else {k: v for k, v in row.items() if k not in VIDEO_FIELDS}
 
@@ -55,7 +57,7 @@ def _csv_row(record: Record, class_names: Sequence[str], branches: Sequence[str]
     box = dataclasses.asdict(record.box) if record.box else {}
     row = {"file": record.file, "status": record.status, "message": record.message,
            **({key: getattr(record, key) for key in VIDEO_FIELDS} if video else {}), "face": record.face,
-           **{key: box.get(key) for key in ("x", "y", "width", "height")}, "label": record.label}
+           **{key: box.get(key) for key in BOX_FIELDS}, "label": record.label}
     for branch in branches:
         probs = record.probabilities.get(branch, {})
         row.update({f"{branch}_{name}": probs.get(name) for name in class_names})

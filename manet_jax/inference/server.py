@@ -12,6 +12,7 @@ decoded image at a time.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import tempfile
 import threading
 from pathlib import Path
@@ -21,6 +22,7 @@ from flask import Flask, Request, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.utils import secure_filename
 
+from manet_jax.bundle import FaceTemplate
 from manet_jax.inference.detectors import Detector
 from manet_jax.inference.faces import MARGIN
 from manet_jax.inference.images import ImageLoadError, decoded_size
@@ -40,10 +42,11 @@ class BadUpload(HTTPException):
         self.code = code
 
 
-def create_app(predictor: Predictor, *, detect_faces: Detector, margin: float = MARGIN, max_bytes: int,
-               max_pixels: int) -> Flask:
+def create_app(predictor: Predictor, *, detect_faces: Detector, margin: float = MARGIN,
+               template: FaceTemplate | None = None, max_bytes: int, max_pixels: int) -> Flask:
     """The application around `predictor` (made with `maps=True`, for the attention maps); faces are
-    found by `detect_faces` and cropped with `margin` as predict does; request bodies over
+    found by `detect_faces` and cropped with `margin`, or aligned onto `template`, as predict does
+    (`/health` names the template); request bodies over
     `max_bytes` and images that decode to more than `max_pixels` pixels are refused with 413."""
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = max_bytes
@@ -58,7 +61,8 @@ def create_app(predictor: Predictor, *, detect_faces: Detector, margin: float = 
 
     @app.get("/health")
     def health():
-        return jsonify(status="ok", classes=list(predictor.spec.class_names), image_size=predictor.spec.image_size)
+        return jsonify(status="ok", classes=list(predictor.spec.class_names), image_size=predictor.spec.image_size,
+                       face_template=dataclasses.asdict(template) if template else None)
 
     @app.post("/predict")
     def predict():
@@ -68,7 +72,7 @@ def create_app(predictor: Predictor, *, detect_faces: Detector, margin: float = 
             with lock:
                 _check_pixels(name, path, max_pixels)
                 records = predict_paths([str(path)], predictor, detect_faces=detect_faces, margin=margin,
-                                        visualize=Path(tmp, "vis") if visualize else None)
+                                        template=template, visualize=Path(tmp, "vis") if visualize else None)
             rows = []
             for record in records:
                 record.file, record.message = name, record.message.replace(str(path), name)

@@ -8,6 +8,7 @@ compares them when an export is loaded). Exports take a batch of any size.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -39,11 +40,14 @@ def serving_fn(bundle: Bundle) -> Callable[[dict, jax.Array], dict[str, jax.Arra
 
 
 def write_metadata(directory: Path, bundle: Bundle, fmt: str, inputs: dict[str, str],
-                   platforms: Sequence[str]) -> None:
-    """Writes METADATA, describing an export of `fmt` with `inputs` (name -> `input_spec`), and
+                   platforms: Sequence[str], precision: str = "float32") -> None:
+    """Writes METADATA, describing an export of `fmt` with `inputs` (name -> `input_spec`) computing
+    in `precision` (float32, or int8 for a quantized ONNX export), the model's face template, and
     the checksums of the files written before it."""
-    metadata = {"format": fmt, "class_names": list(bundle.spec.class_names), "image_size": bundle.spec.image_size,
-                "inputs": inputs, "outputs": list(OUTPUTS), "platforms": list(platforms),
+    spec = bundle.spec
+    metadata = {"format": fmt, "class_names": list(spec.class_names), "image_size": spec.image_size,
+                "inputs": inputs, "outputs": list(OUTPUTS), "platforms": list(platforms), "precision": precision,
+                "face_template": dataclasses.asdict(spec.face_template) if spec.face_template else None,
                 "sha256": {name: sha256(directory / name) for name in export_files(directory)}}
     (directory / METADATA).write_text(json.dumps(metadata, indent=2) + "\n")
 

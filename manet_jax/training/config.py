@@ -25,7 +25,7 @@ from absl import flags
 from etils import epath
 from ml_collections.config_dict import placeholder
 
-from manet_jax.bundle import ModelSpec
+from manet_jax.bundle import ModelSpec, read_face_template
 from manet_jax.data.options import input_config
 from manet_jax.errors import ConfigError
 from manet_jax.models import MULTISCALE_WIRINGS
@@ -94,6 +94,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.dtype = "float32"  # compute dtype: float32 or bfloat16 (parameters stay float32); float64 for checks
     c.beta = 0.6  # loss = beta CE(local) + (1 - beta) CE(global); prediction from the same mix
     c.multiscale_wiring = MULTISCALE_WIRINGS[0]  # the official code's version of the multi-scale blocks
+    c.face_template = ""  # '': none; the training data's face template (python -m manet_jax.face_template), kept
+    # in the models' header for predict's alignment
     c.init_from_other_wiring = False  # load an init_from model of the other multi-scale wiring anyway
     # Optimisation: SGD with momentum, coupled weight decay, and a learning-rate schedule: 'step' is the
     # reference's StepLR stepped once per epoch; 'cosine' a linear warm-up, then a cosine decay to 0 by the end.
@@ -292,8 +294,9 @@ def parse_eval_sets(text: str, default_split: str | None, option: str) -> list[t
 def model_spec(config: ml_collections.ConfigDict, class_names: Sequence[str]) -> ModelSpec:
     """The header of the models a run of `config` writes, for a dataset of `class_names`."""
     source = f"trained on {config.dataset} from {config.init_from or 'random initialisation'}"
+    template = read_face_template(config.face_template, "config.face_template") if config.face_template else None
     return ModelSpec(tuple(class_names), image_size=config.image_size, beta=config.beta, dtype=config.dtype,
-                     multiscale_wiring=config.multiscale_wiring, source=source)
+                     multiscale_wiring=config.multiscale_wiring, source=source, face_template=template)
 
 
 def save_config(config: ml_collections.ConfigDict, path: os.PathLike) -> list[str]:
