@@ -181,7 +181,8 @@ def test_a_port_in_use_is_an_error(server, setup):
 @pytest.mark.slow
 def test_health(server):
     assert request(server + "/health") == (200, {"status": "ok", "classes": list(default_class_names(7)),
-                                                 "image_size": 64, "face_template": None})
+                                                 "image_size": 64, "face_template": None,
+                                                 "attention_maps": True})
 
 
 @pytest.mark.slow
