@@ -52,9 +52,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--branch-probabilities", action="store_true",
                         help="also write the local and global branches' probabilities to --output")
     parser.add_argument("--visualize", type=Path, metavar="DIR", help="write a PNG per face into DIR")
-    parser.add_argument("--runtime", choices=("xla", "onnx"), default="xla",
-                        help="xla: JAX on all devices; onnx: ONNX Runtime on the CPU, --checkpoint being an ONNX "
-                             "export (%(default)s)")
     video = parser.add_argument_group("videos and cameras")
     video.add_argument("--camera", type=int, metavar="N", help="read camera N (as cv2.VideoCapture(N)) until Ctrl-C")
     sampling = video.add_mutually_exclusive_group()
@@ -81,10 +78,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_video_options(parser, args)
     if args.runtime == "onnx" and args.visualize:
         parser.error("--visualize: an ONNX export has no attention maps; use --runtime xla")
-    if args.runtime == "onnx" and args.image_size:
-        parser.error("--image-size: an ONNX export has a fixed input size; export at the size you need")
-    if args.runtime == "onnx" and "://" in str(args.checkpoint):
-        parser.error(f"--checkpoint {args.checkpoint}: ONNX Runtime reads an export from a local folder; copy it here")
     return cli.run(lambda: predict(args))
 
 

@@ -4,17 +4,21 @@ Serves `GET /health`, `POST /predict` (an image as the body, `Content-Type: imag
 multipart field `image`; answers predict's JSON records) and `GET /`, a page to upload a photo and
 see its faces, labels and attention maps; faces are cropped or aligned as predict does them. The
 model is compiled before the server starts; requests are handled by --threads threads and run the
-model one at a time. Needs the `serve` extra (`pip install -e '.[serve]'`).
+model one at a time. With `--runtime onnx` the faces go through ONNX Runtime instead of XLA,
+--checkpoint being an ONNX export (`python -m manet_jax.export --format onnx`), which has no
+attention maps: the same records, no pictures. Needs the `serve` extra (`pip install -e '.[serve]'`).
 """
 
 from __future__ import annotations
 
 import argparse
 import ctypes
+import importlib
 import logging
 import socket
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from manet_jax import cli
 from manet_jax.errors import ManetError
@@ -52,23 +56,30 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def serve(args: argparse.Namespace) -> int:
     check_address(args.host, args.port)  # before the imports, the model's loading and its compiling
-    try:
+    try:  # the serve extra; the application's module (it loads JAX) once TensorFlow has started
+        importlib.import_module("flask")
         import waitress
-        from manet_jax.inference.server import create_app, warm_up
     except ImportError as e:
         raise ManetError(f"the server needs the serve extra ({e}): pip install -e '.[serve]'") from None
     cli.start_tensorflow()
     from manet_jax.bundle import load_bundle  # the model's modules load JAX: once the tool has started
     from manet_jax.inference.alignment import choose_template
+    from manet_jax.inference.onnx_runtime import OnnxPredictor
     from manet_jax.inference.predictor import Predictor
+    from manet_jax.inference.quantize import runtime_note
+    from manet_jax.inference.server import create_app, warm_up
 
     detect_faces = get_detector(args.detector, args.min_neighbors)  # once: a missing package is an error now
-    bundle = load_bundle(args.checkpoint).resized(args.image_size, "--image-size")
-    template = choose_template(args.align, args.detector in LANDMARK_DETECTORS, bundle.spec)
-    predictor = Predictor(bundle, args.batch_size, maps=True)
+    if args.runtime == "onnx":
+        predictor = OnnxPredictor(Path(args.checkpoint), args.batch_size)
+        print(f"{args.checkpoint}: {runtime_note(predictor.precision)}", file=sys.stderr)
+    else:
+        bundle = load_bundle(args.checkpoint).resized(args.image_size, "--image-size")
+        predictor = Predictor(bundle, args.batch_size, maps=True)
+    template = choose_template(args.align, args.detector in LANDMARK_DETECTORS, predictor.spec)
     warm_up(predictor)
-    app = create_app(predictor, detect_faces=detect_faces, margin=args.margin, template=template,
-                     max_bytes=args.max_bytes, max_pixels=args.max_pixels)
+    app = create_app(predictor, maps=args.runtime == "xla", detect_faces=detect_faces, margin=args.margin,
+                     template=template, max_bytes=args.max_bytes, max_pixels=args.max_pixels)
     if trim := _malloc_trim():  # glibc keeps a decoded image's freed memory otherwise: the RSS stays at its peak
         app.teardown_request(lambda _error: trim(0))
     logging.getLogger("waitress").setLevel(logging.INFO)  # its "Serving on http://..." line

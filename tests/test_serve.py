@@ -1,6 +1,7 @@
 """serve: the server started as a process on a free loopback port, asked over HTTP, its answers
 compared with predict's JSON records for the same photo; bad requests; concurrent requests; the
-upload page driven by a headless Chromium (skipped, saying so, where none is installed).
+upload page driven by a headless Chromium (skipped, saying so, where none is installed); and
+`--runtime onnx` serving the model's ONNX export, the same records without attention maps.
 
 A random 7-class model at 64x64 keeps this fast; accuracy is not the point.
 """
@@ -19,7 +20,9 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -89,13 +92,14 @@ def setup(tmp_path_factory, photos):
     return {"checkpoint": checkpoint, "env": env, "expected": expected}
 
 
-@pytest.fixture(scope="module")
-def server(setup):
-    """The base URL of `python -m manet_jax.serve` on a free loopback port, stopped after the module."""
+@contextlib.contextmanager
+def serving(checkpoint: Path, env: dict[str, str], *options: str) -> Iterator[tuple[str, list[str]]]:
+    """`python -m manet_jax.serve --checkpoint checkpoint *options` on a free loopback port: (its base
+    URL, a list that holds its output once it has stopped by SIGTERM, which the exit checks)."""
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "manet_jax.serve", "--checkpoint", str(setup["checkpoint"]),
-                                "--port", str(port), "--batch-size", str(BATCH), "--max-bytes", str(MAX_BYTES)],
-                               env=setup["env"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    process = subprocess.Popen([sys.executable, "-m", "manet_jax.serve", "--checkpoint", str(checkpoint),
+                                "--port", str(port), "--batch-size", str(BATCH), "--max-bytes", str(MAX_BYTES),
+                                *options], env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + START_TIMEOUT
@@ -109,12 +113,41 @@ def server(setup):
             process.kill()
             pytest.fail(f"the server did not answer within {START_TIMEOUT} s:\n{process.communicate()[0]}")
         time.sleep(0.5)
-    yield url
+    output: list[str] = []
+    yield url, output
     process.terminate()  # SIGTERM while serving: a graceful stop
-    output = process.communicate(timeout=30)[0]
-    assert process.returncode == 0 and output.endswith("stopped by SIGTERM\n"), output[-3000:]
-    assert f"Serving on {url}" in output
-    assert "Task queue depth" not in output  # test_concurrent_requests sends more requests than --threads
+    output.append(process.communicate(timeout=30)[0])
+    assert process.returncode == 0 and output[0].endswith("stopped by SIGTERM\n"), output[0][-3000:]
+    assert f"Serving on {url}" in output[0]
+    assert "Task queue depth" not in output[0]  # test_concurrent_requests sends more requests than --threads
+
+
+@pytest.fixture(scope="module")
+def server(setup):
+    """The base URL of `python -m manet_jax.serve` on a free loopback port, stopped after the module."""
+    with serving(setup["checkpoint"], setup["env"]) as (url, _):
+        yield url
+
+
+@pytest.fixture(scope="module")
+def exported(setup, tmp_path_factory):
+    """The checkpoint's float32 ONNX export (`python -m manet_jax.export --format onnx`)."""
+    pytest.importorskip("onnxruntime", reason="ONNX Runtime is the `onnx` extra: pip install -e '.[onnx]'")
+    pytest.importorskip("jax2onnx", reason="pip install --no-deps jax2onnx==0.17.1 (see setup.cfg's onnx extra)")
+    directory = tmp_path_factory.mktemp("export") / "onnx"
+    result = run([sys.executable, "-m", "manet_jax.export", "--checkpoint", str(setup["checkpoint"]), "--format",
+                  "onnx", "--output", str(directory)], setup["env"])
+    assert result.returncode == 0, result.stderr
+    return directory
+
+
+@pytest.fixture(scope="module")
+def onnx_server(setup, exported):
+    """The base URL of `python -m manet_jax.serve --runtime onnx` serving `exported`, stopped after the
+    module, which said once what runs the export."""
+    with serving(exported, setup["env"], "--runtime", "onnx") as (url, output):
+        yield url
+    assert output[0].count(f"{exported}: ONNX Runtime, float32") == 1, output[0][-3000:]
 
 
 def assert_same_records(answer: list, expected: list, file: str) -> None:
@@ -139,9 +172,9 @@ def test_the_server_listens_on_this_machine_only_by_default():
 
 def test_the_server_takes_predicts_face_options():
     argv = ["--checkpoint", "model", "--detector", "mtcnn", "--margin", "0.3", "--min-neighbors", "3",
-            "--image-size", "112"]
+            "--image-size", "112", "--runtime", "onnx"]
     served, predicted = serve.build_parser().parse_args(argv), predict.build_parser().parse_args(["x.png", *argv])
-    for key in ("checkpoint", "detector", "margin", "min_neighbors", "image_size"):
+    for key in ("checkpoint", "detector", "margin", "min_neighbors", "image_size", "runtime"):
         assert getattr(served, key) == getattr(predicted, key)
     assert (served.batch_size, predicted.batch_size) == (8, 32)
 
@@ -150,6 +183,10 @@ def test_the_server_takes_predicts_face_options():
     (["--port", "-1"], "--port -1: must be at least 0"), (["--max-bytes", "0"], "--max-bytes 0: must be at least 1"),
     (["--max-pixels", "0"], "--max-pixels 0: must be at least 1"),
     (["--threads", "0"], "--threads 0: must be at least 1"), (["--batch-size", "0"], "--batch-size 0: must be at least 1"),
+    (["--runtime", "onnx", "--image-size", "112"],
+     "--image-size: an ONNX export has a fixed input size; export at the size you need"),
+    (["--runtime", "onnx", "--checkpoint", "gs://bucket/onnx"],
+     "--checkpoint gs://bucket/onnx: ONNX Runtime reads an export from a local folder; copy it here"),
 ])
 def test_bad_options_are_refused(capsys, option, message):
     with pytest.raises(SystemExit) as exit_:
@@ -181,7 +218,8 @@ def test_a_port_in_use_is_an_error(server, setup):
 @pytest.mark.slow
 def test_health(server):
     assert request(server + "/health") == (200, {"status": "ok", "classes": list(default_class_names(7)),
-                                                 "image_size": 64, "face_template": None})
+                                                 "image_size": 64, "face_template": None,
+                                                 "attention_maps": True})
 
 
 @pytest.mark.slow
@@ -278,12 +316,11 @@ def chromium() -> tuple[str, str]:
     return browser, driver
 
 
-@pytest.mark.slow
-def test_the_upload_page_shows_the_faces_labels_and_attention_maps(server, setup, photos):
+@contextlib.contextmanager
+def chrome():
+    """A headless Chromium driven by Selenium; skips the test without one."""
     browser, driver_path = chromium()
     from selenium import webdriver
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     options = webdriver.ChromeOptions()
     options.binary_location = browser
@@ -291,7 +328,19 @@ def test_the_upload_page_shows_the_faces_labels_and_attention_maps(server, setup
         options.add_argument(argument)
     driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver_path))
     try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.mark.slow
+def test_the_upload_page_shows_the_faces_labels_and_attention_maps(server, setup, photos):
+    with chrome() as driver:
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support.ui import WebDriverWait
+
         driver.get(server + "/")
+        assert not driver.find_element(By.ID, "no-maps").is_displayed()
         expected = setup["expected"]["astronaut.png"][0]
         driver.find_element(By.ID, "image").send_keys(str(photos / "astronaut.png"))
         driver.find_element(By.ID, "submit").click()
@@ -321,5 +370,72 @@ def test_the_upload_page_shows_the_faces_labels_and_attention_maps(server, setup
         WebDriverWait(driver, 60).until(lambda d: d.find_element(By.ID, "error").text)
         assert driver.find_element(By.ID, "error").text == "error: setup.cfg: not an image file Pillow can identify"
         assert driver.find_elements(By.CSS_SELECTOR, ".face, .box") == []
-    finally:
-        driver.quit()
+
+
+def page(url: str) -> str:
+    with urllib.request.urlopen(url + "/", timeout=30) as response:
+        assert response.status == 200
+        return response.read().decode()
+
+
+@pytest.mark.slow
+def test_an_onnx_export_is_served_with_predicts_records_and_no_maps(onnx_server, setup, photos):
+    assert request(onnx_server + "/health") == (200, {"status": "ok", "classes": list(default_class_names(7)),
+                                                      "image_size": 64, "face_template": None,
+                                                      "attention_maps": False})
+    astronaut = (photos / "astronaut.png").read_bytes()
+    status, answer = request(onnx_server + "/predict", astronaut, "image/png")
+    assert status == 200
+    assert [r["status"] for r in answer] == ["ok"]
+    assert_same_records(answer, setup["expected"]["astronaut.png"], "upload")  # XLA's, to float32 round-off
+    assert answer[0]["visualization"] is None
+
+    body, content_type = multipart({"image": ("astronaut.png", astronaut, "image/png")})
+    status, answer = request(onnx_server + "/predict", body, content_type)
+    assert status == 200
+    assert_same_records(answer, setup["expected"]["astronaut.png"], "astronaut.png")
+
+    status, answer = request(onnx_server + "/predict", (photos / "grey.png").read_bytes(), "image/png")
+    assert status == 200
+    assert_same_records(answer, setup["expected"]["grey.png"], "upload")
+
+    assert request(onnx_server + "/predict?visualize=1", astronaut, "image/png") == (400, {
+        "error": "visualize: this server's model gives no attention maps (an ONNX export; serve --runtime xla "
+                 "draws them)"})
+
+
+@pytest.mark.slow
+def test_the_upload_page_shows_the_faces_and_labels_of_an_onnx_export(onnx_server, setup, photos):
+    """No attention pictures, and no broken image in their place; the page says why."""
+    assert "const maps = false;" in page(onnx_server)
+    with chrome() as driver:
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        driver.get(onnx_server + "/")
+        assert driver.find_element(By.ID, "no-maps").is_displayed()
+        expected = setup["expected"]["astronaut.png"][0]
+        driver.find_element(By.ID, "image").send_keys(str(photos / "astronaut.png"))
+        driver.find_element(By.ID, "submit").click()
+        WebDriverWait(driver, 120).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".face .label"))
+        assert driver.find_element(By.ID, "status").text == "1 face(s)"
+        assert driver.find_element(By.ID, "error").text == ""
+        box, = driver.find_elements(By.CSS_SELECTOR, "#photo-frame .box")
+        assert box.text == f"0: {expected['label']}"
+        probability = expected["probabilities"]["fused"][expected["label"]]
+        assert driver.find_element(By.CSS_SELECTOR, ".face .label").text == \
+               f"face 0: {expected['label']} ({100 * probability:.1f}%)"
+        assert driver.find_elements(By.CSS_SELECTOR, ".face img") == []
+        assert driver.execute_script(  # the photo is the page's one image, and it shows
+            "return Array.from(document.images, (i) => [i.id, i.complete && i.naturalWidth > 0])") == [["photo", True]]
+
+
+@pytest.mark.slow
+def test_serving_a_checkpoint_that_is_not_an_onnx_export_is_one_error(setup):
+    checkpoint = setup["checkpoint"]
+    result = run([sys.executable, "-m", "manet_jax.serve", "--checkpoint", str(checkpoint), "--runtime", "onnx",
+                  "--port", str(free_port())], setup["env"])
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: --checkpoint {checkpoint}: not an ONNX export (python -m manet_jax.export --format "
+                      f"onnx makes one)"] == result.stderr.splitlines()[-1:], result.stderr

@@ -1,5 +1,6 @@
 """The command-line options of the tools that find and crop faces and run a model on them
-(`predict`, `serve`): the model, its input size, the detector, the crop or the alignment, the batch."""
+(`predict`, `serve`): the model, its input size, the detector, the crop or the alignment, the batch,
+the runtime."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from manet_jax.inference.faces import MARGIN
 
 
 def add_face_options(parser: argparse.ArgumentParser, batch_size: int) -> None:
-    """--checkpoint, --image-size, --detector, --margin, --align/--no-align, --min-neighbors and
-    --batch-size (default `batch_size`)."""
+    """--checkpoint, --image-size, --detector, --margin, --align/--no-align, --min-neighbors,
+    --batch-size (default `batch_size`) and --runtime."""
     parser.add_argument("--checkpoint", required=True, type=epath.Path, metavar="DIR",
                         help="model: a converted bundle, trainer checkpoint or workdir (a local path or gs:// URL)")
     parser.add_argument("--image-size", type=int, metavar="S", help="model input size (default: the model's)")
@@ -28,13 +29,22 @@ def add_face_options(parser: argparse.ArgumentParser, batch_size: int) -> None:
     parser.add_argument("--min-neighbors", type=int, default=5,
                         help="the cascade's strictness: more, fewer false faces (%(default)s)")
     parser.add_argument("--batch-size", type=int, default=batch_size, help="faces per forward (%(default)s)")
+    parser.add_argument("--runtime", choices=("xla", "onnx"), default="xla",
+                        help="xla: JAX on all devices; onnx: ONNX Runtime on the CPU, --checkpoint being an ONNX "
+                             "export (%(default)s)")
 
 
 def check_face_options(parser: argparse.ArgumentParser, args: argparse.Namespace,
                        *more: tuple[str, float, float]) -> None:
     """Stops with argparse's usage error where --margin or --min-neighbors is below 0, --batch-size
-    below 1, or one of `more` ((option, value, least), ...) below its least."""
+    below 1, or one of `more` ((option, value, least), ...) below its least; or where --runtime onnx
+    comes with --image-size (an export's size is fixed) or a --checkpoint URL (ONNX Runtime reads a
+    local file)."""
     for option, value, least in (("--margin", args.margin, 0), ("--min-neighbors", args.min_neighbors, 0),
                                  ("--batch-size", args.batch_size, 1), *more):
         if value < least:
             parser.error(f"{option} {value}: must be at least {least}")
+    if args.runtime == "onnx" and args.image_size:
+        parser.error("--image-size: an ONNX export has a fixed input size; export at the size you need")
+    if args.runtime == "onnx" and "://" in str(args.checkpoint):
+        parser.error(f"--checkpoint {args.checkpoint}: ONNX Runtime reads an export from a local folder; copy it here")

@@ -3,10 +3,11 @@ an upload page.
 
 `/predict` takes an image as the request body (`Content-Type: image/*`) or as the multipart field
 `image` and answers with predict's JSON records for it (`records.json_row`), computed by
-`photos.predict_paths` on a temporary copy of the upload. An image that would decode to more than
-`max_pixels` pixels is refused from its header, before it is decoded. One lock serialises the
-decoding and the model runs, so the application is safe under a threaded WSGI server and holds one
-decoded image at a time.
+`photos.predict_paths` on a temporary copy of the upload, with each face's attention picture on
+`?visualize=1` where the model gives the maps (an ONNX export does not). An image that would
+decode to more than `max_pixels` pixels is refused from its header, before it is decoded. One lock
+serialises the decoding and the model runs, so the application is safe under a threaded WSGI
+server and holds one decoded image at a time.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import dataclasses
 import tempfile
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from flask import Flask, Request, jsonify, request
@@ -27,8 +29,11 @@ from manet_jax.inference.detectors import Detector
 from manet_jax.inference.faces import MARGIN
 from manet_jax.inference.images import ImageLoadError, decoded_size
 from manet_jax.inference.photos import predict_paths
-from manet_jax.inference.predictor import Predictor
 from manet_jax.inference.records import ERROR, json_row
+
+if TYPE_CHECKING:
+    from manet_jax.inference.onnx_runtime import OnnxPredictor
+    from manet_jax.inference.predictor import Predictor
 
 FIELD = "image"  # the multipart field holding the image
 UPLOAD_NAME = "upload"  # the record's `file` when the upload has no file name
@@ -42,16 +47,20 @@ class BadUpload(HTTPException):
         self.code = code
 
 
-def create_app(predictor: Predictor, *, detect_faces: Detector, margin: float = MARGIN,
-               template: FaceTemplate | None = None, max_bytes: int, max_pixels: int) -> Flask:
-    """The application around `predictor` (made with `maps=True`, for the attention maps); faces are
-    found by `detect_faces` and cropped with `margin`, or aligned onto `template`, as predict does
-    (`/health` names the template); request bodies over
-    `max_bytes` and images that decode to more than `max_pixels` pixels are refused with 413."""
+def create_app(predictor: Predictor | OnnxPredictor, *, maps: bool = True, detect_faces: Detector,
+               margin: float = MARGIN, template: FaceTemplate | None = None, max_bytes: int, max_pixels: int
+               ) -> Flask:
+    """The application around `predictor`; `maps`: whether it gives the attention maps (a `Predictor`
+    made with `maps=True`), which `?visualize=1` draws; without them (an `OnnxPredictor`)
+    `?visualize=1` is refused with 400 and the page shows the faces and labels only (`/health` says
+    which). Faces are found by `detect_faces` and cropped with `margin`, or aligned onto `template`,
+    as predict does (`/health` names the template); request bodies over `max_bytes` and images that
+    decode to more than `max_pixels` pixels are refused with 413."""
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = max_bytes
     app.json.sort_keys = False  # the records' keys and classes in predict's order
     lock = threading.Lock()
+    page_html = PAGE.replace("__MAPS__", "true" if maps else "false")
 
     @app.errorhandler(HTTPException)
     def http_error(e: HTTPException):
@@ -62,11 +71,14 @@ def create_app(predictor: Predictor, *, detect_faces: Detector, margin: float = 
     @app.get("/health")
     def health():
         return jsonify(status="ok", classes=list(predictor.spec.class_names), image_size=predictor.spec.image_size,
-                       face_template=dataclasses.asdict(template) if template else None)
+                       face_template=dataclasses.asdict(template) if template else None, attention_maps=maps)
 
     @app.post("/predict")
     def predict():
         visualize = request.args.get("visualize", "") not in ("", "0", "false")
+        if visualize and not maps:
+            raise BadUpload(400, "visualize: this server's model gives no attention maps (an ONNX export; "
+                                 "serve --runtime xla draws them)")
         with tempfile.TemporaryDirectory(prefix="manet-serve-") as tmp:
             name, path = _save_upload(request, Path(tmp, "upload"))  # the upload's name may be any, "vis" too
             with lock:
@@ -86,12 +98,12 @@ def create_app(predictor: Predictor, *, detect_faces: Detector, margin: float = 
 
     @app.get("/")
     def page():
-        return PAGE
+        return page_html
 
     return app
 
 
-def warm_up(predictor: Predictor) -> None:
+def warm_up(predictor: Predictor | OnnxPredictor) -> None:
     """Compiles the model by running it on one blank face, so that the first request is not slow."""
     size = predictor.spec.image_size
     predictor(np.zeros((1, size, size, 3), np.float32))
@@ -153,6 +165,7 @@ body { font-family: sans-serif; margin: 1em 2em; }
   <input id="image" type="file" name="image" accept="image/*" required>
   <button id="submit" type="submit">Predict</button>
 </form>
+<p id="no-maps" hidden>This server's model gives no attention maps (an ONNX export): faces and labels only.</p>
 <p id="status"></p><p id="error"></p>
 <div id="photo-frame" hidden><img id="photo" alt="the uploaded photo"></div>
 <div id="faces"></div>
@@ -160,13 +173,15 @@ body { font-family: sans-serif; margin: 1em 2em; }
 const form = document.getElementById("upload"), frame = document.getElementById("photo-frame");
 const photo = document.getElementById("photo"), faces = document.getElementById("faces");
 const status = document.getElementById("status"), error = document.getElementById("error");
+const maps = __MAPS__;  // whether the model gives attention maps, which ?visualize=1 draws
+document.getElementById("no-maps").hidden = maps;
 function add(parent, tag, props) { return parent.appendChild(Object.assign(document.createElement(tag), props)); }
 form.addEventListener("submit", async (event) => {
   event.preventDefault();
   const file = document.getElementById("image").files[0];
   frame.querySelectorAll(".box").forEach((box) => box.remove());
   faces.replaceChildren(); error.textContent = ""; frame.hidden = true; status.textContent = "predicting...";
-  const response = await fetch("predict?visualize=1", {method: "POST", body: new FormData(form)});
+  const response = await fetch(maps ? "predict?visualize=1" : "predict", {method: "POST", body: new FormData(form)});
   const answer = await response.json();
   if (!response.ok) { status.textContent = ""; error.textContent = "error: " + answer.error; return; }
   photo.src = URL.createObjectURL(file);
@@ -184,8 +199,10 @@ form.addEventListener("submit", async (event) => {
     const p = record.probabilities.fused[record.label];
     add(face, "h2", {className: "label", textContent: "face " + record.face + ": " + record.label +
                      " (" + (100 * p).toFixed(1) + "%)"});
-    add(face, "img", {className: "visualization", src: record.visualization,
-                      alt: "face " + record.face + " with its attention maps"});
+    if (record.visualization) {
+      add(face, "img", {className: "visualization", src: record.visualization,
+                        alt: "face " + record.face + " with its attention maps"});
+    }
   }
 });
 </script>
