@@ -48,22 +48,21 @@ def one_device(setup) -> dict:
     return {"losses": json.loads(result.stdout.splitlines()[-1]), "params": np.load(output)}
 
 
-@pytest.mark.parametrize("where", ["local", "bucket"])
-def test_two_processes_of_two_devices_match_one_device(setup, one_device, where, request, tmp_path):
-    """Also as on a pod slice: the workdir, and the model it starts from, in a gs:// bucket."""
+def test_two_processes_of_two_devices_match_one_device(setup, one_device, emulator, tmp_path):
+    """As on a pod slice: the workdir, and the model it starts from, in a gs:// bucket. (The run on a
+    local disk takes the same path but for the storage layer, which tests/test_train.py and
+    tests/test_gcs.py cover; a second multi-process run would cost the suite four minutes.)"""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     # Without the persistent compilation cache: only process 0 writes it, and on CPU the two processes'
     # keys differ, so a warm cache would let process 0 start its first collective while process 1
     # still compiles, past gloo's 30 s to connect.
-    env = {**environment(setup["cache"], num_devices=2), "JAX_ENABLE_COMPILATION_CACHE": "false"}
-    workdir, overrides = tmp_path / "multiprocess", OVERRIDES
-    if where == "bucket":
-        emulator = request.getfixturevalue("emulator")
-        bucket = emulator.new_bucket()
-        workdir, env = f"gs://{bucket}/run", {**env, **emulator.environment()}
-        overrides = [*OVERRIDES, f"--config.init_from={upload(setup['init_from'], f'gs://{bucket}/init')}"]
+    bucket = emulator.new_bucket()
+    workdir = f"gs://{bucket}/run"
+    env = {**environment(setup["cache"], num_devices=2), "JAX_ENABLE_COMPILATION_CACHE": "false",
+           **emulator.environment()}
+    overrides = [*OVERRIDES, f"--config.init_from={upload(setup['init_from'], f'gs://{bucket}/init')}"]
     processes = [subprocess.Popen(
         command(setup, workdir, *overrides, f"--coordinator-address=127.0.0.1:{port}", "--num-processes=2",
                 f"--process-id={i}"),
@@ -75,17 +74,16 @@ def test_two_processes_of_two_devices_match_one_device(setup, one_device, where,
             p.kill()
     assert [p.returncode for p in processes] == [0, 0], errors[0][-3000:] + errors[1][-3000:]
     assert "on 4 device(s) in 2 process(es)" in errors[0]
-    if where == "bucket":
-        assert f"initialised from gs://{bucket}/init" in errors[0]
-        workdir = download(workdir, tmp_path / "run")
-    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert f"initialised from gs://{bucket}/init" in errors[0]
+    local = download(workdir, tmp_path / "run")
+    records = [json.loads(line) for line in (local / "metrics.jsonl").read_text().splitlines()]
     losses = [r["train"]["loss"] for r in records if "train" in r]
     assert len(losses) == 2  # written once, by process 0
     assert np.all(np.isfinite(one_device["losses"]))
     np.testing.assert_allclose(losses[0], one_device["losses"][0], rtol=1e-6)
     np.testing.assert_allclose(losses[1], one_device["losses"][1], rtol=1e-2)
     initial = flat_params(load_bundle(setup["init_from"]).variables)
-    update = flat_params(load_bundle(workdir / "checkpoints" / "1").variables) - initial
+    update = flat_params(load_bundle(local / "checkpoints" / "1").variables) - initial
     expected = one_device["params"] - initial
     assert np.linalg.norm(update - expected) / np.linalg.norm(expected) < 1e-3
     assert [r["eval"][f"{DATASET}/test"]["fused"]["count"] for r in records if "eval" in r] == [20, 20]
