@@ -53,7 +53,8 @@ def emulator(tmp_path_factory):
 # one-device reference needs them.
 SLOWEST = ["test_train.py", "test_model_parity.py", "test_train_parallel.py", "test_tpu_plan.py",
            "test_recipe_parity.py", "test_gcs.py", "test_train_stops.py", "test_predict.py", "test_predict_video.py", "test_export.py",
-           "test_benchmark.py", "test_onnx.py", "test_convert.py", "test_compare.py"]
+           "test_benchmark.py", "test_onnx.py", "test_serve.py", "test_convert.py", "test_evaluate.py",
+           "test_signals.py", "test_compare.py", "test_align.py", "test_cli.py"]
 
 
 def pytest_configure(config: pytest.Config) -> None:

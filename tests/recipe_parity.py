@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     control = OfficialRecipe(flax_to_torch(variables), config, CONTROL_GAMMA, setup.steps_per_epoch)
     parameters = {name for name, _ in official.model.named_parameters()}
 
-    batches, worst, failed, control_error = setup.train_batches(), {}, False, 0.0
+    batches, worst, failed = setup.train_batches(), {}, False
     for step in range(setup.total_steps):
         batch = next(batches)
         lr = float(setup.schedule(step))
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         failed |= bool(counters) or any(not e <= TOLERANCE for e in step_errors.values())
         for name, e in step_errors.items():
             worst[name.split(" (")[0]] = max(worst.get(name.split(" (")[0], 0.0), e)
-        control_error = max(errors(ours, control.state(), parameters).values())
+    control_error = max(errors(ours, control.state(), parameters).values())
     print("max over the steps: " + "; ".join(f"{name} {e:.2e}" for name, e in worst.items())
           + f" (tolerance {TOLERANCE:g} relative)")
     print(f"control (StepLR gamma {CONTROL_GAMMA:g}) after the last step: {control_error:.2e}")
