@@ -222,8 +222,9 @@ def test_health(server):
                                                  "attention_maps": True})
 
 
-@pytest.mark.slow
-def test_predict_answers_with_predicts_records(server, setup, photos):
+def assert_answers_as_predict(server: str, setup: dict, photos: Path) -> None:
+    """The astronaut as the body and as a multipart upload, and a photo without a face: predict's
+    records (the model's own, or XLA's to float32 round-off for an ONNX export)."""
     astronaut = (photos / "astronaut.png").read_bytes()
     status, answer = request(server + "/predict", astronaut, "image/png")
     assert status == 200
@@ -236,15 +237,19 @@ def test_predict_answers_with_predicts_records(server, setup, photos):
     assert status == 200
     assert_same_records(answer, setup["expected"]["astronaut.png"], "astronaut.png")
 
-    body, content_type = multipart({"image": ("../vis", astronaut, "image/png")})  # the server's own folder's name
-    status, answer = request(server + "/predict?visualize=1", body, content_type)
-    assert status == 200
-    assert_same_records(answer, setup["expected"]["astronaut.png"], "vis")
-
     status, answer = request(server + "/predict", (photos / "grey.png").read_bytes(), "image/png")
     assert status == 200
     assert_same_records(answer, setup["expected"]["grey.png"], "upload")
     assert answer[0]["status"] == "no face"
+
+
+@pytest.mark.slow
+def test_predict_answers_with_predicts_records(server, setup, photos):
+    assert_answers_as_predict(server, setup, photos)
+    body, content_type = multipart({"image": ("../vis", (photos / "astronaut.png").read_bytes(), "image/png")})
+    status, answer = request(server + "/predict?visualize=1", body, content_type)  # the server's own folder's name
+    assert status == 200
+    assert_same_records(answer, setup["expected"]["astronaut.png"], "vis")
 
 
 @pytest.mark.slow
@@ -383,22 +388,8 @@ def test_an_onnx_export_is_served_with_predicts_records_and_no_maps(onnx_server,
     assert request(onnx_server + "/health") == (200, {"status": "ok", "classes": list(default_class_names(7)),
                                                       "image_size": 64, "face_template": None,
                                                       "attention_maps": False})
+    assert_answers_as_predict(onnx_server, setup, photos)
     astronaut = (photos / "astronaut.png").read_bytes()
-    status, answer = request(onnx_server + "/predict", astronaut, "image/png")
-    assert status == 200
-    assert [r["status"] for r in answer] == ["ok"]
-    assert_same_records(answer, setup["expected"]["astronaut.png"], "upload")  # XLA's, to float32 round-off
-    assert answer[0]["visualization"] is None
-
-    body, content_type = multipart({"image": ("astronaut.png", astronaut, "image/png")})
-    status, answer = request(onnx_server + "/predict", body, content_type)
-    assert status == 200
-    assert_same_records(answer, setup["expected"]["astronaut.png"], "astronaut.png")
-
-    status, answer = request(onnx_server + "/predict", (photos / "grey.png").read_bytes(), "image/png")
-    assert status == 200
-    assert_same_records(answer, setup["expected"]["grey.png"], "upload")
-
     assert request(onnx_server + "/predict?visualize=1", astronaut, "image/png") == (400, {
         "error": "visualize: this server's model gives no attention maps (an ONNX export; serve --runtime xla "
                  "draws them)"})
