@@ -306,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return cli.run(lambda: benchmark(args))
+    return cli.run(lambda: benchmark(args), whole_process=argv is None)
 
 
 def measure(args: argparse.Namespace, batch_sizes: list[int], modes: list[str], module: Any,

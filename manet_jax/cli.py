@@ -10,10 +10,10 @@ Any other exception is a bug and keeps its traceback.
 
 A tool's `main` hands its work to `run` (most parse their command line first), which first sets
 what is process-wide (`start_runtime`; importing manet_jax sets nothing). From then on (before it,
-Python's own start and the tool's first imports keep Python's defaults) SIGTERM and SIGINT end
-it, at any moment (while JAX and TensorFlow load, a dataset builds, XLA compiles), with the one
-line `stopped by SIGTERM` (or SIGINT) and status 143 (or 130), without tearing the interpreter
-down under running compiles (`stop_on_signals`). Work with something to save or finish defers
+Python's own start and the tool's first imports keep Python's defaults) to the process's exit,
+SIGTERM and SIGINT end it, at any moment (while JAX and TensorFlow load, a dataset builds, XLA
+compiles, the process exits), with the one line `stopped by SIGTERM` (or SIGINT) and status 143
+(or 130), without tearing the interpreter down under running compiles (`stop_on_signals`). Work with something to save or finish defers
 them (`deferring_signals`) and acts at its safe points: the trainer checkpoints at its next step
 (`training.preemption`), the server stops taking requests and exits with 0, predict stops reading
 a video between frames and writes what it read.
@@ -22,6 +22,7 @@ a video between frames and writes what it read.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import logging
 import os
@@ -71,23 +72,53 @@ def parse_with_overrides(parser_: argparse.ArgumentParser, argv: Sequence[str] |
     return args, overrides
 
 
-def run(work: Callable[[], int | None]) -> int:
+def run(work: Callable[[], int | None], whole_process: bool = False) -> int:
     """Runs a tool's work after the one start of what is process-wide (`start_runtime`): its status
     (None is 0), or 2 with one `error:` line for a ManetError, or 128 + the signal with one line for
-    SIGTERM or SIGINT acted upon at a safe point (`errors.Stopped`)."""
+    SIGTERM or SIGINT acted upon at a safe point (`errors.Stopped`). The signal handlers are put back
+    afterwards, for callers that go on (tests call tools' `main` in their process), unless the tool
+    is the `whole_process` (its `main` got no argv: a console script or `python -m`): then they stay
+    to the end and the process ends once the exit handlers have run (`end_after_exit_handlers`),
+    so that a signal while it exits still ends it in one line with 128 + the signal."""
     restore = start_runtime()
+    if whole_process:
+        end_after_exit_handlers()
     try:
-        return work() or 0
+        status = work() or 0
     except ManetError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        status = 2
     except Interrupted:  # the work has logged what it saved
-        return 130
+        status = 130
     except Stopped as e:
         print(f"stopped by {e.signal.name}", file=sys.stderr)
-        return 128 + e.signal
-    finally:  # for callers that go on (tests call tools' `main` in their process)
-        restore()
+        status = 128 + e.signal
+    finally:
+        if not whole_process:
+            restore()
+    _ending[:] = [status]
+    return status
+
+
+_ending: list[int] = []  # the whole process's status, once its work has returned one
+
+
+def end_after_exit_handlers() -> None:
+    """Ends the process after the exit handlers registered from now on (JAX's, TensorFlow's: `atexit`
+    runs the latest first) with the status its work returned (1 after an uncaught exception),
+    without the interpreter's teardown: for about a second after the work, Python's finalisation
+    and the native libraries' destructors run where no signal handler can act, and a signal would
+    kill the process by default instead of ending it in one line."""
+    _ending.clear()
+
+    def end() -> None:
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError, RuntimeError):
+                stream.flush()
+        os._exit(_ending[0] if _ending else 1)
+
+    atexit.register(end)
 
 
 GOOGLE_PCI_VENDOR = "0x1ae0"  # the PCI vendor of TPU chips (and of Compute Engine's gVNIC network card)

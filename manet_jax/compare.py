@@ -261,7 +261,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    return cli.run(lambda: compare(args))
+    return cli.run(lambda: compare(args), whole_process=argv is None)
 
 
 def compare(args: argparse.Namespace) -> int:

@@ -75,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"{option} {path}: unknown format; use a {' or '.join(formats)} file name")
         if path and not path.absolute().parent.is_dir():
             parser.error(f"{option} {path}: its folder does not exist")
-    return cli.run(lambda: evaluate(args, overrides))
+    return cli.run(lambda: evaluate(args, overrides), whole_process=argv is None)
 
 
 def evaluate(args: argparse.Namespace, overrides: list[str]) -> None:

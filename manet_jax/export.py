@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.calibration_images < 1:
             parser.error(f"--calibration-images {args.calibration_images}: must be at least 1")
         export(args)
-    return cli.run(work)
+    return cli.run(work, whole_process=argv is None)
 
 
 def export(args: argparse.Namespace) -> None:

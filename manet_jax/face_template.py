@@ -39,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.max_images is not None and args.max_images < 1:
         parser.error(f"--max-images {args.max_images}: must be at least 1")
-    return cli.run(lambda: face_template(args))
+    return cli.run(lambda: face_template(args), whole_process=argv is None)
 
 
 def face_template(args: argparse.Namespace) -> None:

@@ -90,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         tfds.disable_progress_bar()
         measure_all(args.threads, args.seconds, args.batch_size, args.per_class)
-    return cli.run(work)
+    return cli.run(work, whole_process=argv is None)
 
 
 if __name__ == "__main__":

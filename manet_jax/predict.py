@@ -78,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_video_options(parser, args)
     if args.runtime == "onnx" and args.visualize:
         parser.error("--visualize: an ONNX export has no attention maps; use --runtime xla")
-    return cli.run(lambda: predict(args))
+    return cli.run(lambda: predict(args), whole_process=argv is None)
 
 
 def check_video_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

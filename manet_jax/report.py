@@ -66,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.markdown:
                 written["markdown"].write_text(text)
 
-    return cli.run(work)
+    return cli.run(work, whole_process=argv is None)
 
 
 def expand(patterns: Sequence[str]) -> list[str]:

@@ -51,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     check_face_options(parser, args, ("--port", args.port, 0), ("--max-bytes", args.max_bytes, 1),
                        ("--max-pixels", args.max_pixels, 1), ("--threads", args.threads, 1))
-    return cli.run(lambda: serve(args))
+    return cli.run(lambda: serve(args), whole_process=argv is None)
 
 
 def serve(args: argparse.Namespace) -> int:

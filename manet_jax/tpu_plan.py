@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args, overrides = cli.parse_with_overrides(build_parser(), argv)
-    return cli.run(lambda: plan(args, overrides))
+    return cli.run(lambda: plan(args, overrides), whole_process=argv is None)
 
 
 def plan(args: argparse.Namespace, overrides: list[str]) -> None:

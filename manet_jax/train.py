@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args, overrides = cli.parse_with_overrides(build_parser(), argv)
-    return cli.run(lambda: train(args, overrides))
+    return cli.run(lambda: train(args, overrides), whole_process=argv is None)
 
 
 def train(args: argparse.Namespace, overrides: list[str]) -> None:

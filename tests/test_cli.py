@@ -113,6 +113,52 @@ def test_the_tools_signal_handlers_are_put_back_after_their_work():
     assert signal.set_wakeup_fd(wakeup) == wakeup
 
 
+# A tool that is the whole process, as `python -m` or a console script runs it: after its work,
+# an exit handler registered by the work (as JAX's and TensorFlow's are) runs; `case` says what the
+# work returns or raises and whether a SIGTERM arrives in that handler; an object that the
+# interpreter's teardown would collect prints when it is.
+WHOLE_PROCESS = """
+import atexit, os, signal, sys, time
+from manet_jax import cli
+case = sys.argv[1]
+
+class Collected:
+    def __del__(self):
+        print("torn down", flush=True)
+
+kept = Collected()
+
+def late():
+    print("exit handler", flush=True)
+    if case == "signalled":
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+        print("not stopped", flush=True)
+
+def work():
+    atexit.register(late)
+    print("done", end="")  # flushed at the end
+    if case == "bug":
+        raise RuntimeError("a bug")
+    return 3
+
+sys.exit(cli.run(work, whole_process=True))
+"""
+
+
+@pytest.mark.slow  # a process per case
+@pytest.mark.parametrize("case, status, stderr", [
+    ("signalled", 143, "stopped by SIGTERM\n"), ("returned", 3, ""), ("bug", 1, "RuntimeError: a bug\n")])
+def test_a_tool_that_is_the_whole_process_ends_in_one_line_on_a_signal_while_it_exits(case, status, stderr):
+    """Without the interpreter's teardown, where a signal found Python's default handler (killed
+    by SIGTERM, no line) for about a second after the work; the exit handlers still run."""
+    result = subprocess.run([sys.executable, "-c", WHOLE_PROCESS, case], capture_output=True, text=True,
+                            timeout=60, cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == status, result.stderr
+    assert result.stderr.endswith(stderr) and (case == "bug" or result.stderr == stderr)
+    assert result.stdout == "doneexit handler\n"
+
+
 # Imports every dependency that manet_jax names (what they set on import is theirs), then every
 # manet_jax module, and prints what changed in between of os.environ, the signal handlers, the
 # loggers' levels and handlers, and jax.config.

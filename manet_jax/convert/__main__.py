@@ -163,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def work() -> int | None:  # the parser needs the model's modules: parsed once the tool has started
         args = build_parser().parse_args(argv)
         return args.run(args)
-    return cli.run(work)
+    return cli.run(work, whole_process=argv is None)
 
 
 if __name__ == "__main__":

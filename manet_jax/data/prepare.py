@@ -59,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def work() -> None:
         prepare(args.dataset, args.manual_dir, args.data_dir, args.skip_corrupt)
 
-    return cli.run(work)
+    return cli.run(work, whole_process=argv is None)
 
 
 if __name__ == "__main__":
