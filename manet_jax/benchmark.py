@@ -41,16 +41,14 @@ import numpy as np
 from manet_jax import cli, storage
 from manet_jax.accelerators import peak_tflops
 from manet_jax.bundle import Bundle, ModelSpec, default_class_names
+from manet_jax.convert.wiring import synthetic_faces
 from manet_jax.errors import ConfigError
 from manet_jax.inference.onnx_export import export_onnx, quantized_export
-from manet_jax.convert.wiring import synthetic_faces
 from manet_jax.inference.onnx_runtime import OnnxPredictor
 from manet_jax.inference.quantize import INT8, SIMD_FLAGS, cpu_flags, cpu_info
 from manet_jax.mesh import batch_sharded, make_mesh, platform, replicated
 from manet_jax.models import BRANCH_EXECUTION, MANet, branch_execution_for, init_variables, model_flops
-from manet_jax.training.optim import sgd
-from manet_jax.training.state import create_train_state
-from manet_jax.training.steps import make_eval_step, make_train_step
+from manet_jax.training.steps import create_train_state, make_eval_step, make_train_step, sgd
 
 NUM_CLASSES = 7
 

@@ -15,7 +15,7 @@ SIGTERM and SIGINT end it, at any moment (while JAX and TensorFlow load, a datas
 compiles, the process exits), with the one line `stopped by SIGTERM` (or SIGINT) and status 143
 (or 130), without tearing the interpreter down under running compiles (`stop_on_signals`). Work with something to save or finish defers
 them (`deferring_signals`) and acts at its safe points: the trainer checkpoints at its next step
-(`training.preemption`), the server stops taking requests and exits with 0, predict stops reading
+(`training.run.PreemptionGuard`), the server stops taking requests and exits with 0, predict stops reading
 a video between frames and writes what it read.
 """
 

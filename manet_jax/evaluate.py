@@ -30,6 +30,7 @@ from pathlib import Path
 from manet_jax import cli
 from manet_jax.errors import ConfigError
 
+
 SUMMARY_FORMATS, PREDICTIONS_FORMATS = (".json", ".csv"), (".csv",)
 
 
@@ -92,17 +93,17 @@ def evaluate(args: argparse.Namespace, overrides: list[str]) -> None:
     cli.start_tensorflow()
     import jax
 
-    from manet_jax.training import evaluation
+    from manet_jax.training import record, run
 
     outputs = {"class_map": class_map, "summary": args.summary and str(args.summary),
                "predictions": args.predictions and str(args.predictions)}
     if args.config:
-        results = evaluation.evaluate_checkpoint(config, args.checkpoint, args.output_dir, **outputs)
+        results = run.evaluate_checkpoint(config, args.checkpoint, args.output_dir, **outputs)
     else:
-        results = evaluation.evaluate_bundle(args.checkpoint, sets, args.output_dir, data_dir=args.data_dir,
+        results = run.evaluate_bundle(args.checkpoint, sets, args.output_dir, data_dir=args.data_dir,
                                              batch_size=args.batch_size, **outputs)
     if jax.process_index() == 0:
-        print(evaluation.format_summary(evaluation.summary_rows(results)))
+        print(record.format_summary(record.summary_rows(results)))
 
 
 def parse_class_map(value: str) -> dict[str, str | None]:

@@ -24,8 +24,7 @@ import sys
 from collections.abc import Sequence
 
 from manet_jax import cli, storage
-from manet_jax.training import official_report
-from manet_jax.training.report import RunsError, markdown, spreads
+from manet_jax.reporting import RunsError, draw, official_markdown, official_table, spreads, spreads_markdown
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,15 +50,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         storage.check_outputs(list(outputs.values()))
         runs = expand(args.runs)
         table = spreads(runs)
-        text = markdown(table)
+        text = spreads_markdown(table)
         with storage.writing(list(outputs.values())) as temporaries:
             written = dict(zip(outputs, temporaries))
             if args.official:
-                table["official"] = official_report.official_table(runs, table["ranked_by"], args.official)
-                official_report.draw(table["official"], written["official"])
+                table["official"] = official_table(runs, table["ranked_by"], args.official)
+                draw(table["official"], written["official"])
                 link = os.path.relpath(args.official, os.path.dirname(os.path.abspath(args.markdown))) \
                     if args.markdown else args.official  # the figure as the Markdown file sees it
-                text += official_report.markdown(table["official"], link)
+                text += official_markdown(table["official"], link)
             print(text, end="")
             if args.json:
                 written["json"].write_text(json.dumps(table, indent=2) + "\n")

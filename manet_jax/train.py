@@ -42,7 +42,7 @@ def train(args: argparse.Namespace, overrides: list[str]) -> None:
     check_workdir(args.workdir)
     cli.start_tensorflow()
     from manet_jax.mesh import initialize_distributed
-    from manet_jax.training.loop import train_and_evaluate
+    from manet_jax.training.run import train_and_evaluate
 
     if args.multiprocess or args.coordinator_address:  # JAX's preemption sync point then handles SIGTERM
         initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)

@@ -59,7 +59,7 @@ def train(workdir: str, data_dir: Path, every: int, env: dict[str, str]) -> dict
 def save_times(directory: str, repeats: int = 3) -> dict[str, float]:
     """Seconds until Checkpoints.save returns and until the write is complete (medians)."""
     from manet_jax.training.build import build
-    from manet_jax.training.checkpointing import Checkpoints
+    from manet_jax.training.checkpoints import Checkpoints
     from manet_jax.training.config import load_config
 
     setup = build(load_config(str(REPO / "configs/demo.py"), [f"dataset={DATASET}"]))

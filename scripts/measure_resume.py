@@ -4,7 +4,7 @@ momentum, the same at any image size) from a local and from a `gs://` workdir, i
   python scripts/measure_resume.py [--output docs/benchmarks/resume_<machine>_<date>.json]
 
 Times `Checkpoints.restore_latest` (which restores first and reads the arrays one by one only when
-the restore fails) and the array-by-array read (`checkpoint_checks.check_readable`) that used to
+the restore fails) and the array-by-array read (`checkpoints.check_readable`) that used to
 come before every restore: before = both, after = the restore alone. Medians of 3; the local
 reads come from the page cache after the first. The bucket is the Cloud Storage emulator on this
 machine (tests/gcs_emulator.py): it measures the storage path, not a network.
@@ -31,10 +31,9 @@ REPEATS, DATASET = 3, "synthetic_faces/32_64_32"  # a small dataset: only the ch
 
 def timings(directory: str, data_dir: str) -> dict[str, float]:
     """Median seconds of the restore and of the array-by-array read, for one checkpoint in `directory`."""
-    from manet_jax.training.build import build
-    from manet_jax.training.checkpoint_checks import check_readable
-    from manet_jax.training.checkpointing import TRAIN_STATE, Checkpoints
     from manet_jax.bundle import VARIABLES
+    from manet_jax.training.build import build
+    from manet_jax.training.checkpoints import TRAIN_STATE, Checkpoints, check_readable
     from manet_jax.training.config import load_config
 
     setup = build(load_config(str(REPO / "configs/demo.py"), [f"dataset={DATASET}", f"data_dir={data_dir}"]))

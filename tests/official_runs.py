@@ -18,7 +18,7 @@ from pathlib import Path
 
 from manet_jax.training.config import load_config, save_config
 from manet_jax.training.official import curves, epoch_learning_rates, matching_curve
-from manet_jax.training.run_summary import RunSummary
+from manet_jax.training.record import RunSummary
 
 REPO = Path(__file__).resolve().parents[1]
 

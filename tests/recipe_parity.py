@@ -31,7 +31,7 @@ from manet_jax.convert import flax_to_torch  # noqa: E402
 from manet_jax.mesh import make_mesh  # noqa: E402
 from manet_jax.training.build import build  # noqa: E402
 from manet_jax.training.config import load_config  # noqa: E402
-from manet_jax.training.state import create_train_state  # noqa: E402
+from manet_jax.training.steps import create_train_state  # noqa: E402
 from reference.manet_torch import MANet as TorchMANet  # noqa: E402
 from train_helpers import REPO, random_variables  # noqa: E402
 

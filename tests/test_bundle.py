@@ -15,9 +15,8 @@ from manet_jax.bundle import (Bundle, BundleError, ModelSpec, best_step, default
 from manet_jax.errors import ConfigError
 from manet_jax.mesh import make_mesh
 from manet_jax.models import MANet, variable_shapes
-from manet_jax.training.checkpointing import CheckpointRestoreError, Checkpoints
-from manet_jax.training.optim import sgd
-from manet_jax.training.state import abstract_train_state
+from manet_jax.training.checkpoints import CheckpointRestoreError, Checkpoints
+from manet_jax.training.steps import abstract_train_state, sgd
 from train_helpers import REPO
 
 LEGACY = REPO / "tests/data/legacy"

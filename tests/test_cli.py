@@ -70,7 +70,7 @@ def work():
         gc.callbacks.append(collected)
         gc.collect()
     elif case == "guard":
-        from manet_jax.training.preemption import PreemptionGuard
+        from manet_jax.training.run import PreemptionGuard
         with PreemptionGuard() as guard:
             os.kill(os.getpid(), signum)
             time.sleep(0.5)

@@ -25,10 +25,10 @@ from manet_jax.forward import HEADS, module_for
 from manet_jax.mesh import make_mesh
 from manet_jax.training import evaluation
 from manet_jax.training.config import load_config, parse_eval_sets
-from manet_jax.training.eval_sets import EvalSet, Evaluator, find_eval_sets
-from manet_jax.training.evaluation import (SetEvaluation, evaluate_bundle, evaluate_checkpoint,
-                                          evaluate_model, format_summary, summary_rows, write_outputs, write_summary)
-from manet_jax.training.metrics import classification_metrics, confusion_matrix
+from manet_jax.training.evaluation import EvalSet, Evaluator, SetEvaluation, evaluate_model, find_eval_sets
+from manet_jax.training.record import format_summary, summary_rows, write_outputs, write_summary
+from manet_jax.training.run import evaluate_bundle, evaluate_checkpoint
+from manet_jax.training.steps import classification_metrics, confusion_matrix
 from train_helpers import (DATASET, REPO, TEST_LABEL_COUNTS, environment, make_checkpoint, make_dataset, random_variables,
                            run, tmpfs)
 

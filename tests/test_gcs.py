@@ -138,7 +138,7 @@ def _race(workdirs: list[str], barrier, results, environment: dict[str, str]) ->
     import os
 
     os.environ.update(environment)
-    from manet_jax.training.lease import Lease, WorkdirBusyError
+    from manet_jax.training.workdir import Lease, WorkdirBusyError
 
     held = []
     for workdir in workdirs:
@@ -181,7 +181,7 @@ def test_of_two_simultaneous_starts_on_a_bucket_exactly_one_takes_the_lease(buck
 
 
 def test_a_lease_in_a_bucket_whose_holder_is_gone_is_taken_over_and_refreshed(bucket, monkeypatch):
-    from manet_jax.training import lease as lease_module
+    from manet_jax.training import workdir as lease_module
 
     workdir = f"gs://{bucket}/run"
     gone = {"host": "other", "pid": 1, "started": "then", "token": "0123", "machine": None, "process": None,

@@ -19,12 +19,11 @@ import pytest
 from matplotlib.figure import Figure
 
 from manet_jax.bundle import ModelSpec
-from manet_jax.training import lease as lease_module
-from manet_jax.training.checkpointing import Checkpoints
-from manet_jax.training.lease import LEASE_FILE, STALE_SECONDS, Holder, Lease, LeaseLostError, WorkdirBusyError, hold
-from manet_jax.training.metric_writer import MetricWriter
-from manet_jax.training.run_summary import RunSummary
-from manet_jax.training.state import TrainState
+from manet_jax.training import workdir as lease_module
+from manet_jax.training.checkpoints import Checkpoints
+from manet_jax.training.record import MetricWriter, RunSummary
+from manet_jax.training.steps import TrainState
+from manet_jax.training.workdir import LEASE_FILE, STALE_SECONDS, Holder, Lease, LeaseLostError, WorkdirBusyError, hold
 
 
 def write_lease(workdir, **changes) -> Holder:

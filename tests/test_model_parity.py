@@ -20,7 +20,7 @@ import pytest
 import golden
 from manet_jax.convert import flax_to_torch, torch_to_flax
 from manet_jax.models import MANet, fused_logits, manet_loss, stage_outputs
-from manet_jax.training.optim import sgd
+from manet_jax.training.steps import sgd
 
 LR = 0.01
 SETS = {7: (0, 4), 8: (1, 2)}  # num_classes -> (seed, batch)

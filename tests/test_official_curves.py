@@ -13,11 +13,10 @@ from official_runs import REPO, example_runs, fabricate
 from train_helpers import tmpfs
 
 from manet_jax.report import main as report
+from manet_jax.reporting import official_table
 from manet_jax.training.config import load_config
 from manet_jax.training.official import CURVES_FILE, curves, matching_curve, parse_log, recipe_differences
-from manet_jax.training.official_report import official_table
-from manet_jax.training.reporter import Reporter, official_text
-from manet_jax.training.run_summary import RunSummary
+from manet_jax.training.record import Reporter, RunSummary, official_text
 
 # The paper's numbers (abstract; FED-RO from its log) and the best epochs (docs/training.md's table).
 PAPER = {"RAF-DB": (100, 88.40, 30), "AffectNet7": (20, 64.53, 7), "AffectNet8": (20, 60.29, 9),
@@ -219,7 +218,7 @@ def test_the_trainers_epoch_line_gives_the_official_accuracy_and_the_gap_only_fo
     summary = RunSummary("raf_db/test", tmp_path / "summary.json", curve=matching_curve(run_config))
     reporter = Reporter(setup, Writer())
     summary.add_evaluation(4, 384, eval_results(0.85))
-    with caplog.at_level(logging.INFO, logger="manet_jax.training.reporter"):
+    with caplog.at_level(logging.INFO, logger="manet_jax.training.record"):
         reporter.epoch(4, 384, [{"loss": 0.7, "loss_local": 0.7, "loss_global": 0.7, "correct": 96}], summary)
     (line,) = caplog.messages
     official = "; official RAF-DB 83.54% (gap +1.46 points, on track)" if path == "configs/raf.py" else ""

@@ -9,7 +9,7 @@ import pytest
 
 from manet_jax.errors import ConfigError
 from manet_jax.training.config import load_config
-from manet_jax.training.optim import step_lr, warmup_cosine
+from manet_jax.training.steps import step_lr, warmup_cosine
 
 REPO = Path(__file__).resolve().parents[1]
 

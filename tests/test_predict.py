@@ -35,10 +35,10 @@ from manet_jax.inference.records import ERROR, NO_FACE, OK
 from manet_jax.inference.tracking import iou
 from manet_jax.inference.visualize import HEIGHT, WIDTH
 from manet_jax.models import MANet, init_variables
-from manet_jax.training.checkpointing import Checkpoints
+from manet_jax.training.checkpoints import Checkpoints
 from manet_jax.training.config import load_config
-from manet_jax.training.evaluation import evaluate_checkpoint
-from manet_jax.training.state import TrainState
+from manet_jax.training.run import evaluate_checkpoint
+from manet_jax.training.steps import TrainState
 from train_helpers import REPO, tmpfs
 
 SIZE = 64

@@ -1,4 +1,4 @@
-"""A run's bookkeeping across epochs (`training.run_summary`): the best and last evaluation, the
+"""A run's bookkeeping across epochs (`training.record.RunSummary`): the best and last evaluation, the
 epoch's train metrics, the host state a checkpoint keeps and summary.json."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import json
 import pytest
 
 from manet_jax.errors import ConfigError
-from manet_jax.training.run_summary import RunSummary
+from manet_jax.training.record import RunSummary
 from manet_jax.training.workdir import read_summary
 
 

@@ -36,13 +36,11 @@ from manet_jax.models import MANet
 from manet_jax.report import main as report
 from manet_jax.storage import replace_text
 from manet_jax.training.build import build
-from manet_jax.training.checkpointing import CORRUPT, CheckpointRestoreError, Checkpoints
-from manet_jax.training.disk_space import CheckpointSaveError, check_room
+from manet_jax.training.checkpoints import CORRUPT, CheckpointRestoreError, CheckpointSaveError, Checkpoints, check_room
 from manet_jax.training.config import RANGES, base_config, eval_sets, load_config
-from manet_jax.training.loop import StepTrace, train_and_evaluate
-from manet_jax.training.metric_writer import MetricWriter, MetricsFileError
-from manet_jax.training.optim import sgd, step_lr
-from manet_jax.training.state import TrainState, abstract_train_state
+from manet_jax.training.record import MetricWriter, MetricsFileError
+from manet_jax.training.run import StepTrace, train_and_evaluate
+from manet_jax.training.steps import TrainState, abstract_train_state, sgd, step_lr
 from manet_jax.training.workdir import remove_temporary_files
 from train_helpers import (DATASET, EPOCHS, REPO, STEPS_PER_EPOCH, TEST_LABEL_COUNTS, command, run, run_and_signal,
                            run_timing_exit, tmpfs, trainer_setup)

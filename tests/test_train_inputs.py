@@ -13,7 +13,7 @@ from manet_jax.convert import CheckpointFileError, load_state_dict_file
 from manet_jax.errors import ConfigError
 from manet_jax.train import main
 from manet_jax.training.config import load_config
-from manet_jax.training.loop import train_and_evaluate
+from manet_jax.training.run import train_and_evaluate
 from train_helpers import REPO, make_dataset, tmpfs, train_command
 
 BAD_DATASET = "--config.dataset=faces"  # an error the run would meet after the workdir checks

@@ -14,7 +14,7 @@ import jax
 import pytest
 
 from manet_jax.bundle import load_bundle
-from manet_jax.training.preemption import PreemptionGuard
+from manet_jax.training.run import PreemptionGuard
 from train_helpers import (STEPS_PER_EPOCH, command, random_variables, run, run_and_signal, run_timing_exit, tmpfs,
                            trainer_setup)
 

@@ -23,7 +23,7 @@ from manet_jax.convert.__main__ import main as convert_main
 from manet_jax.convert.wiring import BLOCKS, FACES_SEED
 from manet_jax.data.face_renderer import render_face
 from manet_jax.errors import ConfigError
-from manet_jax.training.initialisation import initial_variables
+from manet_jax.training.build import initial_variables
 from train_helpers import REPO, environment, make_checkpoint, make_dataset, random_variables
 
 torch = pytest.importorskip("torch")

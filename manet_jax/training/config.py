@@ -31,6 +31,7 @@ from manet_jax.errors import ConfigError
 from manet_jax.models import MULTISCALE_WIRINGS
 from manet_jax.storage import replace_text
 
+
 REQUIRED = ("dataset", "num_epochs", "batch_size", "learning_rate")
 LR_SCHEDULES = ("step", "cosine")
 

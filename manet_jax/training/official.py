@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+
 CURVES_FILE = Path(__file__).with_name("official_curves.json")
 # The config keys of a recipe that official_curves.json keeps; of eval_dataset and eval_split only
 # the first eval set is compared (`first_eval_set`): further eval sets change no epoch.

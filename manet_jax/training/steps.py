@@ -1,25 +1,148 @@
-"""The jitted train and eval steps, data parallel over a 'data' mesh.
+"""What a training step computes: the train state, the reference optimizer, the classification
+metrics and the jitted train and eval steps, data parallel over a 'data' mesh.
 
-Both are pure functions of their inputs around the one forward pass (`manet_jax.forward`).
+The train state holds parameters, BatchNorm statistics, optimizer state and step. The optimizer is
+SGD with momentum, PyTorch-coupled weight decay and StepLR per epoch, as the official code trains,
+or a linear warm-up into a cosine decay for short runs from scratch (the demo).
+
+Metrics come from confusion matrices `cm[true, predicted]`, summed on device: overall accuracy
+(correct / total, what papers headline), per-class recall (the diagonal over row sums) and mean
+class accuracy (the mean recall over classes that occur; balanced accuracy, UAR).
+
+Both steps are pure functions of their inputs around the one forward pass (`manet_jax.forward`).
 Batches are global arrays sharded along 'data' (see `mesh.global_batch`); the state and variables
 are replicated. `build.build(config)` makes them for a config.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import Mesh
 
 from manet_jax.forward import HEADS, forward
-from manet_jax.mesh import INDEX, MASK, data_parallel
-from manet_jax.models import BETA, MANet, manet_loss
-from manet_jax.training.metrics import confusion_matrix
-from manet_jax.training.state import TrainState
+from manet_jax.mesh import INDEX, MASK, data_parallel, replicate, replicated
+from manet_jax.models import BETA, INIT_SIZE, MANet, manet_loss
+
+
+Variables = dict[str, Any]
+
+
+class TrainState(flax.struct.PyTreeNode):
+    """Everything a training step reads and writes; checkpointed as a whole."""
+
+    step: jax.Array  # int32: optimizer steps taken
+    params: Any
+    batch_stats: Any
+    opt_state: optax.OptState
+
+    @property
+    def variables(self) -> Variables:
+        """`{'params', 'batch_stats'}`: the model's variables."""
+        return {"params": self.params, "batch_stats": self.batch_stats}
+
+    @property
+    def run_state(self) -> dict[str, Any]:
+        """What the state holds besides the model's variables."""
+        return {"step": self.step, "opt_state": self.opt_state}
+
+
+def create_train_state(variables: Variables, optimizer: optax.GradientTransformation, mesh: Mesh) -> TrainState:
+    """The state at step 0 from host `variables` (identical on every process), replicated on `mesh`."""
+    host = (variables["params"], variables["batch_stats"])
+    create = jax.jit(functools.partial(_initial_state, optimizer=optimizer), out_shardings=replicated(mesh))
+    return create(*replicate(host, mesh))
+
+
+def abstract_train_state(model: MANet, optimizer: optax.GradientTransformation, mesh: Mesh) -> TrainState:
+    """Shapes, dtypes and (replicated) shardings of the state: the target for restoring a checkpoint
+    and the argument for compiling ahead of time."""
+    def init() -> TrainState:
+        variables = model.init(jax.random.key(0), jnp.zeros((1, INIT_SIZE, INIT_SIZE, 3)))
+        return _initial_state(variables["params"], variables["batch_stats"], optimizer)
+
+    sharding = replicated(mesh)
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), jax.eval_shape(init))
+
+
+def _initial_state(params: Any, batch_stats: Any, optimizer: optax.GradientTransformation) -> TrainState:
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                      opt_state=optimizer.init(params))
+
+
+def step_lr(base_lr: float, steps_per_epoch: int, step_size: int, gamma: float) -> optax.Schedule:
+    """torch.optim.lr_scheduler.StepLR stepped once per epoch, as a function of the train step:
+    base_lr * gamma ** (epochs done // step_size), in JAX's default float (float64 with
+    JAX_ENABLE_X64, like PyTorch's Python-float learning rates; optax's own decay schedules
+    compute in float32 whatever the parameters)."""
+    steps_per_decay = step_size * steps_per_epoch
+
+    def schedule(step: jax.Array) -> jax.Array:
+        dtype = jnp.result_type(float)
+        return jnp.asarray(base_lr, dtype) * jnp.asarray(gamma, dtype) ** (step // steps_per_decay)
+
+    return schedule
+
+
+def warmup_cosine(base_lr: float, total_steps: int, warmup_steps: int) -> optax.Schedule:
+    """base_lr * (step + 1) / warmup_steps for the first `warmup_steps` steps, then half a cosine
+    from base_lr down to 0 at `total_steps`; in JAX's default float like `step_lr`."""
+    decay_steps = max(total_steps - warmup_steps, 1)
+
+    def schedule(step: jax.Array) -> jax.Array:
+        dtype = jnp.result_type(float)
+        step = jnp.asarray(step, dtype)
+        warmup = (step + 1) / max(warmup_steps, 1)
+        progress = jnp.clip((step - warmup_steps) / decay_steps, 0, 1)
+        cosine = 0.5 * (1 + jnp.cos(jnp.pi * progress))
+        return jnp.asarray(base_lr, dtype) * jnp.where(step < warmup_steps, warmup, cosine)
+
+    return schedule
+
+
+def sgd(learning_rate: float | optax.Schedule, momentum: float = 0.9,
+        weight_decay: float = 1e-4) -> optax.GradientTransformation:
+    """torch.optim.SGD(momentum, weight_decay): grad += wd * param on every parameter, then momentum."""
+    return optax.chain(optax.add_decayed_weights(weight_decay), optax.sgd(learning_rate, momentum))
+
+
+def confusion_matrix(labels: jax.Array, predictions: jax.Array, num_classes: int,
+                     weights: jax.Array | None = None) -> jax.Array:
+    """(num_classes, num_classes) int32 counts of (true, predicted) pairs; rows with weight 0 skipped."""
+    true = jax.nn.one_hot(labels, num_classes, dtype=jnp.int32)
+    if weights is not None:
+        true = true * weights.astype(jnp.int32)[:, None]
+    return true.T @ jax.nn.one_hot(predictions, num_classes, dtype=jnp.int32)
+
+
+def classification_metrics(confusion: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
+    """Accuracy, mean class accuracy, per-class recall (None for absent classes) and the matrix."""
+    confusion = np.asarray(confusion, np.int64)
+    support = confusion.sum(1)
+    total = int(support.sum())
+    present = support > 0
+    recall = np.divide(np.diag(confusion), support, out=np.zeros(len(support)), where=present)
+    return {
+        "accuracy": float(np.trace(confusion) / total) if total else float("nan"),
+        "mean_class_accuracy": float(recall[present].mean()) if present.any() else float("nan"),
+        "recall": {name: float(r) if p else None for name, r, p in zip(class_names, recall, present)},
+        "count": total,
+        "confusion_matrix": confusion.tolist(),
+    }
+
+
+def mean_train_metrics(steps: Sequence[dict[str, float]], batch_size: int) -> dict[str, float]:
+    """Means of per-step train metrics (`loss`, `loss_local`, `loss_global`; `correct` -> accuracy)."""
+    mean = {key: float(np.mean([s[key] for s in steps])) for key in ("loss", "loss_local", "loss_global")}
+    return {**mean, "accuracy": float(sum(s["correct"] for s in steps) / (len(steps) * batch_size))}
+
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, Any]

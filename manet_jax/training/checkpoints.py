@@ -1,4 +1,5 @@
-"""Trainer checkpoints: an Orbax CheckpointManager in `<workdir>/checkpoints/<step>/`.
+"""Trainer checkpoints: an Orbax CheckpointManager in `<workdir>/checkpoints/<step>/`, the room on
+disk for them, and the checks that name what is wrong with one that cannot be restored.
 
 Each checkpoint is a model bundle (`variables/`, `header/`; see `manet_jax.bundle`) plus the run
 state it resumes from: `train_state/` (step and optimizer state) and `host_state/` (JSON: the
@@ -7,24 +8,32 @@ kept, plus the best by eval accuracy (`bundle.best_step`). A checkpoint that can
 is moved to `<workdir>/checkpoints_corrupt/` when an older one restores, so the run goes on from
 there; one whose arrays differ from the config's is reported array by array, one with an array
 that cannot be read in full by that array (read one by one with tensorstore once the restore has
-failed, so that a resume reads each checkpoint once).
-A full disk is caught before anything is written: each save checks the room on disk
-(`disk_space`) and raises CheckpointSaveError naming what is needed, what is free and the last
-complete checkpoint; the checks before a restore are in `checkpoint_checks`. A write that fails all the same is
-reported by the next `check`, `save` or `wait` as such an error, and its unfinished folder is removed.
-Given the workdir's lease, a save first checks that this trainer still holds it (`lease.check_held`).
+failed, so that a resume reads each checkpoint once). Each check names what is wrong (a file, an
+array), where Orbax's own errors name no key or come as unawaited reads reported with tracebacks.
+
+A full disk is caught before anything is written: `check_room` (before a run starts) and each
+save compare the disk's free space (`storage.free_bytes`) with a checkpoint's size (its arrays'
+bytes, `bundle.state_bytes`, or the last complete checkpoint's size on disk if larger) plus a
+margin (`storage.with_margin`), and raise CheckpointSaveError naming what is needed, what is free
+and the last complete checkpoint. A write that fails all the same is reported by the next
+`check`, `save` or `wait` as such an error, and its unfinished folder is removed. Given the
+workdir's lease, a save first checks that this trainer still holds it (`workdir.check_held`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import logging
+import os
 from collections.abc import Sequence
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+import tensorstore as ts
 from etils import epath
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
@@ -34,17 +43,119 @@ from manet_jax.bundle import (HEADER, HEADER_FILE, LEGACY_STATE, METRIC, VARIABL
                               state_bytes)
 from manet_jax.errors import ManetError, is_disk_full
 from manet_jax.storage import free_bytes, megabytes, settled, with_margin
-from manet_jax.training.checkpoint_checks import (HOST_STATE, CheckpointDamagedError, check_matches, check_readable,
-                                                  json_problem)
-from manet_jax.training.disk_space import CheckpointSaveError, bytes_on_disk, no_space, resume_hint
-from manet_jax.training.lease import Lease, check_held
-from manet_jax.training.state import TrainState
+from manet_jax.training.steps import TrainState
+from manet_jax.training.workdir import Lease, check_held
 
-TRAIN_STATE = "train_state"
+
+TRAIN_STATE, HOST_STATE = "train_state", "host_state"  # the Orbax items of a checkpoint's run state
 CORRUPT = "checkpoints_corrupt"  # beside the checkpoints directory
 UNFINISHED = f"*{ocp.path.atomicity.TMP_DIR_SUFFIX}*"  # a write in progress, or one that never finished
+# A checkpoint's small JSON files, which Orbax reads outside any restore (the metrics as it opens
+# the directory), and whether every checkpoint has one.
+JSON_FILES = {"_CHECKPOINT_METADATA": True, f"{HEADER}/{HEADER_FILE}": True, f"{HOST_STATE}/metadata": True,
+              "metrics/metrics": False}
+# An array's metadata key in an item's OCDBT database (Orbax's layout) -> tensorstore's driver for it.
+ARRAY_DRIVERS = {".zarray": "zarr", "zarr.json": "zarr3"}
 
 logger = logging.getLogger(__name__)
+
+
+class CheckpointSaveError(ManetError, OSError):
+    """A checkpoint could not be written; the message names the cause and the last complete one."""
+
+
+def check_room(directory: epath.PathLike, state: Any) -> None:
+    """Raises CheckpointSaveError, before a run starts, if the disk of `directory` has no room for a
+    checkpoint of `state` (arrays or abstract arrays), as a save would find later."""
+    directory = absolute_path(directory)
+    free, size = free_bytes(directory), state_bytes(state)
+    if free is not None and free < with_margin(size):
+        steps = [int(p.name) for p in directory.iterdir() if p.name.isdigit()] if directory.is_dir() else []
+        raise CheckpointSaveError(no_space("checkpoints cannot be written to", directory, size, free,
+                                            resume_hint(directory, max(steps, default=None))))
+
+
+def bytes_on_disk(directory: epath.Path) -> int:
+    """The size of the files under a local `directory` (0 for a bucket)."""
+    if storage.is_url(directory):
+        return 0
+    return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(directory) for name in names)
+
+
+def no_space(what: str, directory: epath.Path, size: int | None, free: int | None, hint: str) -> str:
+    """'<what> <directory>: no space left on device (a checkpoint needs X MB; Y MB free now); <hint>'."""
+    needs = "" if size is None else f"a checkpoint needs {megabytes(size)}"
+    room = "; ".join(filter(None, [needs, None if free is None else f"{megabytes(free)} free now"]))
+    return f"{what} {directory}: no space left on device{room and f' ({room})'}; {hint}"
+
+
+def resume_hint(directory: epath.Path, latest: int | None) -> str:
+    """Where a run stopped by an error resumes from (checkpoint `latest` in `directory`)."""
+    if latest is None:
+        return "no checkpoint was saved: run the same command to start again once the cause is fixed"
+    return (f"the last complete checkpoint is {directory / str(latest)}: run the same command to resume from it "
+            "once the cause is fixed")
+
+
+class CheckpointDamagedError(ValueError):
+    """An array of a checkpoint cannot be read in full; the message names the array and the error."""
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint's arrays differ in shape or dtype from the state they would restore into."""
+
+
+def json_problem(step_directory: epath.Path) -> str | None:
+    """What is wrong with a checkpoint's JSON files (a missing one, one that does not parse), if anything."""
+    for name, required in JSON_FILES.items():
+        path = step_directory / name
+        if not path.exists():
+            if required:
+                return f"{name} is missing"
+            continue
+        try:
+            json.loads(path.read_text())
+        except ValueError as e:
+            return f"{name} is damaged: {e}"
+    return None
+
+
+def check_readable(checkpoint: epath.Path, items: Sequence[str]) -> None:
+    """Raises CheckpointDamagedError naming the first array of `items` (Orbax items of arrays, each
+    an OCDBT database of zarr arrays) whose data cannot be read in full: after a failed restore,
+    whose error does not name the array. Read one by one with tensorstore, each read awaited."""
+    for item in items:
+        database = {"driver": "ocdbt", "base": str(checkpoint / item).rstrip("/") + "/"}
+        if "://" not in database["base"]:
+            database["base"] = "file://" + database["base"]
+        array = ""
+        try:
+            for key in sorted(key.decode() for key in ts.KvStore.open(database).result().list().result()):
+                array, _, name = key.rpartition("/")
+                if name in ARRAY_DRIVERS:
+                    spec = {"driver": ARRAY_DRIVERS[name], "kvstore": {**database, "path": f"{array}/"}}
+                    ts.open(spec, open=True, read=True).result().read().result()
+        except Exception as e:  # tensorstore's ValueError, or an OSError
+            where = f"{item}/{array}" if array else item
+            raise CheckpointDamagedError(f"{where} is damaged: {str(e).strip().splitlines()[0]}") from e
+
+
+def check_matches(saved: Any, target: Any, shown: int = 5) -> None:
+    """Raises CheckpointMismatchError naming the arrays whose shape or dtype differ between a
+    checkpoint's metadata and the target (checked before restoring: Orbax's own error names no key)."""
+    def arrays(tree: Any) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        return {jax.tree_util.keystr(path, simple=True, separator="/"): (tuple(leaf.shape), np.dtype(leaf.dtype))
+                for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+    ours, theirs = arrays(target), arrays(saved)
+    differences = [f"{key}: only in the checkpoint" for key in sorted(theirs.keys() - ours.keys())]
+    differences += [f"{key}: not in the checkpoint" for key in sorted(ours.keys() - theirs.keys())]
+    differences += [f"{key}: checkpoint {theirs[key][0]} {theirs[key][1]}, this config {ours[key][0]} {ours[key][1]}"
+                    for key in ours if key in theirs and ours[key] != theirs[key]]  # in the state's order
+    if differences:
+        more = f"; and {len(differences) - shown} more" if len(differences) > shown else ""
+        raise CheckpointMismatchError(f"{len(differences)} array(s) differ from this config: "
+                                      + "; ".join(differences[:shown]) + more)
 
 
 class CheckpointRestoreError(ManetError, RuntimeError):

@@ -1,19 +1,25 @@
-"""The training loop: train, evaluate each epoch, checkpoint, resume (`train_and_evaluate`).
+"""The runs: training (`train_and_evaluate`: train, evaluate each epoch, checkpoint, resume) and the
+evaluation of a saved model (`evaluate_checkpoint`, `evaluate_bundle`).
 
 The workdir holds `config.json` (the resolved config), `checkpoints/<step>/` (each a model bundle
 with the run state it resumes from), `metrics.jsonl`, `summary.json` (best and last evaluation of
 every eval set; see `workdir`), `tensorboard/`, `profile/` (the trace of config.profile_steps) and,
-while a trainer runs there, its `lease.json` (one trainer per workdir; see `lease`). Running again
-in the same workdir resumes from its latest checkpoint with the same data order, so the run
-continues exactly as an uninterrupted one would.
+while a trainer runs there, its `lease.json` (one trainer per workdir; see `workdir`). Running
+again in the same workdir resumes from its latest checkpoint with the same data order, so the run
+continues exactly as an uninterrupted one would. On SIGTERM, or a first SIGINT, the trainer saves a
+checkpoint at the next step and exits cleanly; a second SIGINT stops it at once (`PreemptionGuard`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import shutil
 import signal
 import tempfile
+import threading
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,26 +27,23 @@ import jax
 import ml_collections
 import numpy as np
 from etils import epath
+from jax.experimental import multihost_utils
 
-from manet_jax import storage
-from manet_jax.bundle import CHECKPOINTS
-from manet_jax.errors import Interrupted, ManetError, Stopped, is_disk_full
-from manet_jax.training.build import Setup, build
-from manet_jax.training.checkpointing import Checkpoints
-from manet_jax.training.config import profile_steps, save_config
-from manet_jax.training.disk_space import check_room
-from manet_jax.training.eval_sets import GlobalBatches
-from manet_jax.training.evaluation import evaluate_set
-from manet_jax.training.initialisation import check_init_from
-from manet_jax.training.lease import Lease, check_held, hold
-from manet_jax.training.metric_writer import MetricWriter
+from manet_jax import cli, storage
+from manet_jax.bundle import CHECKPOINTS, BundleError, load_bundle
+from manet_jax.errors import ConfigError, Interrupted, ManetError, Stopped, is_disk_full
+from manet_jax.forward import module_for
+from manet_jax.mesh import check_batch_size, make_mesh
+from manet_jax.training.build import Setup, build, check_init_from
+from manet_jax.training.checkpoints import Checkpoints, check_room
+from manet_jax.training.config import eval_sets, profile_steps, save_config
+from manet_jax.training.evaluation import Evaluator, GlobalBatches, evaluate_model, evaluate_set, find_eval_sets
 from manet_jax.training.official import matching_curve
-from manet_jax.training.preemption import PreemptionGuard
-from manet_jax.training.reporter import Reporter
-from manet_jax.training.run_summary import RunSummary
-from manet_jax.training.state import TrainState
-from manet_jax.training.workdir import (CONFIG_FILE, PROFILE, SUMMARY_FILE, check_workdir,
-                                       remove_temporary_files)
+from manet_jax.training.record import MetricWriter, Reporter, RunSummary, check_outputs, write_outputs
+from manet_jax.training.steps import TrainState
+from manet_jax.training.workdir import (CONFIG_FILE, PROFILE, SUMMARY_FILE, Lease, check_held, check_workdir, hold,
+                                        remove_temporary_files)
+
 
 logger = logging.getLogger(__name__)
 
@@ -55,12 +58,12 @@ class WorkdirFullError(ManetError, OSError):
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains per `config` in `workdir`; returns the run summary `{'ranked_by', 'best', 'last'}`
-    (and `official` for a run of an official recipe; see `run_summary`).
+    (and `official` for a run of an official recipe; see `record.RunSummary`).
 
     Evaluates every `eval_every_epochs` and checkpoints every `checkpoint_every_epochs` (and at
     the end); on SIGTERM saves a checkpoint and returns early; on a first SIGINT (Ctrl-C) saves one
     and raises `errors.Interrupted` (a KeyboardInterrupt), on a second leaves it to the handler from
-    before (`preemption.PreemptionGuard`); either signal before the first step raises
+    before (`PreemptionGuard`); either signal before the first step raises
     `errors.Stopped`, with nothing saved. Raises NonFiniteLossError, naming the step, when the loss
     stops being finite (the checkpoints saved before stay as they are), CheckpointSaveError before
     the first step when the disk has no room for a checkpoint, WorkdirFullError or
@@ -266,3 +269,111 @@ class StepTrace:
             jax.profiler.stop_trace()
             shutil.rmtree(self._local, ignore_errors=True)
             self._local = None
+
+
+class PreemptionGuard:
+    """`reached(step)` turns True once SIGTERM or SIGINT (Ctrl-C) has arrived; `signal` is which.
+
+    One process: handlers of SIGTERM and SIGINT (installed while the guard is entered; SIGINT's only
+    where it is not ignored, as in a background job) that only record the signal, inside the tools'
+    `cli.deferring_signals`. The first SIGINT puts back the handler from before (the tools' own,
+    where a second SIGINT ends the process at once; elsewhere Python's KeyboardInterrupt).
+    Several processes: JAX's preemption sync point, which `jax.distributed` arms for SIGTERM and
+    which makes every process stop at the same step; SIGINT is left as it is.
+    """
+
+    def __init__(self):
+        self.signal: signal.Signals | None = None
+        self._previous: dict[signal.Signals, object] = {}
+        self._deferral = contextlib.ExitStack()
+        self._announced = False
+
+    def __enter__(self) -> PreemptionGuard:
+        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+            self._deferral.enter_context(cli.deferring_signals())
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                if signum == signal.SIGINT and signal.getsignal(signum) == signal.SIG_IGN:
+                    continue
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}
+        self._deferral.close()
+
+    def _handle(self, signum: int, frame) -> None:
+        if signum == signal.SIGINT:
+            signal.signal(signum, self._previous.pop(signal.SIGINT))
+        self.signal = self.signal or signal.Signals(signum)
+
+    def reached(self, step: int) -> bool:
+        """Whether to stop after `step`; says so in the log the first time."""
+        if jax.process_count() > 1:
+            return multihost_utils.reached_preemption_sync_point(step)
+        if self.signal is not None and not self._announced:
+            self._announced = True
+            if self.signal == signal.SIGINT:
+                logger.warning("SIGINT (Ctrl-C): saving a checkpoint at step %d, then exiting; Ctrl-C again stops "
+                               "at once, without it", step)
+            else:
+                logger.warning("SIGTERM: saving a checkpoint at step %d, then exiting", step)
+        return self.signal is not None
+
+
+DEFAULT_BATCH_SIZE = 64  # without a config: rounded up to a multiple of the number of devices
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, checkpoint: str, output_dir: str | None = None, *,
+                        class_map: Mapping[str, str | None] | None = None, summary: str | None = None,
+                        predictions: str | None = None) -> dict[str, dict[str, Any]]:
+    """Evaluates a model (a bundle, or a trainer workdir's best checkpoint) on every eval set of
+    `config` (config.eval_dataset, else the splits of config.dataset) as a run of `config` would:
+    classes matched by name (and `class_map`), those the model lacks left out. Writes the outputs
+    (`write_outputs`; default output_dir: `<checkpoint>/eval`, checked before the evaluation)
+    once every set is evaluated. Returns the results per eval set."""
+    setup = build(config)
+    bundle = load_bundle(checkpoint)
+    info = setup.info
+    if bundle.spec.num_classes != info.num_classes:
+        raise BundleError(f"{checkpoint} has {bundle.spec.num_classes}-way heads but {config.dataset} has "
+                          f"{info.num_classes} classes; pass the config of the dataset it was trained on")
+    if bundle.spec.multiscale_wiring != setup.spec.multiscale_wiring:
+        raise BundleError(f"{checkpoint} holds a model of the {bundle.spec.multiscale_wiring} multi-scale wiring; "
+                          f"evaluate it with --config.multiscale_wiring={bundle.spec.multiscale_wiring}")
+    if bundle.spec.class_names != info.class_names:
+        logger.warning("%s was trained on classes %s; %s has %s", checkpoint, list(bundle.spec.class_names),
+                       config.dataset, list(info.class_names))
+    sets = find_eval_sets(eval_sets(config), bundle.spec.class_names, config.data_dir,
+                          f"config.eval_dataset={config.eval_dataset!r}", class_map=class_map, leave_out=True)
+    output_dir = check_outputs(sets, output_dir or epath.Path(checkpoint) / "eval", summary, predictions)
+    evaluator = dataclasses.replace(setup.evaluator, predictions=predictions is not None)
+    evaluations = evaluate_model(evaluator, bundle, sets, str(checkpoint))
+    return write_outputs(evaluations, output_dir, config.data_dir, summary, predictions)
+
+
+def evaluate_bundle(checkpoint: str, sets: Sequence[tuple[str, str | None]], output_dir: str | None = None, *,
+                    data_dir: str | None = None, batch_size: int | None = None,
+                    class_map: Mapping[str, str | None] | None = None, summary: str | None = None,
+                    predictions: str | None = None) -> dict[str, dict[str, Any]]:
+    """Evaluates a model on `sets` ((dataset, split or None: the one the paper reports on)) with
+    no config: image size, wiring, dtype, beta and classes come from the model's header; only the
+    eval sets are read (a generated dataset is generated). Every dataset class must count as a
+    model class, by name or by `class_map` (None: left out). Global batches of `batch_size`
+    (default: DEFAULT_BATCH_SIZE rounded up to a multiple of the devices). Writes the outputs
+    (`write_outputs`; default output_dir: `<checkpoint>/eval`, checked before the evaluation)
+    once every set is evaluated. Returns the results per eval set."""
+    bundle = load_bundle(checkpoint)
+    spec = bundle.spec
+    if spec.dtype == "float64" and not jax.config.jax_enable_x64:
+        raise ConfigError(f"{checkpoint} computes in float64, which needs 64-bit JAX: set JAX_ENABLE_X64=1")
+    mesh = make_mesh()
+    batch_size = batch_size or -(-DEFAULT_BATCH_SIZE // mesh.size) * mesh.size
+    check_batch_size(batch_size, mesh, "--batch-size")
+    found = find_eval_sets(sets, spec.class_names, data_dir, "name each eval set once", class_map=class_map)
+    output_dir = check_outputs(found, output_dir or epath.Path(checkpoint) / "eval", summary, predictions)
+    evaluator = Evaluator(module_for(spec, mesh), spec.beta, mesh, spec.image_size, batch_size, data_dir,
+                          predictions=predictions is not None)
+    evaluations = evaluate_model(evaluator, bundle, found, str(checkpoint))
+    return write_outputs(evaluations, output_dir, data_dir, summary, predictions)
