@@ -8,15 +8,15 @@ command line (argparse's usage message) or a `ManetError` (a problem with the us
 printed as one `error:` line); 130 when Ctrl-C stopped it after it saved its work (`Interrupted`).
 Any other exception is a bug and keeps its traceback.
 
-A tool's `main` hands its work to `run` (most parse their command line first), which first sets
-what is process-wide (`start_runtime`; importing manet_jax sets nothing). From then on (before it,
+A tool's `main` hands its work to `run` (most parse their command line first), which first sets what
+is process-wide (`start_runtime`; importing manet_jax sets nothing). From then on (before it,
 Python's own start and the tool's first imports keep Python's defaults) to the process's exit,
 SIGTERM and SIGINT end it, at any moment (while JAX and TensorFlow load, a dataset builds, XLA
-compiles, the process exits), with the one line `stopped by SIGTERM` (or SIGINT) and status 143
-(or 130), without tearing the interpreter down under running compiles (`stop_on_signals`). Work with something to save or finish defers
-them (`deferring_signals`) and acts at its safe points: the trainer checkpoints at its next step
-(`training.run.PreemptionGuard`), the server stops taking requests and exits with 0, predict stops reading
-a video between frames and writes what it read.
+compiles, the process exits), with the one line `stopped by SIGTERM` (or SIGINT) and status 143 (or
+130), without tearing the interpreter down under running compiles (`stop_on_signals`). Work with
+something to save or finish defers them (`deferring_signals`) and acts at its safe points: the
+trainer checkpoints at its next step (`training.run.PreemptionGuard`), the server stops taking
+requests and exits with 0, predict stops reading a video between frames and writes what it read.
 """
 
 from __future__ import annotations
