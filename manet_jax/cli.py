@@ -249,10 +249,15 @@ def check_signals() -> None:
 
 def exit_at_once(signum: int) -> NoReturn:
     """Ends the process with `stopped by <signal>` and status 128 + `signum`, without tearing the
-    interpreter down (threads compiling or loading end with it); what was printed is flushed first."""
+    interpreter down (threads compiling or loading end with it); what was printed is flushed first,
+    and what was being written is removed (`storage.abandon_writes`)."""
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError, RuntimeError):
             stream.flush()
+    storage = sys.modules.get("manet_jax.storage")  # imported by then if anything was written through it
+    if storage is not None:
+        with contextlib.suppress(Exception):
+            storage.abandon_writes()
     with contextlib.suppress(OSError):
         os.write(sys.stderr.fileno(), f"stopped by {signal.Signals(signum).name}\n".encode())
     os._exit(128 + signum)

@@ -166,6 +166,29 @@ def temporary_sibling(path: epath.Path) -> epath.Path:
     return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp{path.suffix}")
 
 
+_under_way: list[tuple[list[epath.Path], set[epath.Path]]] = []  # the `writing` blocks' temporaries, folders made
+
+
+def abandon_writes() -> None:
+    """Removes the local temporaries of the `writing` blocks under way, for a process that ends at
+    once (`cli.exit_at_once`): what it was writing is then absent, not left half-written beside its
+    target. A bucket's stay (a request could outlast the exit; the trainer removes its own in its
+    workdir when it next runs there)."""
+    for temporaries, made in list(_under_way):
+        for temporary in temporaries:
+            for _ in range(2):  # a writer thread may still be adding files
+                if is_url(temporary):
+                    break
+                if os.path.isdir(temporary):
+                    shutil.rmtree(temporary, ignore_errors=True)
+                else:
+                    with contextlib.suppress(OSError):
+                        os.unlink(temporary)
+        for folder in sorted(made, key=lambda p: len(p.parts), reverse=True):
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)  # only if empty
+
+
 def _remove(path: epath.Path) -> None:
     """Deletes the file or folder `path`, if there is one."""
     if path.is_dir():
@@ -244,6 +267,7 @@ def writing(outputs: Sequence[Output], size: int = 0) -> Iterator[list[epath.Pat
     check_outputs(outputs, size)
     made = {p for out in outputs if not is_url(out.path) for p in out.path.parents if not p.exists()}
     temporaries = [temporary_sibling(out.path) for out in outputs]
+    _under_way.append(under_way := (temporaries, made))
     try:
         for out, temporary in zip(outputs, temporaries):
             if not is_url(temporary):
@@ -278,6 +302,8 @@ def writing(outputs: Sequence[Output], size: int = 0) -> Iterator[list[epath.Pat
                 message = message.replace(os.fspath(temporary), os.fspath(out.path))
             e.args = (message,)
         raise
+    finally:
+        _under_way.remove(under_way)
 
 
 def write_problem(error: BaseException, path: epath.Path) -> str:

@@ -113,6 +113,35 @@ def test_the_tools_signal_handlers_are_put_back_after_their_work():
     assert signal.set_wakeup_fd(wakeup) == wakeup
 
 
+# A tool writing a file and a folder of files (a new folder beneath the output folder) through
+# the storage layer when a signal ends it at once.
+WRITING = """
+import os, signal, sys, time
+from pathlib import Path
+from manet_jax import cli, storage
+where = Path(sys.argv[1])
+
+def work():
+    outputs = [storage.output(where / "new" / "table.json"), storage.output(where / "model", folder=True)]
+    with storage.writing(outputs) as (table, model):
+        table.write_text("half")
+        (model / "variables").write_bytes(bytes(1000))
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+    print("not stopped", flush=True)
+
+sys.exit(cli.run(work, whole_process=True))
+"""
+
+
+@pytest.mark.slow  # a process
+def test_a_signal_while_a_tool_writes_leaves_neither_its_outputs_nor_their_temporaries(tmp_path):
+    result = subprocess.run([sys.executable, "-c", WRITING, str(tmp_path)], capture_output=True, text=True,
+                            timeout=60, cwd=Path(__file__).resolve().parents[1])
+    assert (result.returncode, result.stderr, result.stdout) == (143, "stopped by SIGTERM\n", "")
+    assert list(tmp_path.iterdir()) == []
+
+
 # A tool that is the whole process, as `python -m` or a console script runs it: after its work,
 # an exit handler registered by the work (as JAX's and TensorFlow's are) runs; `case` says what the
 # work returns or raises and whether a SIGTERM arrives in that handler; an object that the
