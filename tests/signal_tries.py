@@ -6,7 +6,9 @@ would); or `compile+S`: S seconds after the tool's first program is lowered, whi
 first compile (sent by the tool's own process, from a JAX monitoring listener, so that no load on
 the machine moves it out of the compile); or `after:TEXT+S`: S seconds after the tool has printed
 TEXT (`after:Serving on+1`, sent from outside). A try passes when the tool ends in one of the ways
-`PASSING` names within `bound` seconds of the signal.
+`PASSING` names within `bound` seconds of the signal; a tool that writes (evaluate, export,
+tpu_plan) writes into a new folder, and a try that stops it passes only if nothing is left there
+(neither the output nor a temporary beside it).
 """
 
 from __future__ import annotations
@@ -53,7 +55,8 @@ class Try:
     tool: str
     signal: str
     moment: str
-    outcome: str  # one of PASSING, or: finished first, lost, hang, crash, bug output, default handler, other
+    outcome: str  # one of PASSING, or: finished first, lost, hang, crash, bug output, default handler, left
+    # output, other
     status: int | None  # the exit status (None: still running at the bound, then killed)
     exit_s: float | None  # seconds from the signal to the exit (from the start for `compile+` moments)
     last_line: str
@@ -78,7 +81,7 @@ def tools(root: Path) -> dict[str, list[str]]:
         "train": ["manet_jax.train", "--config", "configs/demo.py", "--workdir", fresh,
                   *(f"--config.{key}={value}" for key, value in settings.items())],
         "evaluate": ["manet_jax.evaluate", "--checkpoint", str(bundle), "--dataset", DATASET, "--data-dir", str(data),
-                     "--batch-size", "8"],
+                     "--batch-size", "8", "--output-dir", fresh],
         "predict": ["manet_jax.predict", str(REPO / "docs" / "demo_face.png"), "--checkpoint", str(bundle),
                     "--batch-size", "8"],
         "serve": ["manet_jax.serve", "--checkpoint", str(bundle), "--port", "0", "--batch-size", "8"],
@@ -86,7 +89,7 @@ def tools(root: Path) -> dict[str, list[str]]:
                    "--output", fresh],
         "convert": ["manet_jax.convert", "inspect", str(weights), "--image-size", "64", "--max-images", "8"],
         "tpu_plan": ["manet_jax.tpu_plan", "--config", "configs/raf.py", "--topology", "v5litepod-4", "--steps", "eval",
-                     "--config.image_size=64", "--config.eval_batch_size=32"],
+                     "--config.image_size=64", "--config.eval_batch_size=32", "--output", f"{fresh}.json"],
     }
 
 
@@ -126,9 +129,12 @@ def signal_once(tool: str, command: list[str], signum: signal.Signals, moment: s
             out.seek(0)
             err.seek(0)
             output, errors, signalled = out.read(), err.read(), marker.exists()
+        left = [path.name for path in Path(scratch).iterdir() if path.name not in ("stdout", "stderr", "sent")]
     lines = errors.strip().splitlines()
     last = lines[-1] if lines else ""
     found = outcome(tool, signum, status, output + errors, last) if signalled else "finished first"
+    if found == "stopped" and tool != "train" and left:  # a trainer stopped at start-up may leave its workdir
+        found = "left output"
     return Try(tool, signum.name, moment, found, status, exit_s, last)
 
 
