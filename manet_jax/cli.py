@@ -93,6 +93,9 @@ def run(work: Callable[[], int | None], whole_process: bool = False) -> int:
     except Stopped as e:
         print(f"stopped by {e.signal.name}", file=sys.stderr)
         status = 128 + e.signal
+    except SystemExit as e:  # argparse's --help or usage error, for a tool that parses inside its work
+        _ending[:] = [e.code if isinstance(e.code, int) else 0 if e.code is None else 1]
+        raise
     finally:
         if not whole_process:
             restore()
@@ -105,10 +108,10 @@ _ending: list[int] = []  # the whole process's status, once its work has returne
 
 def end_after_exit_handlers() -> None:
     """Ends the process after the exit handlers registered from now on (JAX's, TensorFlow's: `atexit`
-    runs the latest first) with the status its work returned (1 after an uncaught exception),
-    without the interpreter's teardown: for about a second after the work, Python's finalisation
-    and the native libraries' destructors run where no signal handler can act, and a signal would
-    kill the process by default instead of ending it in one line."""
+    runs the latest first) with the status its work returned or exited with (1 after an uncaught
+    exception), without the interpreter's teardown: for about a second after the work, Python's
+    finalisation and the native libraries' destructors run where no signal handler can act, and a
+    signal would kill the process by default instead of ending it in one line."""
     _ending.clear()
 
     def end() -> None:

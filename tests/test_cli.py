@@ -169,6 +169,8 @@ def work():
     print("done", end="")  # flushed at the end
     if case == "bug":
         raise RuntimeError("a bug")
+    if case == "exited":  # as argparse's --help does
+        sys.exit(0)
     return 3
 
 sys.exit(cli.run(work, whole_process=True))
@@ -177,7 +179,8 @@ sys.exit(cli.run(work, whole_process=True))
 
 @pytest.mark.slow  # a process per case
 @pytest.mark.parametrize("case, status, stderr", [
-    ("signalled", 143, "stopped by SIGTERM\n"), ("returned", 3, ""), ("bug", 1, "RuntimeError: a bug\n")])
+    ("signalled", 143, "stopped by SIGTERM\n"), ("returned", 3, ""), ("exited", 0, ""),
+    ("bug", 1, "RuntimeError: a bug\n")])
 def test_a_tool_that_is_the_whole_process_ends_in_one_line_on_a_signal_while_it_exits(case, status, stderr):
     """Without the interpreter's teardown, where a signal found Python's default handler (killed
     by SIGTERM, no line) for about a second after the work; the exit handlers still run."""
