@@ -285,6 +285,17 @@ def test_a_signal_during_the_trainers_start_up_ends_it_in_one_line(tmp_path, at,
 
 
 @pytest.mark.slow  # a process per tool
+@pytest.mark.parametrize("tool", ["train", "evaluate", "predict", "serve", "export", "tpu_plan", "convert.__main__"])
+def test_the_long_running_tools_load_no_jax_before_their_signal_handlers(tool):
+    """What a tool imports before `cli.run` installs its handlers gets Python's defaults for a signal
+    (killed by SIGTERM without a line): JAX alone takes a second or more to import on these CPUs."""
+    code = f"import sys, manet_jax.{tool}; print(sorted({{'jax', 'tensorflow', 'torch'}} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.stdout == "[]\n", result.stderr[-2000:]
+
+
+@pytest.mark.slow  # a process per tool
 @pytest.mark.parametrize("script", ["manet-train", "manet-evaluate", "manet-predict", "manet-export", "manet-convert",
                                     "manet-compare", "manet-benchmark", "manet-report", "manet-prepare",
                                     "manet-input-benchmark"])

@@ -11,7 +11,6 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
-from manet_jax.bundle import LANDMARKS
 from manet_jax.errors import ManetError
 from manet_jax.inference.faces import Box
 
@@ -105,6 +104,8 @@ def _parse_entry(path: Path, line: int, entry: object) -> tuple[str, Box]:
 
 def _landmarks(where: str, value: object) -> tuple[tuple[float, float], ...] | None:
     """A JSON entry's `landmarks` (None where it has none)."""
+    from manet_jax.bundle import LANDMARKS  # here: predict reads its options before its handlers, without JAX
+
     if value is None:
         return None
     try:
