@@ -104,6 +104,7 @@ def run(work: Callable[[], int | None], whole_process: bool = False) -> int:
 
 
 _ending: list[int] = []  # the whole process's status, once its work has returned one
+_exiting = threading.Lock()  # taken by whichever ends the process first: a signal or the end of the work
 
 
 def end_after_exit_handlers() -> None:
@@ -115,6 +116,7 @@ def end_after_exit_handlers() -> None:
     _ending.clear()
 
     def end() -> None:
+        _exiting.acquire()  # for good: a signal's `exit_at_once` under way ends the process with its status
         logging.shutdown()
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(OSError, ValueError, RuntimeError):
@@ -254,6 +256,7 @@ def exit_at_once(signum: int) -> NoReturn:
     """Ends the process with `stopped by <signal>` and status 128 + `signum`, without tearing the
     interpreter down (threads compiling or loading end with it); what was printed is flushed first,
     and what was being written is removed (`storage.abandon_writes`)."""
+    _exiting.acquire()  # for good; if the work's end took it first, that ends the process
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError, RuntimeError):
             stream.flush()
