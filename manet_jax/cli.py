@@ -116,6 +116,8 @@ def end_after_exit_handlers() -> None:
     _ending.clear()
 
     def end() -> None:
+        if _undeferred:  # one the watcher did not act upon in time (the main thread held the interpreter)
+            exit_at_once(_undeferred[0])
         _exiting.acquire()  # for good: a signal's `exit_at_once` under way ends the process with its status
         logging.shutdown()
         for stream in (sys.stdout, sys.stderr):
@@ -194,6 +196,7 @@ def start_tensorflow() -> None:
 # compiling, TensorFlow loading), ends the process at once unless the work is `deferring_signals`:
 # one line, flushed, and `os._exit`, so that no interpreter is torn down under running compiles.
 _received: list[signal.Signals] = []  # since `stop_on_signals`, oldest first
+_undeferred: list[signal.Signals] = []  # those of them that arrived outside `deferring_signals`
 _deferring = 0  # depth of `deferring_signals` blocks
 _interrupts_deferred = 0  # SIGINTs the watcher saw in the outermost `deferring_signals` block
 _wakeup: list[int] = []  # the read and write ends of the watcher's pipe, once made
@@ -213,6 +216,7 @@ def stop_on_signals() -> Callable[[], None]:
         os.set_blocking(_wakeup[1], False)
         threading.Thread(target=_watch, args=(_wakeup[0],), name="manet_jax signals", daemon=True).start()
     _received.clear()
+    _undeferred.clear()
     previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
     for signum, handler in previous.items():
         if handler != signal.SIG_IGN:
@@ -271,6 +275,8 @@ def exit_at_once(signum: int) -> NoReturn:
 
 def _record(signum: int, frame) -> None:
     _received.append(signal.Signals(signum))
+    if not _deferring:  # the watcher ends the process; if it cannot run in time, the work's end does
+        _undeferred.append(signal.Signals(signum))
 
 
 def _watch(wakeup: int) -> None:

@@ -163,6 +163,9 @@ def late():
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)
         print("not stopped", flush=True)
+    elif case == "unwatched":  # as when the main thread holds the interpreter until the end
+        signal.set_wakeup_fd(-1)
+        os.kill(os.getpid(), signal.SIGTERM)
 
 def work():
     atexit.register(late)
@@ -179,7 +182,8 @@ sys.exit(cli.run(work, whole_process=True))
 
 @pytest.mark.slow  # a process per case
 @pytest.mark.parametrize("case, status, stderr", [
-    ("signalled", 143, "stopped by SIGTERM\n"), ("returned", 3, ""), ("exited", 0, ""),
+    ("signalled", 143, "stopped by SIGTERM\n"), ("unwatched", 143, "stopped by SIGTERM\n"), ("returned", 3, ""),
+    ("exited", 0, ""),
     ("bug", 1, "RuntimeError: a bug\n")])
 def test_a_tool_that_is_the_whole_process_ends_in_one_line_on_a_signal_while_it_exits(case, status, stderr):
     """Without the interpreter's teardown, where a signal found Python's default handler (killed
