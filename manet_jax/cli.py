@@ -116,13 +116,13 @@ def end_after_exit_handlers() -> None:
     _ending.clear()
 
     def end() -> None:
-        if _undeferred:  # one the watcher did not act upon in time (the main thread held the interpreter)
-            exit_at_once(_undeferred[0])
         _exiting.acquire()  # for good: a signal's `exit_at_once` under way ends the process with its status
         logging.shutdown()
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(OSError, ValueError, RuntimeError):
                 stream.flush()
+        if _undeferred:  # one the watcher or Python's handler took, which then waited for `_exiting`
+            _stop(_undeferred[0])
         os._exit(_ending[0] if _ending else 1)
 
     atexit.register(end)
@@ -261,6 +261,11 @@ def exit_at_once(signum: int) -> NoReturn:
     interpreter down (threads compiling or loading end with it); what was printed is flushed first,
     and what was being written is removed (`storage.abandon_writes`)."""
     _exiting.acquire()  # for good; if the work's end took it first, that ends the process
+    _stop(signum)
+
+
+def _stop(signum: int) -> NoReturn:
+    """`exit_at_once`'s end, by whichever holds `_exiting`."""
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError, RuntimeError):
             stream.flush()
@@ -287,5 +292,6 @@ def _watch(wakeup: int) -> None:
             if signum not in STOP_SIGNALS:
                 continue
             if not _deferring or signum == signal.SIGINT and _interrupts_deferred:
+                _undeferred.append(signal.Signals(signum))  # for the work's end, if it holds `_exiting`
                 exit_at_once(signum)
             _interrupts_deferred += signum == signal.SIGINT

@@ -7,8 +7,9 @@ first compile (sent by the tool's own process, from a JAX monitoring listener, s
 the machine moves it out of the compile); or `after:TEXT+S`: S seconds after the tool has printed
 TEXT (`after:Serving on+1`, sent from outside). A try passes when the tool ends in one of the ways
 `PASSING` names within `bound` seconds of the signal; a tool that writes (evaluate, export,
-tpu_plan) writes into a new folder, and a try that stops it passes only if nothing is left there
-(neither the output nor a temporary beside it).
+tpu_plan) writes into a new path, and a try that stops it passes only if no temporary is left
+beside it (the output itself may be there, whole, when the signal came after it was moved into
+place).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import time
 from pathlib import Path
 
 from manet_jax.convert import flax_to_torch, save_state_dict_file
+from manet_jax.storage import TEMPORARY
 from train_helpers import REPO, make_checkpoint, make_dataset, random_variables
 
 DATASET = "synthetic_faces/64_32_20"
@@ -56,7 +58,7 @@ class Try:
     signal: str
     moment: str
     outcome: str  # one of PASSING, or: finished first, lost, hang, crash, bug output, default handler, left
-    # output, other
+    # a temporary, other
     status: int | None  # the exit status (None: still running at the bound, then killed)
     exit_s: float | None  # seconds from the signal to the exit (from the start for `compile+` moments)
     last_line: str
@@ -116,7 +118,7 @@ def signal_once(tool: str, command: list[str], signum: signal.Signals, moment: s
             if not moment.startswith("compile+"):
                 time.sleep(max(0.0, send_at(moment, start, process, Path(scratch), bound) - time.monotonic()))
                 sent = time.monotonic()
-                if process.poll() is None:
+                if process.poll() is None and not exiting(process.pid):
                     process.send_signal(signum)
                     marker.touch()
             try:
@@ -129,13 +131,24 @@ def signal_once(tool: str, command: list[str], signum: signal.Signals, moment: s
             out.seek(0)
             err.seek(0)
             output, errors, signalled = out.read(), err.read(), marker.exists()
-        left = [path.name for path in Path(scratch).iterdir() if path.name not in ("stdout", "stderr", "sent")]
+        left = [path.name for path in Path(scratch).rglob("*") if TEMPORARY.fullmatch(path.name)]
     lines = errors.strip().splitlines()
     last = lines[-1] if lines else ""
     found = outcome(tool, signum, status, output + errors, last) if signalled else "finished first"
-    if found == "stopped" and tool != "train" and left:  # a trainer stopped at start-up may leave its workdir
-        found = "left output"
+    if found == "stopped" and left:
+        found = "left a temporary"
     return Try(tool, signum.name, moment, found, status, exit_s, last)
+
+
+def exiting(pid: int) -> bool:
+    """Whether process `pid` has begun to exit (the kernel's PF_EXITING, set at `_exit`): it then
+    ends as it chose, and a signal, though delivered while the kernel frees its memory (tens of
+    milliseconds for a tool's gigabytes), changes nothing; such a try is one the tool finished first."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return True
+    return bool(int(fields[6]) & 0x4)  # the flags, after state, ppid, pgrp, session, tty_nr, tpgid
 
 
 def send_at(moment: str, start: float, process: subprocess.Popen, scratch: Path, bound: float) -> float:
