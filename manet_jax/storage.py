@@ -175,18 +175,21 @@ def abandon_writes() -> None:
     target. A bucket's stay (a request could outlast the exit; the trainer removes its own in its
     workdir when it next runs there)."""
     for temporaries, made in list(_under_way):
-        for temporary in temporaries:
+        for temporary in (t for t in temporaries if not is_url(t)):
             for _ in range(2):  # a writer thread may still be adding files
-                if is_url(temporary):
-                    break
                 if os.path.isdir(temporary):
                     shutil.rmtree(temporary, ignore_errors=True)
                 else:
                     with contextlib.suppress(OSError):
                         os.unlink(temporary)
-        for folder in sorted(made, key=lambda p: len(p.parts), reverse=True):
-            with contextlib.suppress(OSError):
-                os.rmdir(folder)  # only if empty
+        _remove_made(made)
+
+
+def _remove_made(made: set[epath.Path]) -> None:
+    """Removes the folders a write made for its outputs, deepest first, where they are empty."""
+    for folder in sorted(made, key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only if empty
 
 
 def _remove(path: epath.Path) -> None:
@@ -290,9 +293,7 @@ def writing(outputs: Sequence[Output], size: int = 0) -> Iterator[list[epath.Pat
                 settled(temporary)  # writes a failed writer abandoned (Orbax's) end before it is removed
             with contextlib.suppress(OSError):
                 _remove(temporary)
-        for folder in sorted(made, key=lambda p: len(p.parts), reverse=True):
-            with contextlib.suppress(OSError):
-                folder.rmdir()  # only if empty
+        _remove_made(made)
         if isinstance(e, OSError) and not isinstance(e, ManetError) or is_disk_full(e):
             out = next((o for o, t in zip(outputs, temporaries) if os.fspath(t) in str(e)), outputs[0])
             raise out.named(f"cannot be written ({write_problem(e, out.path)}); nothing was written") from e
