@@ -57,8 +57,8 @@ class Try:
     tool: str
     signal: str
     moment: str
-    outcome: str  # one of PASSING, or: finished first, lost, hang, crash, bug output, default handler, left
-    # a temporary, other
+    # One of PASSING, or: finished first, lost, hang, crash, bug output, default handler, left a temporary, other.
+    outcome: str
     status: int | None  # the exit status (None: still running at the bound, then killed)
     exit_s: float | None  # seconds from the signal to the exit (from the start for `compile+` moments)
     last_line: str
