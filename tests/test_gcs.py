@@ -202,6 +202,22 @@ def test_a_lease_in_a_bucket_whose_holder_is_gone_is_taken_over_and_refreshed(bu
     assert storage.read_object(f"{workdir}/lease.json") is None
 
 
+def test_a_lease_in_a_bucket_checked_while_it_is_refreshed_stays_held(bucket, monkeypatch):
+    """gcsfs reads an object rewritten meanwhile cut to the size it had: a check during a refresh
+    took the lease for damaged, and stopped a run in the bucket as if another trainer had taken it."""
+    from manet_jax.training import workdir as lease_module
+
+    monkeypatch.setattr(lease_module, "REFRESH_SECONDS", 0)  # refreshed again and again
+    lease = lease_module.Lease.acquire(f"gs://{bucket}/run")
+    try:
+        first = storage.read_object(f"gs://{bucket}/run/lease.json")
+        for _ in range(100):
+            lease.check()
+        assert storage.read_object(f"gs://{bucket}/run/lease.json")[1] > first[1] + 10  # refreshed meanwhile
+    finally:
+        lease.release()
+
+
 # The trainer with a gs:// workdir
 
 @pytest.fixture(scope="module")

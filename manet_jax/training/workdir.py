@@ -188,6 +188,9 @@ class Lease:
         self.holder = Holder.this_process()
         self._generation: int | None = None  # in a bucket: the lease object's generation this process wrote
         self._stop = threading.Event()
+        # A check waits for a refresh under way: gcsfs reads an object rewritten meanwhile cut to
+        # the size it had, a lease that looks damaged, and so lost.
+        self._refreshing = threading.Lock()
         self._refresher = threading.Thread(target=self._refresh, name="lease_refresh", daemon=True)
 
     @classmethod
@@ -251,7 +254,8 @@ class Lease:
 
     def check(self) -> None:
         """Raises LeaseLostError unless this process still holds the lease."""
-        holder = self.read()
+        with self._refreshing:
+            holder = self.read()
         if holder is None or holder.token != self.holder.token:
             now = holder.describe() if holder else "nobody: the file is gone or damaged"
             raise LeaseLostError(f"this trainer ({self.holder.describe()}) lost the lease {self.path}; it is now "
@@ -278,19 +282,25 @@ class Lease:
         """Rewrites the lease with the time every REFRESH_SECONDS while it is this process's."""
         while not self._stop.wait(REFRESH_SECONDS):
             try:
-                holder = self.read()
-                if holder is None or holder.token != self.holder.token:
-                    return  # `check` reports it before the next write
-                if self._generation is None:
-                    storage.replace_text(self.path, self._text(refreshed=time.time()))
-                    continue
-                generation = storage.write_object_if(str(self.path), self._text(refreshed=time.time()),
-                                                     self._generation)
-                if generation is None:
-                    return  # another trainer rewrote it: `check` reports it before the next write
-                self._generation = generation
+                with self._refreshing:
+                    if not self._rewrite():
+                        return  # another trainer rewrote it: `check` reports it before the next write
             except Exception as e:  # a full disk or a bucket's hiccup: the next refresh tries again
                 logger.warning("cannot refresh the lease %s: %s", self.path, e)
+
+    def _rewrite(self) -> bool:
+        """Rewrites the lease with the time if it is still this process's; False if it is not."""
+        holder = self.read()
+        if holder is None or holder.token != self.holder.token:
+            return False
+        if self._generation is None:
+            storage.replace_text(self.path, self._text(refreshed=time.time()))
+            return True
+        generation = storage.write_object_if(str(self.path), self._text(refreshed=time.time()), self._generation)
+        if generation is None:
+            return False
+        self._generation = generation
+        return True
 
 
 def check_held(lease: Lease | None) -> None:
