@@ -407,6 +407,43 @@ def test_checkpoints_in_a_relative_directory(tmp_path, monkeypatch):
     np.testing.assert_array_equal(bundle.variables["params"]["w"], state.params["w"])
 
 
+def test_checkpoints_are_written_uncompressed_and_compressed_ones_still_restore(tmp_path):
+    """Orbax compresses arrays with zstd unless told not to; manet-jax wrote its checkpoints so
+    until 2026-12-07. A zero momentum compresses to almost nothing: on disk it shows which is which."""
+    import orbax.checkpoint as ocp
+
+    from manet_jax.bundle import HEADER, HEADER_FILE, VARIABLES
+    from manet_jax.training.checkpoints import HOST_STATE, TRAIN_STATE
+
+    spec, size = ModelSpec(("a", "b")), 250_000
+    state = TrainState(step=np.int32(3), params=random_state(size).params, batch_stats={"m": np.ones(2, np.float32)},
+                       opt_state={"t": np.zeros(size, np.float32)})
+    checkpoints = Checkpoints(tmp_path / "new")
+    checkpoints.save(3, jax.device_put(state), spec, {"epoch": 3})
+    checkpoints.close()
+    with ocp.CheckpointManager(tmp_path / "old", item_handlers={  # as manet-jax saved until 2026-12-07
+            VARIABLES: ocp.StandardCheckpointHandler(), HEADER: ocp.JsonCheckpointHandler(filename=HEADER_FILE),
+            TRAIN_STATE: ocp.StandardCheckpointHandler(), HOST_STATE: ocp.JsonCheckpointHandler()}) as manager:
+        manager.save(3, args=ocp.args.Composite(**{
+            VARIABLES: ocp.args.StandardSave(state.variables), HEADER: ocp.args.JsonSave(spec.to_json()),
+            TRAIN_STATE: ocp.args.StandardSave(state.run_state), HOST_STATE: ocp.args.JsonSave({"epoch": 3})}))
+
+    def on_disk(item: Path) -> int:
+        return sum(p.stat().st_size for p in item.rglob("*") if p.is_file())
+
+    assert on_disk(tmp_path / "new/3" / TRAIN_STATE) > 4 * size > 100 * on_disk(tmp_path / "old/3" / TRAIN_STATE)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), state)
+    for written in ("new", "old"):
+        checkpoints = Checkpoints(tmp_path / written)
+        restored, host_state = checkpoints.restore_latest(target)
+        checkpoints.close()
+        for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored)):
+            np.testing.assert_array_equal(a, b, err_msg=written)
+        assert host_state == {"epoch": 3}
+        assert load_bundle(tmp_path / written / "3").spec == spec
+
+
 def random_state(size: int, step: int = 1) -> TrainState:
     """A train state of `size` random float32 parameters (which hardly compress: a checkpoint of it
     takes about 4 * `size` bytes on disk)."""
