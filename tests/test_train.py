@@ -444,6 +444,22 @@ def test_checkpoints_are_written_uncompressed_and_compressed_ones_still_restore(
         assert load_bundle(tmp_path / written / "3").spec == spec
 
 
+def test_while_a_checkpoint_is_written_the_error_hint_names_the_one_before(tmp_path):
+    """A run stopped by an error (a bucket gone) while a checkpoint is written resumes from the one
+    before it: the hint must not name the one in progress, which Orbax lists from the start."""
+    checkpoints, spec = Checkpoints(tmp_path / "checkpoints"), ModelSpec(("a", "b"))
+    checkpoints.save(1, jax.device_put(random_state(1_000)), spec, {"epoch": 1})
+    checkpoints.wait()
+    checkpoints.save(2, jax.device_put(random_state(50_000_000, 2)), spec, {"epoch": 2})  # 200 MB: a second
+    try:
+        assert checkpoints.manager.is_saving_in_progress() and checkpoints.latest_step() == 2
+        assert checkpoints.resume_hint().startswith(f"the last complete checkpoint is {tmp_path}/checkpoints/1: ")
+    finally:
+        checkpoints.wait()
+    assert checkpoints.resume_hint().startswith(f"the last complete checkpoint is {tmp_path}/checkpoints/2: ")
+    checkpoints.close()
+
+
 def random_state(size: int, step: int = 1) -> TrainState:
     """A train state of `size` random float32 parameters (which hardly compress: a checkpoint of it
     takes about 4 * `size` bytes on disk)."""

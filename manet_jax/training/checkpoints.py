@@ -267,8 +267,12 @@ class Checkpoints:
         return CheckpointSaveError(f"{what} {self.directory}: {cause}; {self.resume_hint()}")
 
     def resume_hint(self) -> str:
-        """Where a run stopped by an error resumes from, once the error's cause is fixed."""
-        return resume_hint(self.directory, self.manager.latest_step())
+        """Where a run stopped by an error resumes from, once the error's cause is fixed: the latest
+        checkpoint but one being written (which Orbax counts among its steps from the start)."""
+        steps = self.manager.all_steps()
+        if self._saving is not None and self.manager.is_saving_in_progress():
+            steps = [step for step in steps if step != self._saving]
+        return resume_hint(self.directory, max(steps, default=None))
 
     def free_now(self) -> str:
         """'N MB free now' on the directory's disk ('' for a bucket)."""
