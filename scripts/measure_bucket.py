@@ -5,7 +5,7 @@
 Starts a Cloud Storage emulator (fake-gcs-server, as tests/test_gcs.py does; the `test` extra),
 then trains the demo's model at 32x32 with a local and with a `gs://` workdir, each with a
 checkpoint after every epoch and with one at the end only, at two epoch lengths: 20 steps (a
-checkpoint every 5 s or so, the stress case) and the demo's own 131 steps (its 8,400 images at
+checkpoint every 6 s of training, the stress case) and the demo's own 131 steps (its 8,400 images at
 batch 64). Steps/s are timed from the trainer's own step lines, from the end of the second epoch
 (the train and eval steps compiled, one checkpoint written) to the last step, evaluations
 included; the asynchronous saves' stall is how much slower the step loop runs with a checkpoint
